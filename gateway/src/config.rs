@@ -1,0 +1,370 @@
+//! Typed configuration: the YAML file, its defaults, and validation.
+//!
+//! Unknown keys are errors that name the key; relative paths resolve against the
+//! folder that holds the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routes::IdentityPattern;
+
+/// A configuration error, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The YAML is malformed or names an unknown key.
+    #[error("invalid config file {path}: {error}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// serde_yaml's message, which names the field, line and column.
+        error: serde_yaml::Error,
+    },
+    /// A value is well-formed YAML but not acceptable.
+    #[error("invalid config file {path}: {field}: {reason}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The dotted key path, e.g. `allowed_identities[2]`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The gateway configuration, as read from the YAML file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Serving certificate, key and the trust anchors for client certificates.
+    pub tls: Tls,
+    /// The cluster DNS domain; implicit routes are `<svc>.<ns>.svc.<cluster_domain>`.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+    /// The label that exports a Service; its value must be `"true"`.
+    #[serde(default = "default_export_label")]
+    pub export_label: String,
+    /// Peer identities allowed on exported Services (exact or `*` wildcards). Empty denies all.
+    #[serde(default)]
+    pub allowed_identities: Vec<String>,
+    /// Namespaces whose objects are considered; empty means all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// This gateway's own identity, used for loop detection (`Forwarded: by=`).
+    /// Defaults to the serving certificate's first URI SAN, else first DNS SAN.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Where routes come from.
+    pub discovery: Discovery,
+    /// Request and connection limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Upstream defaults, overridable per Mapping.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// Worker threads of the data plane runtime; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+/// `listen:` addresses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// The mTLS gateway port.
+    #[serde(default = "default_gateway_addr")]
+    pub gateway: SocketAddr,
+    /// The plain-HTTP admin port (`/ready`, `/live`, `/metrics`, `/routes`).
+    #[serde(default = "default_admin_addr")]
+    pub admin: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            gateway: default_gateway_addr(),
+            admin: default_admin_addr(),
+        }
+    }
+}
+
+/// `tls:` file paths.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain served to peers.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM bundle of CAs that client certificates must chain to (several allowed).
+    pub trust_anchors: PathBuf,
+}
+
+/// `discovery:`: exactly one source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "DiscoveryKeys")]
+pub enum Discovery {
+    /// A directory of Kubernetes YAML manifests, reloaded on change.
+    Files(FilesDiscovery),
+    /// Kubernetes API watches.
+    Kubernetes(KubernetesDiscovery),
+}
+
+/// The YAML form of `discovery:`; exactly one key must be set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoveryKeys {
+    files: Option<FilesDiscovery>,
+    kubernetes: Option<KubernetesDiscovery>,
+}
+
+impl TryFrom<DiscoveryKeys> for Discovery {
+    type Error = String;
+    fn try_from(k: DiscoveryKeys) -> Result<Self, String> {
+        match (k.files, k.kubernetes) {
+            (Some(f), None) => Ok(Discovery::Files(f)),
+            (None, Some(k)) => Ok(Discovery::Kubernetes(k)),
+            _ => Err("exactly one of `files` or `kubernetes` must be set".into()),
+        }
+    }
+}
+
+/// `discovery.files`: either a bare path or `{dir, poll_interval_ms}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FilesDiscovery {
+    /// `files: manifests`.
+    Dir(PathBuf),
+    /// `files: {dir: manifests, poll_interval_ms: 200}`.
+    Detailed {
+        /// The directory.
+        dir: PathBuf,
+        /// How often the directory is checked for changes.
+        #[serde(default = "default_poll_ms")]
+        poll_interval_ms: u64,
+    },
+}
+
+impl FilesDiscovery {
+    /// The manifest directory.
+    pub fn dir(&self) -> &Path {
+        match self {
+            FilesDiscovery::Dir(d) => d,
+            FilesDiscovery::Detailed { dir, .. } => dir,
+        }
+    }
+
+    /// How often the directory is rescanned.
+    pub fn poll_interval(&self) -> Duration {
+        match self {
+            FilesDiscovery::Dir(_) => Duration::from_millis(default_poll_ms()),
+            FilesDiscovery::Detailed {
+                poll_interval_ms, ..
+            } => Duration::from_millis((*poll_interval_ms).max(10)),
+        }
+    }
+}
+
+/// `discovery.kubernetes`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDiscovery {
+    /// Path of a kubeconfig; default: in-cluster, then `$KUBECONFIG`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Label selector applied to watched Services.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+}
+
+/// `limits:` on downstream requests and connections.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request header section accepted, in bytes (431 beyond).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_request_header_bytes: usize,
+    /// Most request header fields accepted (431 beyond).
+    #[serde(default = "default_max_headers")]
+    pub max_request_headers: usize,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_header_bytes: default_max_header_bytes(),
+            max_request_headers: default_max_headers(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+        }
+    }
+}
+
+/// `upstream:` defaults for every route.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Time to establish an upstream TCP connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time to wait for each read from the upstream (response headers, body gaps).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Idle time after which a pooled upstream connection is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            connect_timeout_ms: default_connect_timeout_ms(),
+            timeout_ms: default_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+fn default_cluster_domain() -> String {
+    "cluster.local".to_string()
+}
+fn default_export_label() -> String {
+    "mirror.linkerd.io/exported".to_string()
+}
+fn default_gateway_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4143))
+}
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4191))
+}
+fn default_poll_ms() -> u64 {
+    250
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_timeout_ms() -> u64 {
+    15_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths are made absolute
+    /// against the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = serde_yaml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        cfg.resolve_paths(base);
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.tls.cert);
+        abs(&mut self.tls.key);
+        abs(&mut self.tls.trust_anchors);
+        match &mut self.discovery {
+            Discovery::Files(FilesDiscovery::Dir(dir))
+            | Discovery::Files(FilesDiscovery::Detailed { dir, .. }) => abs(dir),
+            Discovery::Kubernetes(k) => {
+                if let Some(p) = k.kubeconfig.as_mut() {
+                    abs(p)
+                }
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        for (i, id) in self.allowed_identities.iter().enumerate() {
+            IdentityPattern::parse(id)
+                .map_err(|reason| invalid(format!("allowed_identities[{i}]"), reason))?;
+        }
+        if self.cluster_domain.is_empty()
+            || self.cluster_domain.starts_with('.')
+            || self.cluster_domain.ends_with('.')
+        {
+            return Err(invalid(
+                "cluster_domain".into(),
+                format!(
+                    "{:?} is not a DNS domain like cluster.local",
+                    self.cluster_domain
+                ),
+            ));
+        }
+        if self.export_label.is_empty() {
+            return Err(invalid("export_label".into(), "must not be empty".into()));
+        }
+        if self.limits.max_request_header_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_request_header_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.limits.max_request_headers == 0 {
+            return Err(invalid(
+                "limits.max_request_headers".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The compiled `allowed_identities`.
+    pub fn identity_patterns(&self) -> Vec<IdentityPattern> {
+        self.allowed_identities
+            .iter()
+            .filter_map(|s| IdentityPattern::parse(s).ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

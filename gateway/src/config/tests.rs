@@ -1,0 +1,74 @@
+use super::*;
+
+const MINIMAL: &str = "
+tls: {cert: certs/gateway.crt, key: certs/gateway.key, trust_anchors: certs/ca.crt}
+discovery: {files: manifests}
+";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(
+        text,
+        Path::new("/etc/isthmus/config.yaml"),
+        Path::new("/etc/isthmus"),
+    )
+}
+
+#[test]
+fn defaults_and_relative_paths() {
+    let cfg = parse(MINIMAL).expect("minimal config parses");
+    assert_eq!(cfg.cluster_domain, "cluster.local");
+    assert_eq!(cfg.export_label, "mirror.linkerd.io/exported");
+    assert!(cfg.allowed_identities.is_empty(), "default is deny all");
+    assert_eq!(cfg.listen.gateway.port(), 4143);
+    assert_eq!(cfg.listen.admin.port(), 4191);
+    assert_eq!(cfg.tls.cert, Path::new("/etc/isthmus/certs/gateway.crt"));
+    match &cfg.discovery {
+        Discovery::Files(f) => assert_eq!(f.dir(), Path::new("/etc/isthmus/manifests")),
+        other => panic!("unexpected discovery {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse(&format!("{MINIMAL}\nallowed_identites: []\n")).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("allowed_identites"), "{msg}");
+    assert!(msg.contains("/etc/isthmus/config.yaml"), "{msg}");
+}
+
+#[test]
+fn unknown_nested_key_is_named() {
+    let err = parse("tls: {cert: a, key: b, trust_anchors: c, ca: d}\ndiscovery: {files: m}\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown field `ca`"), "{err}");
+}
+
+#[test]
+fn bad_identity_pattern_names_index() {
+    let err = parse(&format!(
+        "{MINIMAL}\nallowed_identities: [\"spiffe://west.example/*\", \"a*b\"]\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("allowed_identities[1]"), "{err}");
+}
+
+#[test]
+fn kubernetes_source_and_detailed_files() {
+    let cfg = parse("tls: {cert: a, key: b, trust_anchors: c}\ndiscovery: {kubernetes: {}}\n")
+        .expect("kubernetes parses");
+    assert!(matches!(cfg.discovery, Discovery::Kubernetes(_)));
+    let cfg = parse(
+        "tls: {cert: a, key: b, trust_anchors: c}\ndiscovery: {files: {dir: m, poll_interval_ms: 50}}\n",
+    )
+    .expect("detailed files parses");
+    match cfg.discovery {
+        Discovery::Files(f) => assert_eq!(f.poll_interval(), Duration::from_millis(50)),
+        other => panic!("unexpected discovery {other:?}"),
+    }
+}
+
+#[test]
+fn missing_discovery_is_an_error() {
+    let err = parse("tls: {cert: a, key: b, trust_anchors: c}\n").unwrap_err();
+    assert!(err.to_string().contains("discovery"), "{err}");
+}

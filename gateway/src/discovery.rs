@@ -1,0 +1,86 @@
+//! Discovery: sources of Kubernetes objects feed the pure [`Index`], which
+//! builds route tables that a [`Publisher`] swaps in for the proxy.
+//!
+//! ```text
+//! source (kube watches | directory of manifests) → Object
+//!   → Index (pure) → RouteTable → ArcSwap publish → proxy
+//! ```
+
+pub mod crd;
+pub mod files;
+pub mod index;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use index::{Index, IndexConfig, Object, ObjectError, ObjectKey};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routes::{BackendSettings, SharedRoutes};
+
+/// Publishes freshly built tables and keeps the table-size metrics current.
+#[derive(Clone)]
+pub struct Publisher {
+    routes: SharedRoutes,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// A publisher writing into `routes`.
+    pub fn new(routes: SharedRoutes, metrics: Arc<Metrics>) -> Self {
+        Publisher { routes, metrics }
+    }
+
+    /// Builds the index's table and swaps it in; `changed_at` is when the source
+    /// change was first seen, for the publish-delay histogram.
+    pub fn publish(&self, index: &mut Index, changed_at: Instant) {
+        let table = index.build();
+        let gauge = |kind: &str, n: usize| {
+            self.metrics
+                .table_size
+                .with_label_values(&[kind])
+                .set(i64::try_from(n).unwrap_or(i64::MAX))
+        };
+        gauge("routes", table.route_count());
+        gauge("services", table.service_count());
+        gauge("endpoints", table.endpoint_count());
+        self.routes.store(Arc::new(table));
+        self.metrics
+            .publish_delay
+            .observe(changed_at.elapsed().as_secs_f64());
+    }
+
+    /// Counts and logs a refused object.
+    pub fn report(&self, error: &ObjectError, origin: Option<&str>) {
+        let kind = match error.kind {
+            "Service" => "service",
+            "EndpointSlice" => "endpointslice",
+            _ => "mapping",
+        };
+        self.metrics
+            .discovery_errors
+            .with_label_values(&[kind])
+            .inc();
+        match origin {
+            Some(file) => tracing::warn!(file, %error, "object refused; other routes unaffected"),
+            None => tracing::warn!(%error, "object refused; other routes unaffected"),
+        }
+    }
+}
+
+/// The index configuration derived from the gateway config.
+pub fn index_config(cfg: &Config) -> IndexConfig {
+    let ms = std::time::Duration::from_millis;
+    IndexConfig {
+        cluster_domain: cfg.cluster_domain.clone(),
+        export_label: cfg.export_label.clone(),
+        namespaces: cfg.namespaces.clone(),
+        allowed: cfg.identity_patterns().into(),
+        defaults: BackendSettings::with_timeouts(
+            ms(cfg.upstream.timeout_ms),
+            ms(cfg.upstream.connect_timeout_ms),
+            ms(cfg.upstream.idle_timeout_ms),
+        ),
+    }
+}

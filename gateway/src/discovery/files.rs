@@ -1,0 +1,272 @@
+//! The file source: a directory of Kubernetes YAML (multi-document files
+//! allowed), rescanned on an interval and applied as one atomic relist.
+//!
+//! A file that cannot be read or parsed is reported (log line with the file and
+//! reason, metric) and its last good objects stay in force.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+
+use super::{Index, Object, ObjectKey, Publisher};
+use crate::metrics::Metrics;
+
+/// Why one manifest file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct FileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, with document number and object where known.
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+struct FileState {
+    stamp: Stamp,
+    objects: Vec<Object>,
+}
+
+/// Scans a manifest directory and remembers the last good objects per file.
+pub struct FileSource {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Whether the object set changed.
+    pub changed: bool,
+    /// Files refused in this scan (their previous objects are kept).
+    pub errors: Vec<FileError>,
+}
+
+impl FileSource {
+    /// A source over `dir`; nothing is read until [`FileSource::scan`].
+    pub fn new(dir: &Path) -> Self {
+        FileSource {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Rereads changed files. An unreadable directory is an error (the caller
+    /// keeps the last table).
+    pub fn scan(&mut self) -> Result<Scan, FileError> {
+        let mut found = Vec::new();
+        list_manifests(&self.dir, &mut found).map_err(|e| FileError {
+            path: self.dir.clone(),
+            reason: format!("cannot list directory: {e}"),
+        })?;
+        let mut scan = Scan::default();
+        let before = self.files.len();
+        self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
+        scan.changed |= self.files.len() != before;
+        for (path, stamp) in found {
+            if self.files.get(&path).is_some_and(|s| s.stamp == stamp) {
+                continue;
+            }
+            match std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|text| parse_manifests(&text))
+            {
+                Ok(objects) => {
+                    self.files.insert(path, FileState { stamp, objects });
+                    scan.changed = true;
+                }
+                Err(reason) => {
+                    // Remember the stamp so the same broken content is reported once,
+                    // but keep the last good objects.
+                    let objects = self
+                        .files
+                        .remove(&path)
+                        .map(|s| s.objects)
+                        .unwrap_or_default();
+                    self.files
+                        .insert(path.clone(), FileState { stamp, objects });
+                    scan.errors.push(FileError { path, reason });
+                }
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Every object currently in force, in file order.
+    pub fn objects(&self) -> Vec<Object> {
+        self.files
+            .values()
+            .flat_map(|f| f.objects.iter().cloned())
+            .collect()
+    }
+
+    /// The file an object came from, for messages.
+    pub fn origin(&self, kind: &str, key: &ObjectKey) -> Option<&Path> {
+        self.files.iter().find_map(|(path, f)| {
+            f.objects
+                .iter()
+                .any(|o| o.key() == *key && kind_name(o) == kind)
+                .then_some(path.as_path())
+        })
+    }
+
+    /// Loads everything once, applies it, and publishes: the start-up path,
+    /// shared with `isthmus check`.
+    pub fn load_into(
+        &mut self,
+        index: &mut Index,
+    ) -> Result<(Scan, Vec<super::ObjectError>), FileError> {
+        let scan = self.scan()?;
+        let errors = index.replace_all(&self.objects());
+        Ok((scan, errors))
+    }
+}
+
+fn kind_name(o: &Object) -> &'static str {
+    match o {
+        Object::Service(_) => "Service",
+        Object::EndpointSlice(_) => "EndpointSlice",
+        Object::Mapping(_) => "Mapping",
+    }
+}
+
+fn list_manifests(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // editor swap files, ConfigMap `..data` internals
+        }
+        let path = entry.path();
+        // Follows symlinks (ConfigMap mounts are symlinks into `..data`).
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            list_manifests(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push((
+                path,
+                Stamp {
+                    modified: meta.modified().ok(),
+                    len: meta.len(),
+                },
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// Parses every YAML document of a file into watched objects; other kinds are
+/// ignored. Any malformed document refuses the whole file.
+pub fn parse_manifests(text: &str) -> Result<Vec<Object>, String> {
+    let mut objects = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {n}: {e}"))?;
+        if value.is_null() {
+            continue;
+        }
+        let meta: TypeMeta =
+            serde_yaml::from_value(value.clone()).map_err(|e| format!("document {n}: {e}"))?;
+        let what = || {
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("<unnamed>");
+            format!("document {n} ({} {name})", meta.kind)
+        };
+        let obj = match (meta.api_version.as_str(), meta.kind.as_str()) {
+            ("v1", "Service") => serde_yaml::from_value(value.clone()).map(|o| Object::Service(Box::new(o))),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::EndpointSlice(Box::new(o)))
+            }
+            ("isthmus.dev/v1alpha1", "Mapping") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::Mapping(Box::new(o)))
+            }
+            (_, "Mapping") | (_, "EndpointSlice") => {
+                return Err(format!(
+                    "{}: apiVersion {:?} is not supported (isthmus.dev/v1alpha1 Mapping, discovery.k8s.io/v1 EndpointSlice)",
+                    what(),
+                    meta.api_version
+                ))
+            }
+            ("", _) | (_, "") => return Err(format!("document {n}: apiVersion and kind are required")),
+            _ => continue,
+        }
+        .map_err(|e| format!("{}: {e}", what()))?;
+        if obj.key().name.is_empty() {
+            return Err(format!("{}: metadata.name is required", what()));
+        }
+        objects.push(obj);
+    }
+    Ok(objects)
+}
+
+/// Runs the file source: initial load happened already; rescans every
+/// `interval` and publishes on change, until `shutdown` flips.
+pub async fn run(
+    mut source: FileSource,
+    mut index: Index,
+    publisher: Publisher,
+    metrics: std::sync::Arc<Metrics>,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let seen = Instant::now();
+        let scan = match source.scan() {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.discovery_errors.with_label_values(&["file"]).inc();
+                tracing::warn!(error = %e, "manifest directory unreadable; keeping the last routes");
+                continue;
+            }
+        };
+        for e in &scan.errors {
+            metrics.discovery_errors.with_label_values(&["file"]).inc();
+            tracing::warn!(file = %e.path.display(), reason = %e.reason, "manifest file refused; its last good objects stay in force");
+        }
+        if !scan.changed {
+            continue;
+        }
+        metrics.discovery_events.with_label_values(&["file"]).inc();
+        let objects = source.objects();
+        for e in index.replace_all(&objects) {
+            let origin = source
+                .origin(e.kind, &e.key)
+                .map(|p| p.display().to_string());
+            publisher.report(&e, origin.as_deref());
+        }
+        publisher.publish(&mut index, seen);
+        tracing::info!(objects = objects.len(), "manifests reloaded");
+    }
+}

@@ -1,0 +1,751 @@
+//! The discovery index: watched objects in, route tables out.
+//!
+//! Pure and synchronous: `apply` / `delete` / `replace` per object kind, then
+//! `build` produces an immutable [`RouteTable`]. Converting a Kubernetes object
+//! into internal form is a separate fallible step; a malformed object is
+//! reported and skipped, never stalling the others.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::crd::Mapping;
+use crate::metrics::ObjectKind;
+use crate::routes::{
+    Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch,
+    IdentityPattern, LbPolicy, PortMatch, Route, RouteMatch, RouteTable, RouteTarget,
+};
+
+/// What the index needs from the config.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// Label whose value `"true"` exports a Service.
+    pub export_label: String,
+    /// Namespaces considered; empty means all.
+    pub namespaces: Vec<String>,
+    /// Global allowed identities (exported Services, Mappings without their own).
+    pub allowed: Arc<[IdentityPattern]>,
+    /// Upstream defaults.
+    pub defaults: BackendSettings,
+}
+
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// Builds a key.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A watched object.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// `v1 Service`.
+    Service(Box<Service>),
+    /// `discovery.k8s.io/v1 EndpointSlice`.
+    EndpointSlice(Box<EndpointSlice>),
+    /// `isthmus.dev/v1alpha1 Mapping`.
+    Mapping(Box<Mapping>),
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Service(_) => ObjectKind::Service,
+            Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
+            Object::Mapping(_) => ObjectKind::Mapping,
+        }
+    }
+
+    /// `namespace/name` (namespace `default` when unset, as kubectl does).
+    pub fn key(&self) -> ObjectKey {
+        let (ns, name) = match self {
+            Object::Service(o) => (o.namespace(), o.name_any()),
+            Object::EndpointSlice(o) => (o.namespace(), o.name_any()),
+            Object::Mapping(o) => (o.namespace(), o.name_any()),
+        };
+        ObjectKey {
+            namespace: ns.unwrap_or_else(|| "default".into()),
+            name,
+        }
+    }
+}
+
+/// An object that was refused, with a reason a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {key}: {reason}")]
+pub struct ObjectError {
+    /// `Service`, `EndpointSlice` or `Mapping`.
+    pub kind: &'static str,
+    /// The object.
+    pub key: ObjectKey,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Whether a Mapping was accepted, for its status condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingState {
+    /// `metadata.generation` the state was computed from.
+    pub generation: Option<i64>,
+    /// `Ok` when accepted, else the reason.
+    pub accepted: Result<(), String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug)]
+struct ServicePort {
+    name: String,
+    port: u16,
+    target: TargetPort,
+}
+
+#[derive(Clone, Debug)]
+struct ServiceInfo {
+    exported: bool,
+    ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug)]
+struct SliceInfo {
+    service: ObjectKey,
+    /// `(port name, port number)`; an empty name matches an unnamed Service port.
+    ports: Vec<(String, Option<u16>)>,
+    ready: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug)]
+struct ServiceRef {
+    key: ObjectKey,
+    port: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+struct MappingRoute {
+    host: HostMatch,
+    matcher: RouteMatch,
+    service: ServiceRef,
+    weight: Option<u32>,
+    settings: Arc<BackendSettings>,
+    allowed: Option<Arc<[IdentityPattern]>>,
+}
+
+#[derive(Clone, Debug)]
+struct MappingEntry {
+    generation: Option<i64>,
+    route: Result<MappingRoute, String>,
+}
+
+/// The pure index of Services, EndpointSlices and Mappings.
+pub struct Index {
+    cfg: IndexConfig,
+    services: HashMap<ObjectKey, ServiceInfo>,
+    slices: HashMap<ObjectKey, SliceInfo>,
+    mappings: BTreeMap<ObjectKey, MappingEntry>,
+    /// Endpoint objects reused across builds so in-flight counts survive.
+    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new(cfg: IndexConfig) -> Self {
+        Index {
+            cfg,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            mappings: BTreeMap::new(),
+            endpoints: HashMap::new(),
+        }
+    }
+
+    fn namespace_allowed(&self, ns: &str) -> bool {
+        self.cfg.namespaces.is_empty() || self.cfg.namespaces.iter().any(|n| n == ns)
+    }
+
+    /// Adds or replaces an object. A Service or EndpointSlice that cannot be
+    /// converted keeps its previous version; an invalid Mapping is kept as
+    /// not accepted (no route) so its status can say why.
+    pub fn apply(&mut self, obj: &Object) -> Result<(), ObjectError> {
+        let key = obj.key();
+        if !self.namespace_allowed(&key.namespace) {
+            return Ok(());
+        }
+        let err = |kind: &'static str, reason: String| ObjectError {
+            kind,
+            key: key.clone(),
+            reason,
+        };
+        match obj {
+            Object::Service(svc) => {
+                let info = convert_service(svc, &self.cfg).map_err(|r| err("Service", r))?;
+                self.services.insert(key, info);
+            }
+            Object::EndpointSlice(slice) => {
+                let info = convert_slice(slice, &key).map_err(|r| err("EndpointSlice", r))?;
+                self.slices.insert(key, info);
+            }
+            Object::Mapping(m) => {
+                let route = convert_mapping(m, &key, &self.cfg);
+                let result = route
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|r| err("Mapping", r.clone()));
+                self.mappings.insert(
+                    key,
+                    MappingEntry {
+                        generation: m.metadata.generation,
+                        route,
+                    },
+                );
+                return result;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an object.
+    pub fn delete(&mut self, kind: ObjectKind, key: &ObjectKey) {
+        match kind {
+            ObjectKind::Service => {
+                self.services.remove(key);
+            }
+            ObjectKind::EndpointSlice => {
+                self.slices.remove(key);
+            }
+            ObjectKind::Mapping => {
+                self.mappings.remove(key);
+            }
+            ObjectKind::File => {}
+        }
+    }
+
+    /// Replaces every object of `kind` with `objects` (a relist): objects absent
+    /// from the list are gone afterwards. Returns the objects that were refused.
+    pub fn replace(&mut self, kind: ObjectKind, objects: &[Object]) -> Vec<ObjectError> {
+        match kind {
+            ObjectKind::Service => self.services.clear(),
+            ObjectKind::EndpointSlice => self.slices.clear(),
+            ObjectKind::Mapping => self.mappings.clear(),
+            ObjectKind::File => {}
+        }
+        objects
+            .iter()
+            .filter(|o| o.kind() == kind)
+            .filter_map(|o| self.apply(o).err())
+            .collect()
+    }
+
+    /// Replaces every object of every kind (the file source's reload).
+    pub fn replace_all(&mut self, objects: &[Object]) -> Vec<ObjectError> {
+        [
+            ObjectKind::Service,
+            ObjectKind::EndpointSlice,
+            ObjectKind::Mapping,
+        ]
+        .into_iter()
+        .flat_map(|k| self.replace(k, objects))
+        .collect()
+    }
+
+    /// Acceptance of every Mapping, for status write-back.
+    pub fn mapping_states(&self) -> impl Iterator<Item = (&ObjectKey, MappingState)> {
+        self.mappings.iter().map(|(k, e)| {
+            (
+                k,
+                MappingState {
+                    generation: e.generation,
+                    accepted: e.route.as_ref().map(|_| ()).map_err(Clone::clone),
+                },
+            )
+        })
+    }
+
+    /// Builds the route table for the current objects.
+    pub fn build(&mut self) -> RouteTable {
+        let mut slices_by_service: HashMap<&ObjectKey, Vec<&SliceInfo>> = HashMap::new();
+        for s in self.slices.values() {
+            slices_by_service.entry(&s.service).or_default().push(s);
+        }
+        let mut resolver = Resolver {
+            services: &self.services,
+            slices: &slices_by_service,
+            endpoints: &mut self.endpoints,
+            used: HashSet::new(),
+            backends: HashSet::new(),
+        };
+        let defaults = Arc::new(self.cfg.defaults.clone());
+        let mut routes = Vec::new();
+
+        // Implicit routes: every port of every exported Service.
+        let mut exported: Vec<(&ObjectKey, &ServiceInfo)> =
+            self.services.iter().filter(|(_, s)| s.exported).collect();
+        exported.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, svc) in exported {
+            let fqdn = format!(
+                "{}.{}.svc.{}",
+                key.name, key.namespace, self.cfg.cluster_domain
+            );
+            for port in &svc.ports {
+                let mut hosts = vec![PortMatch::Port(port.port)];
+                if svc.ports.len() == 1 {
+                    hosts.push(PortMatch::Absent);
+                }
+                for host_port in hosts {
+                    let (label, eps) = resolver.resolve(&ServiceRef {
+                        key: key.clone(),
+                        port: Some(port.port),
+                    });
+                    routes.push(Route {
+                        name: format!("service/{}/{}:{}", key.namespace, key.name, port.port)
+                            .into(),
+                        host: HostMatch::Exact(fqdn.clone(), host_port),
+                        matcher: RouteMatch::any(),
+                        authz: Authorization::new(self.cfg.allowed.clone()),
+                        target: RouteTarget::new(vec![Backend::new(
+                            label,
+                            1,
+                            eps,
+                            defaults.clone(),
+                        )]),
+                    });
+                }
+            }
+        }
+
+        // Mapping routes: Mappings with the same host and match form one
+        // weighted route (Emissary's traffic-split semantics).
+        let mut groups: BTreeMap<(HostMatch, RouteMatch), Vec<(&ObjectKey, &MappingRoute)>> =
+            BTreeMap::new();
+        for (key, entry) in &self.mappings {
+            if let Ok(m) = &entry.route {
+                groups
+                    .entry((m.host.clone(), m.matcher.clone()))
+                    .or_default()
+                    .push((key, m));
+            }
+        }
+        for ((host, matcher), members) in groups {
+            let weights = split_weights(members.iter().map(|(_, m)| m.weight));
+            let mut authz = Authorization::default();
+            let mut backends = Vec::with_capacity(members.len());
+            for ((_, m), weight) in members.iter().zip(weights) {
+                authz.and(
+                    m.allowed
+                        .clone()
+                        .unwrap_or_else(|| self.cfg.allowed.clone()),
+                );
+                let (label, eps) = resolver.resolve(&m.service);
+                backends.push(Backend::new(label, weight, eps, m.settings.clone()));
+            }
+            let (first, _) = members[0];
+            routes.push(Route {
+                name: format!("mapping/{}/{}", first.namespace, first.name).into(),
+                host,
+                matcher,
+                authz,
+                target: RouteTarget::new(backends),
+            });
+        }
+
+        let services = resolver.backends.len();
+        let used = std::mem::take(&mut resolver.used);
+        let endpoints = used.len();
+        self.endpoints.retain(|addr, _| used.contains(addr));
+        RouteTable::new(routes, services, endpoints)
+    }
+}
+
+/// Emissary's weights: explicit weights as given; Mappings without one share
+/// what is left of 100 equally; when none has a weight, all are equal.
+fn split_weights(weights: impl Iterator<Item = Option<u32>>) -> Vec<u32> {
+    let weights: Vec<Option<u32>> = weights.collect();
+    let explicit: u32 = weights.iter().flatten().sum();
+    let unweighted = weights.iter().filter(|w| w.is_none()).count() as u32;
+    if unweighted as usize == weights.len() {
+        return vec![1; weights.len()];
+    }
+    let share = match 100u32.saturating_sub(explicit).checked_div(unweighted) {
+        Some(0) if explicit < 100 => 1,
+        Some(s) => s,
+        None => 0,
+    };
+    weights.iter().map(|w| w.unwrap_or(share)).collect()
+}
+
+struct Resolver<'a> {
+    services: &'a HashMap<ObjectKey, ServiceInfo>,
+    slices: &'a HashMap<&'a ObjectKey, Vec<&'a SliceInfo>>,
+    endpoints: &'a mut HashMap<SocketAddr, Arc<Endpoint>>,
+    used: HashSet<SocketAddr>,
+    backends: HashSet<Arc<str>>,
+}
+
+impl Resolver<'_> {
+    /// The backend label and ready endpoints of a Service port; none when the
+    /// Service, the port, or ready endpoints are missing (the route answers 503).
+    fn resolve(&mut self, r: &ServiceRef) -> (Arc<str>, Vec<Arc<Endpoint>>) {
+        let port_label = r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let label: Arc<str> = format!("{}:{}", r.key, port_label).into();
+        self.backends.insert(label.clone());
+        let Some(svc) = self.services.get(&r.key) else {
+            return (label, Vec::new());
+        };
+        let port = match r.port {
+            Some(p) => svc.ports.iter().find(|sp| sp.port == p),
+            None if svc.ports.len() == 1 => svc.ports.first(),
+            None => None,
+        };
+        let Some(port) = port else {
+            return (label, Vec::new());
+        };
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for slice in self.slices.get(&r.key).into_iter().flatten() {
+            let target = slice
+                .ports
+                .iter()
+                .find(|(name, _)| *name == port.name)
+                .map(|(_, n)| *n);
+            let number = match (target, &port.target) {
+                (Some(Some(n)), _) => n,
+                (None, TargetPort::Number(n)) if slice.ports.is_empty() => *n,
+                _ => continue,
+            };
+            addrs.extend(slice.ready.iter().map(|ip| SocketAddr::new(*ip, number)));
+        }
+        addrs.sort();
+        addrs.dedup();
+        let eps = addrs
+            .into_iter()
+            .map(|a| {
+                self.used.insert(a);
+                self.endpoints
+                    .entry(a)
+                    .or_insert_with(|| Arc::new(Endpoint::new(a)))
+                    .clone()
+            })
+            .collect();
+        (label, eps)
+    }
+}
+
+fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, String> {
+    let exported = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(&cfg.export_label))
+        .is_some_and(|v| v == "true");
+    let spec = svc.spec.as_ref().ok_or("has no spec")?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Err("type ExternalName is not routable through the gateway".into());
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+            continue;
+        }
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("spec.ports[{i}].port {} is not a valid port", p.port))?;
+        let target = match &p.target_port {
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => TargetPort::Number(
+                u16::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("spec.ports[{i}].targetPort {n} is not a valid port"))?,
+            ),
+            Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                Ok(n) if n > 0 => TargetPort::Number(n),
+                _ => TargetPort::Name(s.clone()),
+            },
+        };
+        ports.push(ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            target,
+        });
+    }
+    Ok(ServiceInfo { exported, ports })
+}
+
+fn convert_slice(slice: &EndpointSlice, key: &ObjectKey) -> Result<SliceInfo, String> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"))
+        .ok_or("has no kubernetes.io/service-name label")?;
+    if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+        return Err(format!(
+            "addressType {} is not supported (IPv4 or IPv6)",
+            slice.address_type
+        ));
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let number = match p.port {
+            None => None,
+            Some(n) => Some(
+                u16::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("ports[{i}].port {n} is not a valid port"))?,
+            ),
+        };
+        if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+            continue;
+        }
+        ports.push((p.name.clone().unwrap_or_default(), number));
+    }
+    let mut ready = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+        for a in &ep.addresses {
+            let ip: IpAddr = a
+                .parse()
+                .map_err(|_| format!("endpoints[{i}].addresses: {a:?} is not an IP address"))?;
+            if is_ready {
+                ready.push(ip);
+            }
+        }
+    }
+    Ok(SliceInfo {
+        service: ObjectKey::new(&key.namespace, service),
+        ports,
+        ready,
+    })
+}
+
+fn convert_mapping(
+    m: &Mapping,
+    key: &ObjectKey,
+    cfg: &IndexConfig,
+) -> Result<MappingRoute, String> {
+    let spec = &m.spec;
+    if !spec.prefix.starts_with('/') {
+        return Err(format!("prefix {:?} must start with '/'", spec.prefix));
+    }
+    let host = parse_hostname(spec.hostname.as_deref().unwrap_or("*"))?;
+    let service = parse_service_ref(&spec.service, &key.namespace, &cfg.cluster_domain)?;
+    if !cfg.namespaces.is_empty() && !cfg.namespaces.contains(&service.key.namespace) {
+        return Err(format!(
+            "service {:?} is in namespace {}, which this gateway does not serve",
+            spec.service, service.key.namespace
+        ));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in spec.headers.iter().flatten() {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("headers: {name:?} is not a valid header name"))?;
+        headers.push(HeaderMatch {
+            name: name.as_str().to_string(),
+            value: value.clone(),
+        });
+    }
+    headers.sort();
+    let method = match &spec.method {
+        None => None,
+        Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Some(m.to_ascii_uppercase())
+        }
+        Some(m) => return Err(format!("method {m:?} is not an HTTP method")),
+    };
+    if let Some(w) = spec.weight {
+        if w > 100 {
+            return Err(format!("weight {w} must be between 0 and 100"));
+        }
+    }
+
+    let mut settings = cfg.defaults.clone();
+    settings.rewrite = match spec.rewrite.as_deref() {
+        None => Some("/".to_string()),
+        Some("") => None,
+        Some(r) if r.starts_with('/') => Some(r.to_string()),
+        Some(r) => {
+            return Err(format!(
+                "rewrite {r:?} must start with '/' (or be \"\" to keep the path)"
+            ))
+        }
+    };
+    if let Some(ms) = spec.timeout_ms {
+        settings.timeout = positive_ms("timeout_ms", ms)?;
+    }
+    if let Some(ms) = spec.connect_timeout_ms {
+        settings.connect_timeout = positive_ms("connect_timeout_ms", ms)?;
+    }
+    if let Some(ms) = spec.idle_timeout_ms {
+        settings.idle_timeout = positive_ms("idle_timeout_ms", ms)?;
+    }
+    if let Some(lb) = &spec.load_balancer {
+        settings.lb = match lb.policy.as_str() {
+            "round_robin" => LbPolicy::RoundRobin,
+            "least_request" => LbPolicy::LeastRequest,
+            other => {
+                return Err(format!(
+                    "load_balancer.policy {other:?} is not supported (round_robin or least_request)"
+                ))
+            }
+        };
+    }
+    if let Some(rp) = &spec.retry_policy {
+        if let Some(on) = rp.retry_on.as_deref() {
+            if on != "connect-failure" {
+                return Err(format!(
+                    "retry_policy.retry_on {on:?} is not supported (connect-failure)"
+                ));
+            }
+        }
+        if rp.per_try_timeout.is_some() {
+            return Err("retry_policy.per_try_timeout is not supported; use timeout_ms".into());
+        }
+        settings.num_retries = rp.num_retries.unwrap_or(1).min(5);
+    }
+    settings.add_request_headers =
+        header_pairs("add_request_headers", spec.add_request_headers.as_ref())?;
+    settings.add_response_headers =
+        header_pairs("add_response_headers", spec.add_response_headers.as_ref())?;
+    for name in spec.remove_request_headers.iter().flatten() {
+        settings.remove_request_headers.push(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                format!("remove_request_headers: {name:?} is not a valid header name")
+            })?,
+        );
+    }
+    let allowed = match &spec.allowed_identities {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    IdentityPattern::parse(s).map_err(|e| format!("allowed_identities[{i}]: {e}"))
+                })
+                .collect::<Result<Arc<[_]>, _>>()?,
+        ),
+    };
+    Ok(MappingRoute {
+        host,
+        matcher: RouteMatch {
+            prefix: spec.prefix.clone(),
+            prefix_exact: spec.prefix_exact.unwrap_or(false),
+            method,
+            headers,
+        },
+        service,
+        weight: spec.weight,
+        settings: Arc::new(settings),
+        allowed,
+    })
+}
+
+fn positive_ms(field: &str, ms: u64) -> Result<Duration, String> {
+    if ms == 0 {
+        return Err(format!("{field} must be greater than 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn header_pairs(
+    field: &str,
+    map: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("{field}: {k:?} is not a valid header name"))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| format!("{field}: value of {k:?} is not a valid header value"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// `hostname`: `*`, `*.suffix`, or `host[:port]`.
+fn parse_hostname(raw: &str) -> Result<HostMatch, String> {
+    if raw == "*" {
+        return Ok(HostMatch::Any);
+    }
+    if let Some(suffix) = raw.strip_prefix("*.") {
+        let a =
+            Authority::parse(suffix.as_bytes()).map_err(|e| format!("hostname {raw:?}: {e}"))?;
+        if a.port().is_some() {
+            return Err(format!(
+                "hostname {raw:?}: a wildcard hostname cannot carry a port"
+            ));
+        }
+        return Ok(HostMatch::Wildcard(format!(".{}", a.host())));
+    }
+    let a = Authority::parse(raw.as_bytes()).map_err(|e| format!("hostname {raw:?}: {e}"))?;
+    Ok(HostMatch::Exact(
+        a.host().to_string(),
+        a.port().map_or(PortMatch::Any, PortMatch::Port),
+    ))
+}
+
+/// `service`: `[http://]name[.namespace[.svc[.<cluster domain>]]][:port]`.
+fn parse_service_ref(
+    raw: &str,
+    default_ns: &str,
+    cluster_domain: &str,
+) -> Result<ServiceRef, String> {
+    let bad = |why: &str| format!("service {raw:?}: {why}");
+    let rest = raw.strip_prefix("http://").unwrap_or(raw);
+    if rest.contains("://") {
+        return Err(bad("only plain HTTP upstreams (http://) are supported"));
+    }
+    let a = Authority::parse(rest.as_bytes()).map_err(|e| bad(&e.to_string()))?;
+    let mut labels = a.host().splitn(3, '.');
+    let name = labels.next().unwrap_or_default();
+    let ns = labels.next().unwrap_or(default_ns);
+    match labels.next() {
+        None => {}
+        Some(tail) if tail == "svc" || tail == format!("svc.{cluster_domain}") => {}
+        Some(_) => {
+            return Err(bad(&format!(
+                "expected name[.namespace][:port] or name.namespace.svc.{cluster_domain}"
+            )))
+        }
+    }
+    Ok(ServiceRef {
+        key: ObjectKey::new(ns, name),
+        port: a.port(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

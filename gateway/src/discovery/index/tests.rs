@@ -1,0 +1,554 @@
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Method};
+use k8s_openapi::api::core::v1::{ServicePort as K8sServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint as K8sEndpoint, EndpointConditions, EndpointPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::*;
+use crate::discovery::crd::{MappingSpec, RetryPolicy};
+
+fn cfg() -> IndexConfig {
+    IndexConfig {
+        cluster_domain: "cluster.local".into(),
+        export_label: "mirror.linkerd.io/exported".into(),
+        namespaces: Vec::new(),
+        allowed: Arc::from(vec![
+            IdentityPattern::parse("spiffe://west.example/*").expect("pattern")
+        ]),
+        defaults: BackendSettings::with_timeouts(
+            Duration::from_secs(15),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ),
+    }
+}
+
+fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        generation: Some(3),
+        ..ObjectMeta::default()
+    }
+}
+
+fn mk_service(ns: &str, name: &str, exported: bool, ports: &[(&str, i32, IntOrString)]) -> Object {
+    let labels: &[(&str, &str)] = if exported {
+        &[("mirror.linkerd.io/exported", "true")]
+    } else {
+        &[]
+    };
+    Object::Service(Box::new(Service {
+        metadata: meta(ns, name, labels),
+        spec: Some(ServiceSpec {
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, t)| K8sServicePort {
+                        name: (!n.is_empty()).then(|| n.to_string()),
+                        port: *p,
+                        target_port: Some(t.clone()),
+                        ..K8sServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }))
+}
+
+fn mk_slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    ports: &[(&str, i32)],
+    eps: &[(&str, bool)],
+) -> Object {
+    Object::EndpointSlice(Box::new(EndpointSlice {
+        metadata: meta(ns, name, &[("kubernetes.io/service-name", svc)]),
+        address_type: "IPv4".into(),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p)| EndpointPort {
+                    name: (!n.is_empty()).then(|| n.to_string()),
+                    port: Some(*p),
+                    ..EndpointPort::default()
+                })
+                .collect(),
+        ),
+        endpoints: eps
+            .iter()
+            .map(|(a, ready)| K8sEndpoint {
+                addresses: vec![a.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(*ready),
+                    ..EndpointConditions::default()
+                }),
+                ..K8sEndpoint::default()
+            })
+            .collect(),
+    }))
+}
+
+fn mk_mapping(ns: &str, name: &str, spec: MappingSpec) -> Object {
+    let mut m = Mapping::new(name, spec);
+    m.metadata.namespace = Some(ns.into());
+    m.metadata.generation = Some(7);
+    Object::Mapping(Box::new(m))
+}
+
+fn spec(host: &str, prefix: &str, service: &str) -> MappingSpec {
+    MappingSpec {
+        hostname: Some(host.into()),
+        prefix: prefix.into(),
+        service: service.into(),
+        ..MappingSpec::default()
+    }
+}
+
+fn http_port(name: &str, port: i32, target: &str) -> (&'static str, i32, IntOrString) {
+    let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+    (name, port, IntOrString::String(target.into()))
+}
+
+/// Route name and endpoints for a request, or None.
+fn route_for(t: &RouteTable, authority: &str, path: &str) -> Option<(String, Vec<String>)> {
+    let a = Authority::parse(authority.as_bytes()).expect("authority");
+    t.lookup(&a, path, &Method::GET, &HeaderMap::new())
+        .map(|r| {
+            let eps = r
+                .target
+                .backends
+                .iter()
+                .flat_map(|b| b.endpoints.iter().map(|e| e.addr.to_string()))
+                .collect();
+            (r.name.to_string(), eps)
+        })
+}
+
+fn index_with(objects: &[Object]) -> Index {
+    let mut index = Index::new(cfg());
+    for o in objects {
+        index.apply(o).expect("valid object");
+    }
+    index
+}
+
+#[test]
+fn exported_service_routes_to_ready_endpoints_by_port_name() {
+    let mut index = index_with(&[
+        mk_service("test", "podinfo", true, &[http_port("http", 9898, "http")]),
+        mk_slice(
+            "test",
+            "podinfo-a",
+            "podinfo",
+            &[("http", 8080)],
+            &[("10.0.0.1", true), ("10.0.0.2", false)],
+        ),
+        mk_slice(
+            "test",
+            "podinfo-b",
+            "podinfo",
+            &[("http", 8080)],
+            &[("10.0.0.3", true)],
+        ),
+    ]);
+    let t = index.build();
+    let want = Some((
+        "service/test/podinfo:9898".to_string(),
+        vec!["10.0.0.1:8080".to_string(), "10.0.0.3:8080".to_string()],
+    ));
+    assert_eq!(
+        route_for(&t, "podinfo.test.svc.cluster.local:9898", "/"),
+        want
+    );
+    assert_eq!(
+        route_for(&t, "podinfo.test.svc.cluster.local", "/"),
+        want,
+        "single-port Service answers without a port"
+    );
+    assert_eq!(
+        route_for(&t, "podinfo.test.svc.cluster.local:9899", "/"),
+        None
+    );
+    assert_eq!(t.endpoint_count(), 2);
+}
+
+#[test]
+fn non_exported_and_unknown_have_no_route() {
+    let mut index = index_with(&[
+        mk_service("test", "internal", false, &[("", 80, IntOrString::Int(80))]),
+        mk_slice(
+            "test",
+            "internal-a",
+            "internal",
+            &[("", 80)],
+            &[("10.0.0.1", true)],
+        ),
+    ]);
+    let t = index.build();
+    assert_eq!(
+        route_for(&t, "internal.test.svc.cluster.local:80", "/"),
+        None
+    );
+    assert_eq!(
+        route_for(&t, "kubernetes.default.svc.cluster.local:443", "/"),
+        None
+    );
+}
+
+#[test]
+fn multi_port_service_needs_a_port_and_numeric_target_without_slice_ports() {
+    let mut index = index_with(&[
+        mk_service(
+            "test",
+            "multi",
+            true,
+            &[
+                ("a", 80, IntOrString::Int(8080)),
+                ("b", 81, IntOrString::Int(8081)),
+            ],
+        ),
+        mk_slice(
+            "test",
+            "multi-a",
+            "multi",
+            &[("a", 8080), ("b", 8081)],
+            &[("10.0.0.1", true)],
+        ),
+    ]);
+    let t = index.build();
+    assert_eq!(route_for(&t, "multi.test.svc.cluster.local", "/"), None);
+    assert_eq!(
+        route_for(&t, "multi.test.svc.cluster.local:81", "/").map(|r| r.1),
+        Some(vec!["10.0.0.1:8081".to_string()])
+    );
+}
+
+#[test]
+fn readiness_flip_and_deletes_update_the_table() {
+    let mut index = index_with(&[
+        mk_service("test", "podinfo", true, &[http_port("http", 9898, "http")]),
+        mk_slice(
+            "test",
+            "podinfo-a",
+            "podinfo",
+            &[("http", 8080)],
+            &[("10.0.0.1", true)],
+        ),
+    ]);
+    let host = "podinfo.test.svc.cluster.local:9898";
+    assert_eq!(
+        route_for(&index.build(), host, "/").map(|r| r.1.len()),
+        Some(1)
+    );
+    index
+        .apply(&mk_slice(
+            "test",
+            "podinfo-a",
+            "podinfo",
+            &[("http", 8080)],
+            &[("10.0.0.1", false)],
+        ))
+        .expect("valid");
+    assert_eq!(
+        route_for(&index.build(), host, "/").map(|r| r.1.len()),
+        Some(0),
+        "route stays (503), endpoints gone"
+    );
+    index.delete(ObjectKind::Service, &ObjectKey::new("test", "podinfo"));
+    assert_eq!(route_for(&index.build(), host, "/"), None);
+}
+
+#[test]
+fn relist_drops_objects_missing_from_the_new_list() {
+    let mut index = index_with(&[
+        mk_service("test", "a", true, &[("", 80, IntOrString::Int(80))]),
+        mk_service("test", "b", true, &[("", 80, IntOrString::Int(80))]),
+    ]);
+    let errors = index.replace(
+        ObjectKind::Service,
+        &[mk_service(
+            "test",
+            "b",
+            true,
+            &[("", 80, IntOrString::Int(80))],
+        )],
+    );
+    assert!(errors.is_empty());
+    let t = index.build();
+    assert_eq!(route_for(&t, "a.test.svc.cluster.local", "/"), None);
+    assert!(route_for(&t, "b.test.svc.cluster.local", "/").is_some());
+}
+
+#[test]
+fn namespace_filter_hides_services_and_refuses_mappings_into_them() {
+    let mut c = cfg();
+    c.namespaces = vec!["test".into()];
+    let mut index = Index::new(c);
+    index
+        .apply(&mk_service(
+            "other",
+            "x",
+            true,
+            &[("", 80, IntOrString::Int(80))],
+        ))
+        .expect("ignored, not an error");
+    let err = index
+        .apply(&mk_mapping(
+            "test",
+            "m",
+            spec("a.example", "/", "x.other:80"),
+        ))
+        .expect_err("refused");
+    assert!(err.reason.contains("namespace other"), "{err}");
+    let t = index.build();
+    assert_eq!(route_for(&t, "x.other.svc.cluster.local", "/"), None);
+    assert_eq!(route_for(&t, "a.example", "/"), None);
+}
+
+#[test]
+fn mapping_routes_non_exported_service_with_rewrite_default() {
+    let mut index = index_with(&[
+        mk_service(
+            "test",
+            "internal",
+            false,
+            &[("", 80, IntOrString::Int(8080))],
+        ),
+        mk_slice(
+            "test",
+            "internal-a",
+            "internal",
+            &[("", 8080)],
+            &[("10.0.0.9", true)],
+        ),
+        mk_mapping(
+            "test",
+            "api",
+            spec("api.example.com", "/api/", "internal:80"),
+        ),
+    ]);
+    let t = index.build();
+    let a = Authority::parse(b"api.example.com").expect("authority");
+    let r = t
+        .lookup(&a, "/api/x", &Method::GET, &HeaderMap::new())
+        .expect("route");
+    assert_eq!(&*r.name, "mapping/test/api");
+    assert_eq!(r.target.backends[0].settings.rewrite.as_deref(), Some("/"));
+    assert_eq!(
+        r.target.backends[0].endpoints[0].addr.to_string(),
+        "10.0.0.9:8080"
+    );
+    assert!(
+        r.authz.allows("spiffe://west.example/ns/a/sa/b"),
+        "global identities apply"
+    );
+    assert_eq!(
+        route_for(&t, "internal.test.svc.cluster.local", "/"),
+        None,
+        "still not exported"
+    );
+}
+
+#[test]
+fn mappings_with_the_same_match_split_by_weight() {
+    let mut canary = spec("a.example", "/", "canary:80");
+    canary.weight = Some(10);
+    let mut index = index_with(&[
+        mk_mapping("test", "main", spec("a.example", "/", "main:80")),
+        mk_mapping("test", "canary", canary),
+    ]);
+    let t = index.build();
+    let a = Authority::parse(b"a.example").expect("authority");
+    let r = t
+        .lookup(&a, "/", &Method::GET, &HeaderMap::new())
+        .expect("route");
+    let weights: BTreeMap<String, u32> = r
+        .target
+        .backends
+        .iter()
+        .map(|b| (b.service.to_string(), b.weight))
+        .collect();
+    assert_eq!(weights.get("test/canary:80"), Some(&10));
+    assert_eq!(weights.get("test/main:80"), Some(&90));
+}
+
+#[test]
+fn mapping_allowed_identities_replace_global_and_intersect_in_a_split() {
+    let mut a = spec("a.example", "/", "a:80");
+    a.allowed_identities = Some(vec!["spiffe://south.example/*".into()]);
+    let mut b = spec("a.example", "/", "b:80");
+    b.allowed_identities = Some(vec!["spiffe://south.example/ns/x/*".into()]);
+    let mut index = index_with(&[mk_mapping("test", "a", a.clone())]);
+    let t = index.build();
+    let host = Authority::parse(b"a.example").expect("authority");
+    let r = t
+        .lookup(&host, "/", &Method::GET, &HeaderMap::new())
+        .expect("route");
+    assert!(r.authz.allows("spiffe://south.example/ns/y/sa/z"));
+    assert!(
+        !r.authz.allows("spiffe://west.example/ns/y/sa/z"),
+        "global list replaced"
+    );
+    index.apply(&mk_mapping("test", "b", b)).expect("valid");
+    let t = index.build();
+    let r = t
+        .lookup(&host, "/", &Method::GET, &HeaderMap::new())
+        .expect("route");
+    assert!(r.authz.allows("spiffe://south.example/ns/x/sa/z"));
+    assert!(
+        !r.authz.allows("spiffe://south.example/ns/y/sa/z"),
+        "both Mappings must allow"
+    );
+}
+
+#[test]
+fn invalid_mappings_are_refused_with_actionable_reasons_and_others_stay() {
+    let cases: Vec<(MappingSpec, &str)> = vec![
+        (spec("a.example", "api", "x:80"), "must start with '/'"),
+        (spec("a.example", "/", "https://x:443"), "only plain HTTP"),
+        (
+            spec("a.example", "/", "x.y.z.w:80"),
+            "expected name[.namespace]",
+        ),
+        (spec("a b", "/", "x:80"), "hostname"),
+        (
+            MappingSpec {
+                weight: Some(101),
+                ..spec("a.example", "/", "x")
+            },
+            "weight 101",
+        ),
+        (
+            MappingSpec {
+                load_balancer: Some(crate::discovery::crd::LoadBalancer {
+                    policy: "ring_hash".into(),
+                }),
+                ..spec("a.example", "/", "x")
+            },
+            "ring_hash",
+        ),
+        (
+            MappingSpec {
+                retry_policy: Some(RetryPolicy {
+                    retry_on: Some("5xx".into()),
+                    ..RetryPolicy::default()
+                }),
+                ..spec("a.example", "/", "x")
+            },
+            "retry_on",
+        ),
+        (
+            MappingSpec {
+                allowed_identities: Some(vec!["a*b".into()]),
+                ..spec("a.example", "/", "x")
+            },
+            "allowed_identities[0]",
+        ),
+        (
+            MappingSpec {
+                timeout_ms: Some(0),
+                ..spec("a.example", "/", "x")
+            },
+            "timeout_ms",
+        ),
+    ];
+    let mut index = index_with(&[mk_mapping(
+        "test",
+        "good",
+        spec("good.example", "/", "x:80"),
+    )]);
+    for (i, (s, want)) in cases.into_iter().enumerate() {
+        let err = index
+            .apply(&mk_mapping("test", &format!("bad{i}"), s))
+            .expect_err("refused");
+        assert!(err.reason.contains(want), "case {i}: {err}");
+        assert_eq!(err.kind, "Mapping");
+    }
+    let t = index.build();
+    assert!(
+        route_for(&t, "good.example", "/").is_some(),
+        "valid Mapping unaffected"
+    );
+    let states: Vec<_> = index.mapping_states().collect();
+    assert_eq!(states.len(), 10);
+    let bad0 = states
+        .iter()
+        .find(|(k, _)| k.name == "bad0")
+        .expect("state");
+    assert_eq!(bad0.1.generation, Some(7));
+    assert!(bad0
+        .1
+        .accepted
+        .as_ref()
+        .is_err_and(|r| r.contains("prefix")));
+}
+
+#[test]
+fn invalid_service_keeps_previous_version() {
+    let mut index = index_with(&[mk_service(
+        "test",
+        "a",
+        true,
+        &[("", 80, IntOrString::Int(80))],
+    )]);
+    let err = index
+        .apply(&mk_service(
+            "test",
+            "a",
+            true,
+            &[("", 70000, IntOrString::Int(80))],
+        ))
+        .expect_err("refused");
+    assert!(err.reason.contains("70000"), "{err}");
+    assert!(route_for(&index.build(), "a.test.svc.cluster.local:80", "/").is_some());
+}
+
+#[test]
+fn endpoint_objects_survive_rebuilds() {
+    let objs = [
+        mk_service("test", "a", true, &[("", 80, IntOrString::Int(80))]),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+    ];
+    let mut index = index_with(&objs);
+    let t1 = index.build();
+    let t2 = index.build();
+    let ep = |t: &RouteTable| {
+        let a = Authority::parse(b"a.test.svc.cluster.local").expect("authority");
+        t.lookup(&a, "/", &Method::GET, &HeaderMap::new())
+            .expect("route")
+            .target
+            .backends[0]
+            .endpoints[0]
+            .clone()
+    };
+    assert!(
+        Arc::ptr_eq(&ep(&t1), &ep(&t2)),
+        "in-flight counts carry over"
+    );
+}
+
+#[test]
+fn weights_follow_emissary() {
+    assert_eq!(split_weights([None, None].into_iter()), vec![1, 1]);
+    assert_eq!(split_weights([Some(10), None].into_iter()), vec![10, 90]);
+    assert_eq!(
+        split_weights([Some(10), None, None].into_iter()),
+        vec![10, 45, 45]
+    );
+    assert_eq!(split_weights([Some(100), None].into_iter()), vec![100, 0]);
+    assert_eq!(
+        split_weights([Some(30), Some(20)].into_iter()),
+        vec![30, 20]
+    );
+}

@@ -1,0 +1,207 @@
+//! Assembly: one constructor builds the whole gateway (TLS, discovery, proxy,
+//! admin) from a [`Config`], for `main` and the tests alike.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::config::{Config, Discovery};
+use crate::discovery::{self, files::FileSource, Index, Publisher};
+use crate::listener::GatewayListener;
+use crate::metrics::Metrics;
+use crate::proxy::{GatewayProxy, RequestLimits};
+use crate::routes::{self, SharedRoutes};
+use crate::tls::{TlsError, TlsMaterial, TlsServer};
+
+/// Why the gateway could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Certificate, key or trust anchors unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listening address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `gateway` or `admin`.
+        what: &'static str,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The manifest directory is unusable.
+    #[error("file discovery: {0}")]
+    Files(#[from] discovery::files::FileError),
+    /// No identity for loop detection.
+    #[error("cannot determine this gateway's identity from {cert}: set `identity` in the config")]
+    NoIdentity {
+        /// The serving certificate.
+        cert: String,
+    },
+    /// The configured discovery source is not available.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// A started gateway.
+pub struct Gateway {
+    /// The bound mTLS address (useful with port 0).
+    pub gateway_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The published routes.
+    pub routes: SharedRoutes,
+    /// Readiness flags.
+    pub readiness: Arc<Readiness>,
+    /// The swappable TLS state.
+    pub tls: TlsServer,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Loads TLS material, runs the first discovery sync, binds both ports and
+    /// starts serving on the current tokio runtime.
+    pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Arc::new(Readiness::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let material = TlsMaterial::load(&cfg.tls)?;
+        let own_identity = match cfg
+            .identity
+            .clone()
+            .or_else(|| material.identity().map(str::to_string))
+        {
+            Some(id) => id,
+            None => {
+                return Err(StartError::NoIdentity {
+                    cert: cfg.tls.cert.display().to_string(),
+                })
+            }
+        };
+        let tls = TlsServer::new(material);
+        readiness.set_certs_loaded();
+
+        let routes = routes::shared_empty();
+        let publisher = Publisher::new(routes.clone(), metrics.clone());
+        let mut index = Index::new(discovery::index_config(cfg));
+        match &cfg.discovery {
+            Discovery::Files(files) => {
+                let started = Instant::now();
+                let mut source = FileSource::new(files.dir());
+                let (scan, errors) = source.load_into(&mut index)?;
+                for e in &scan.errors {
+                    metrics.discovery_errors.with_label_values(&["file"]).inc();
+                    tracing::warn!(file = %e.path.display(), reason = %e.reason, "manifest file refused");
+                }
+                for e in &errors {
+                    let origin = source
+                        .origin(e.kind, &e.key)
+                        .map(|p| p.display().to_string());
+                    publisher.report(e, origin.as_deref());
+                }
+                publisher.publish(&mut index, started);
+                readiness.set_discovery_synced();
+                tracing::info!(dir = %files.dir().display(), routes = routes.load().route_count(), "file discovery synced");
+                tasks.push(tokio::spawn(
+                    discovery::files::run(
+                        source,
+                        index,
+                        publisher,
+                        metrics.clone(),
+                        files.poll_interval(),
+                        shutdown_rx.clone(),
+                    )
+                    .instrument(tracing::info_span!("discovery", source = "files")),
+                ));
+            }
+            Discovery::Kubernetes(_) => {
+                return Err(StartError::Unsupported(
+                    "discovery.kubernetes is not yet supported by this build; use discovery.files",
+                ))
+            }
+        }
+
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| StartError::Bind { addr, what, error })
+        };
+        let gateway_listener = bind(cfg.listen.gateway, "gateway").await?;
+        let admin_listener = bind(cfg.listen.admin, "admin").await?;
+        let local = |l: &TcpListener, addr: SocketAddr, what| {
+            l.local_addr()
+                .map_err(|error| StartError::Bind { addr, what, error })
+        };
+        let gateway_addr = local(&gateway_listener, cfg.listen.gateway, "gateway")?;
+        let admin_addr = local(&admin_listener, cfg.listen.admin, "admin")?;
+
+        let proxy = GatewayProxy::new(
+            routes.clone(),
+            metrics.clone(),
+            &own_identity,
+            RequestLimits {
+                max_header_bytes: cfg.limits.max_request_header_bytes,
+                max_headers: cfg.limits.max_request_headers,
+            },
+        );
+        let server_conf = Arc::new(ServerConf::default());
+        let mut app = pingora_proxy::http_proxy(&server_conf, proxy);
+        app.server_options = Some(HttpServerOptions::default());
+        let acceptor = Arc::new(tls.settings().build());
+        let listener = GatewayListener {
+            listener: gateway_listener,
+            acceptor,
+            app: Arc::new(app),
+            metrics: metrics.clone(),
+            handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+        };
+        tasks.push(tokio::spawn(
+            listener
+                .run(shutdown_rx.clone())
+                .instrument(tracing::info_span!("gateway", addr = %gateway_addr)),
+        ));
+        let admin_state = AdminState {
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            routes: routes.clone(),
+        };
+        tasks.push(tokio::spawn(
+            admin::serve(admin_listener, admin_state, shutdown_rx)
+                .instrument(tracing::info_span!("admin", addr = %admin_addr)),
+        ));
+        tracing::info!(%gateway_addr, %admin_addr, identity = %own_identity, "isthmus gateway serving");
+        Ok(Gateway {
+            gateway_addr,
+            admin_addr,
+            metrics,
+            routes,
+            readiness,
+            tls,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, turns `/ready` to 503, and signals open connections to
+    /// finish; returns once the accept loops have stopped.
+    pub async fn shutdown(self) {
+        self.readiness.set_draining();
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Isthmus: the mTLS ingress gateway for cross-cluster Kubernetes traffic.
+//!
+//! Request path: [`listener`] (TCP + mTLS) → [`proxy`] (authority, route,
+//! authorization, backend) → upstream. Discovery path: [`discovery`] sources →
+//! [`discovery::Index`] → [`routes::RouteTable`] published through an `ArcSwap`.
+//! [`gateway::Gateway::start`] wires it all for `main` and the tests.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod discovery;
+pub mod gateway;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod tls;

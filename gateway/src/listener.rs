@@ -1,0 +1,119 @@
+//! The first stage of the request path: accept TCP, complete the mTLS
+//! handshake (client certificate required), then hand the connection to the
+//! pingora HTTP app (HTTP/1.1 or HTTP/2 by ALPN).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetSocketDigest, Stream};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::metrics::{HandshakeFailure, Metrics};
+use crate::tls::classify_handshake_error;
+
+/// Everything the accept loop needs.
+pub struct GatewayListener<A> {
+    /// The bound gateway socket.
+    pub listener: TcpListener,
+    /// The rustls acceptor with the identity callback.
+    pub acceptor: Arc<Acceptor>,
+    /// The pingora HTTP app (our `GatewayProxy` inside pingora's `HttpProxy`).
+    pub app: Arc<A>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time allowed to complete a handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Decrements the open-connections gauge when a connection ends.
+struct ConnectionGuard(Arc<Metrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
+    /// Accepts connections until `shutdown` flips; in-flight connections see the
+    /// same signal and finish their current requests.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let listener = Listener::from(self.listener);
+        let mut stop = shutdown.clone();
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            self.metrics.open_connections.inc();
+            let guard = ConnectionGuard(self.metrics.clone());
+            let acceptor = self.acceptor.clone();
+            let app = self.app.clone();
+            let metrics = self.metrics.clone();
+            let timeout = self.handshake_timeout;
+            let shutdown = shutdown.clone();
+            let client = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tokio::spawn(
+                async move {
+                    let _guard = guard;
+                    serve_connection(stream, &acceptor, app, &metrics, timeout, shutdown).await;
+                }
+                .instrument(tracing::debug_span!("conn", client = %client)),
+            );
+        }
+    }
+}
+
+async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
+    mut stream: L4Stream,
+    acceptor: &Acceptor,
+    app: Arc<A>,
+    metrics: &Metrics,
+    timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    if let Err(e) = stream.set_nodelay() {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let tls = match tokio::time::timeout(timeout, acceptor.tls_handshake(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = classify_handshake_error(&e);
+            metrics
+                .handshake_failures
+                .with_label_values(&[reason.label()])
+                .inc();
+            tracing::debug!(reason = reason.label(), error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            metrics
+                .handshake_failures
+                .with_label_values(&[HandshakeFailure::Timeout.label()])
+                .inc();
+            return;
+        }
+    };
+    let mut next: Option<Stream> = Some(Box::new(tls));
+    while let Some(s) = next {
+        next = app.process_new(s, &shutdown).await;
+    }
+}

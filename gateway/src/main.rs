@@ -1,0 +1,178 @@
+//! The `isthmus` command line: `run`, `check`, `certs dev`, `crds`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use isthmus::config::{Config, Discovery};
+use isthmus::discovery::{self, files::FileSource, Index};
+use isthmus::gateway::Gateway;
+use isthmus::tls::{dev, TlsMaterial};
+use kube::CustomResourceExt;
+
+/// Isthmus: mTLS ingress gateway for cross-cluster Kubernetes traffic.
+#[derive(Parser)]
+#[command(name = "isthmus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Create development certificates next to `tls.cert` when they are missing.
+        #[arg(long)]
+        dev_certs: bool,
+        /// Also start the demo upstream on this address (for the embedded example).
+        #[arg(long, value_name = "ADDR")]
+        demo_upstream: Option<SocketAddr>,
+    },
+    /// Validate the config, the certificates and the manifests; exit non-zero on any error.
+    Check {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Certificate helpers.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Print the Mapping CustomResourceDefinition (YAML).
+    Crds,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write development certificates into DIR: ca.crt/.key, gateway.crt/.key,
+    /// peer-west, peer-dns, peer-expired, untrusted-ca.crt and peer-untrusted.
+    Dev {
+        /// Output directory (created if needed).
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            dev_certs,
+            demo_upstream,
+        } => run(&config, dev_certs, demo_upstream),
+        Command::Check { config } => check(&config),
+        Command::Certs {
+            command: CertsCommand::Dev { dir },
+        } => dev::write_dev_certs(&dir)
+            .map(|()| println!("wrote development certificates to {}", dir.display()))
+            .map_err(Into::into),
+        Command::Crds => serde_yaml::to_string(&isthmus::discovery::crd::Mapping::crd())
+            .map(|y| print!("{y}"))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path, dev_certs: bool, demo_upstream: Option<SocketAddr>) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    if dev_certs {
+        let dir = cfg.tls.cert.parent().unwrap_or(Path::new("."));
+        if dev::ensure_dev_certs(dir)? {
+            tracing::info!(dir = %dir.display(), "wrote development certificates");
+        }
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.threads > 0 {
+        rt.worker_threads(cfg.threads);
+    }
+    let rt = rt.enable_all().thread_name("isthmus").build()?;
+    rt.block_on(async {
+        if let Some(addr) = demo_upstream {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (demo upstream)"))?;
+            tracing::info!(%addr, "demo upstream serving");
+            tokio::spawn(isthmus::demo::serve(l, "podinfo".into()));
+        }
+        let gateway = Gateway::start(&cfg).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        gateway.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn check(config: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let mut problems = Vec::new();
+    match TlsMaterial::load(&cfg.tls) {
+        Ok(m) => println!("tls: ok (identity {})", m.identity().unwrap_or("<none>")),
+        Err(e) => problems.push(format!("tls: {e}")),
+    }
+    match &cfg.discovery {
+        Discovery::Files(files) => {
+            let mut index = Index::new(discovery::index_config(&cfg));
+            let mut source = FileSource::new(files.dir());
+            let (scan, errors) = source.load_into(&mut index)?;
+            problems.extend(scan.errors.iter().map(ToString::to_string));
+            for e in errors {
+                let origin = source
+                    .origin(e.kind, &e.key)
+                    .map(|p| format!("{}: ", p.display()))
+                    .unwrap_or_default();
+                problems.push(format!("{origin}{e}"));
+            }
+            let table = index.build();
+            println!(
+                "discovery: {} routes, {} services, {} endpoints from {}",
+                table.route_count(),
+                table.service_count(),
+                table.endpoint_count(),
+                files.dir().display()
+            );
+        }
+        Discovery::Kubernetes(_) => println!("discovery: kubernetes (not checked offline)"),
+    }
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    bail!(
+        "{} problem(s) found in {}",
+        problems.len(),
+        config.display()
+    )
+}

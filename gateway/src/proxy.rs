@@ -1,0 +1,327 @@
+//! The request path: pingora's `ProxyHttp` hooks for one request through the
+//! gateway, in order.
+//!
+//! ```text
+//! request_filter     authority → loop check → route lookup → authorization → backend
+//! upstream_peer      endpoint choice (round robin / least request), timeouts
+//! upstream_request   rewrite, header edits, Forwarded by=<own identity>
+//! response_filter    response header edits
+//! fail_to_connect    connect errors, retry on another endpoint when safe
+//! fail_to_proxy      error → status (502/504/400) with the gateway's own body
+//! logging            metrics and the access log line
+//! ```
+//! Each hook is short; the decisions live in [`request`] as plain functions.
+
+pub mod request;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::metrics::{ErrorKind, Metrics};
+use crate::routes::{InFlight, Route, SharedRoutes};
+use crate::tls::PeerIdentity;
+
+/// Header carrying the verified peer identity to upstreams (inbound copies are dropped).
+pub const PEER_IDENTITY_HEADER: &str = "x-isthmus-peer-identity";
+
+/// Limits the request path enforces itself.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Largest request header section, in bytes.
+    pub max_header_bytes: usize,
+    /// Most request header fields.
+    pub max_headers: usize,
+}
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct GatewayProxy {
+    routes: SharedRoutes,
+    metrics: Arc<Metrics>,
+    /// `by="<identity>"`: the value this gateway adds to `Forwarded`.
+    forwarded_by: String,
+    own_identity: Arc<str>,
+    limits: RequestLimits,
+}
+
+impl GatewayProxy {
+    /// A proxy reading `routes`, counting into `metrics`, identifying itself as `own_identity`.
+    pub fn new(
+        routes: SharedRoutes,
+        metrics: Arc<Metrics>,
+        own_identity: &str,
+        limits: RequestLimits,
+    ) -> Self {
+        GatewayProxy {
+            routes,
+            metrics,
+            forwarded_by: format!("by=\"{own_identity}\""),
+            own_identity: own_identity.into(),
+            limits,
+        }
+    }
+
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        kind: ErrorKind,
+    ) -> Result<bool> {
+        ctx.error = Some(kind);
+        respond(session, kind).await;
+        Ok(true)
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    peer: Option<Arc<str>>,
+    route: Option<Arc<Route>>,
+    backend: usize,
+    in_flight: Option<InFlight>,
+    connect_failures: u32,
+    error: Option<ErrorKind>,
+}
+
+impl RequestCtx {
+    fn backend(&self) -> Option<&crate::routes::Backend> {
+        self.route.as_ref()?.target.backends.get(self.backend)
+    }
+}
+
+async fn respond(session: &mut Session, kind: ErrorKind) {
+    let body = Bytes::from_static(request::error_body(kind));
+    let mut resp = match ResponseHeader::build(kind.status(), Some(3)) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
+    let _ = resp.insert_header("x-isthmus-error", kind.label());
+    if matches!(
+        kind,
+        ErrorKind::BadRequest | ErrorKind::HeadersTooLarge | ErrorKind::Loop
+    ) {
+        // The connection may be in an unknown state after a malformed request.
+        session.set_keepalive(None);
+    }
+    if let Err(e) = session.write_error_response(resp, body).await {
+        tracing::debug!(error = %e, "could not write error response");
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            peer: None,
+            route: None,
+            backend: 0,
+            in_flight: None,
+            connect_failures: 0,
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.peer = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<PeerIdentity>())
+            .map(|p| p.0.clone());
+        let req = session.req_header();
+        if let Err(kind) = request::check_limits(req, &self.limits) {
+            return self.answer(session, ctx, kind).await;
+        }
+        let authority = match request::authority(req, session.is_http2()) {
+            Ok(a) => a,
+            Err(kind) => return self.answer(session, ctx, kind).await,
+        };
+        if request::is_loop(req, &self.own_identity) {
+            return self.answer(session, ctx, ErrorKind::Loop).await;
+        }
+        let table = self.routes.load();
+        let Some(route) = table.lookup(&authority, req.uri.path(), &req.method, &req.headers)
+        else {
+            return self.answer(session, ctx, ErrorKind::NoRoute).await;
+        };
+        ctx.route = Some(route.clone());
+        // A connection without identity never completes the handshake; deny regardless.
+        if !ctx.peer.as_deref().is_some_and(|p| route.authz.allows(p)) {
+            return self.answer(session, ctx, ErrorKind::Forbidden).await;
+        }
+        match route.target.choose() {
+            Some(i) if !route.target.backends[i].endpoints.is_empty() => ctx.backend = i,
+            _ => return self.answer(session, ctx, ErrorKind::NoEndpoints).await,
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let avoid = ctx.in_flight.take().map(|f| f.endpoint().addr);
+        let backend = ctx
+            .backend()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no backend chosen"))?;
+        let endpoint = backend
+            .pick(avoid)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no ready endpoints"))?
+            .clone();
+        let s = &backend.settings;
+        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.read_timeout = Some(s.timeout);
+        peer.options.write_timeout = Some(s.timeout);
+        peer.options.idle_timeout = Some(s.idle_timeout);
+        ctx.in_flight = Some(endpoint.begin());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(route), Some(backend)) = (ctx.route.as_ref(), ctx.backend()) else {
+            return Ok(());
+        };
+        request::rewrite_upstream(upstream, &route.matcher.prefix, &backend.settings)?;
+        upstream.remove_header(PEER_IDENTITY_HEADER);
+        if let Some(peer) = &ctx.peer {
+            upstream.insert_header(PEER_IDENTITY_HEADER, peer.as_ref())?;
+        }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        upstream.append_header(
+            http::header::FORWARDED,
+            format!("{};for=\"{}\"", self.forwarded_by, client),
+        )?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = ctx.backend() {
+            for (name, value) in &b.settings.add_response_headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.metrics.upstream_connect_errors.inc();
+        ctx.connect_failures += 1;
+        let retries = ctx
+            .backend()
+            .map(|b| (b.settings.num_retries, b.endpoints.len()));
+        let retry = retries.is_some_and(|(n, eps)| ctx.connect_failures <= n && eps > 1)
+            && session.req_header().method.is_idempotent();
+        tracing::debug!(peer = %peer, error = %e, retry, "upstream connect failed");
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let kind = match ctx.error {
+            Some(k) => Some(k),
+            None => request::classify_proxy_error(e),
+        };
+        let code = match kind {
+            Some(kind) => {
+                ctx.error = Some(kind);
+                if session.response_written().is_none() {
+                    respond(session, kind).await;
+                }
+                kind.status()
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| ctx.error.map(ErrorKind::status))
+            .unwrap_or(0);
+        let route = ctx.route.as_ref().map_or("-", |r| &*r.name);
+        let peer = ctx.peer.as_deref().unwrap_or("-");
+        let elapsed = ctx.started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[route, peer, request::status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind) = ctx.error {
+            self.metrics
+                .request_errors
+                .with_label_values(&[kind.label()])
+                .inc();
+        }
+        drop(ctx.in_flight.take());
+        if tracing::enabled!(target: "isthmus::access", tracing::Level::INFO) {
+            let req = session.req_header();
+            tracing::info!(
+                target: "isthmus::access",
+                route,
+                peer,
+                status,
+                method = %req.method,
+                authority = %req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
+                path = req.uri.path(),
+                upstream = ctx.backend().map_or("-", |b| &*b.service),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+                "request"
+            );
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // Errors the gateway answered itself are already in the access log and metrics.
+        ctx.error.is_some() || matches!(error.esource(), ErrorSource::Downstream)
+    }
+}
+
+/// How long pingora keeps an idle downstream HTTP/1.1 connection.
+pub const DOWNSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);

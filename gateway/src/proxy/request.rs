@@ -1,0 +1,164 @@
+//! Request-path decisions as plain functions: authority extraction, limits,
+//! loop detection, upstream rewrites and error classification.
+
+use http::header::{FORWARDED, HOST};
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::RequestHeader;
+
+use super::RequestLimits;
+use crate::metrics::ErrorKind;
+use crate::routes::{Authority, BackendSettings};
+
+/// The body the gateway sends with its own error answers. The same body for
+/// unknown and non-exported hosts: nothing about what exists leaks.
+pub fn error_body(kind: ErrorKind) -> &'static [u8] {
+    match kind {
+        ErrorKind::NoRoute => b"not found\n",
+        ErrorKind::Forbidden => b"forbidden: peer identity not allowed\n",
+        ErrorKind::NoEndpoints => b"no ready endpoints\n",
+        ErrorKind::UpstreamConnect => b"upstream connect error\n",
+        ErrorKind::UpstreamError => b"upstream error\n",
+        ErrorKind::UpstreamTimeout => b"upstream timeout\n",
+        ErrorKind::BadRequest => b"bad request\n",
+        ErrorKind::HeadersTooLarge => b"request header fields too large\n",
+        ErrorKind::Loop => b"loop detected: request already forwarded by this gateway\n",
+        ErrorKind::Internal => b"internal error\n",
+    }
+}
+
+/// Refuses requests whose header section is over the configured limits.
+pub fn check_limits(req: &RequestHeader, limits: &RequestLimits) -> Result<(), ErrorKind> {
+    if req.headers.len() > limits.max_headers {
+        return Err(ErrorKind::HeadersTooLarge);
+    }
+    let size: usize = req.uri.to_string().len()
+        + req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > limits.max_header_bytes {
+        return Err(ErrorKind::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// The request's authority: HTTP/2 `:authority` (else Host), HTTP/1 Host.
+/// Two Host headers, or an absolute URI whose authority differs from Host,
+/// are refused as ambiguous.
+pub fn authority(req: &RequestHeader, http2: bool) -> Result<Authority, ErrorKind> {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ErrorKind::BadRequest);
+    }
+    let parse = |raw: &[u8]| Authority::parse(raw).map_err(|_| ErrorKind::BadRequest);
+    let from_uri = req
+        .uri
+        .authority()
+        .map(|a| parse(a.as_str().as_bytes()))
+        .transpose()?;
+    let from_host = host.map(|h| parse(h.as_bytes())).transpose()?;
+    match (from_uri, from_host) {
+        (Some(u), Some(h)) if u != h => Err(ErrorKind::BadRequest),
+        (Some(u), _) => Ok(u),
+        (None, Some(h)) if !http2 || req.uri.authority().is_none() => Ok(h),
+        _ => Err(ErrorKind::BadRequest),
+    }
+}
+
+/// Whether a `Forwarded` header names this gateway as `by=`: the request has
+/// already passed through here.
+pub fn is_loop(req: &RequestHeader, own_identity: &str) -> bool {
+    req.headers.get_all(FORWARDED).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',' || *b == b';')
+            .filter_map(|pair| {
+                let pair = pair.trim_ascii();
+                let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+                k.eq_ignore_ascii_case(b"by").then_some(&v[1..])
+            })
+            .any(|by| {
+                let by = by
+                    .strip_prefix(b"\"")
+                    .and_then(|b| b.strip_suffix(b"\""))
+                    .unwrap_or(by);
+                by == own_identity.as_bytes()
+            })
+    })
+}
+
+/// Rewrites the matched prefix, applies header edits, and sends origin-form.
+pub fn rewrite_upstream(
+    upstream: &mut RequestHeader,
+    prefix: &str,
+    settings: &BackendSettings,
+) -> pingora_error::Result<()> {
+    let path = upstream.uri.path();
+    let new_path = match &settings.rewrite {
+        Some(rewrite) if path.starts_with(prefix) => {
+            let rest = &path[prefix.len()..];
+            let joined = if rewrite.ends_with('/') && rest.starts_with('/') {
+                format!("{}{}", rewrite, &rest[1..])
+            } else {
+                format!("{rewrite}{rest}")
+            };
+            Some(joined)
+        }
+        _ => None,
+    };
+    if new_path.is_some() || upstream.uri.authority().is_some() {
+        let path = new_path.as_deref().unwrap_or(upstream.uri.path());
+        let pq = match upstream.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let uri = pq
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewritten path", e))?;
+        upstream.set_uri(uri);
+    }
+    for name in &settings.remove_request_headers {
+        upstream.remove_header(name);
+    }
+    for (name, value) in &settings.add_request_headers {
+        upstream.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// Maps a proxying error to what the client is told; `None` when the client is
+/// gone and nothing can be sent.
+pub fn classify_proxy_error(e: &Error) -> Option<ErrorKind> {
+    use ErrorType::*;
+    Some(match (e.esource(), e.etype()) {
+        (_, HTTPStatus(503)) => ErrorKind::NoEndpoints,
+        (_, ConnectTimedout) => ErrorKind::UpstreamTimeout,
+        (_, ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError) => {
+            ErrorKind::UpstreamConnect
+        }
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => ErrorKind::UpstreamTimeout,
+        (ErrorSource::Upstream, _) => ErrorKind::UpstreamError,
+        (
+            ErrorSource::Downstream,
+            ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
+        ) => return None,
+        (ErrorSource::Downstream, _) => ErrorKind::BadRequest,
+        _ => ErrorKind::Internal,
+    })
+}
+
+/// `2xx`, `4xx`... for the requests metric.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests;

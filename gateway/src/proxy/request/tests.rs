@@ -1,0 +1,127 @@
+use std::time::Duration;
+
+use super::*;
+
+fn req(raw_uri: &str, hosts: &[&str]) -> RequestHeader {
+    let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+    r.set_uri(raw_uri.parse().expect("uri"));
+    for h in hosts {
+        r.append_header("host", *h).expect("header");
+    }
+    r
+}
+
+#[test]
+fn authority_from_host_or_uri() {
+    let a = authority(&req("/", &["PodInfo.test.svc.cluster.local.:9898"]), false).expect("ok");
+    assert_eq!(a.to_string(), "podinfo.test.svc.cluster.local:9898");
+    let h2 = authority(
+        &req("https://podinfo.test.svc.cluster.local:9898/x", &[]),
+        true,
+    )
+    .expect("ok");
+    assert_eq!(h2.to_string(), "podinfo.test.svc.cluster.local:9898");
+    let same = authority(&req("https://a.example/x", &["a.example"]), false).expect("ok");
+    assert_eq!(same.to_string(), "a.example");
+}
+
+#[test]
+fn ambiguous_or_bad_authorities_are_400() {
+    for (uri, hosts) in [
+        ("/", vec![]),
+        ("/", vec!["a.example", "b.example"]),
+        ("https://a.example/x", vec!["b.example"]),
+        ("/", vec!["user@a.example"]),
+        ("/", vec!["127.0.0.1:4143"]),
+    ] {
+        assert_eq!(
+            authority(&req(uri, &hosts), false),
+            Err(ErrorKind::BadRequest),
+            "{uri} {hosts:?}"
+        );
+    }
+}
+
+#[test]
+fn loop_detection_reads_forwarded_by() {
+    let own = "spiffe://east.example/ns/isthmus/sa/isthmus-gateway";
+    let mut r = req("/", &["a"]);
+    assert!(!is_loop(&r, own));
+    r.append_header("forwarded", "for=10.0.0.1;by=\"spiffe://west.example/gw\"")
+        .expect("header");
+    assert!(!is_loop(&r, own));
+    r.append_header(
+        "forwarded",
+        format!("for=10.0.0.2, by=\"{own}\";for=\"1.2.3.4\""),
+    )
+    .expect("header");
+    assert!(is_loop(&r, own));
+}
+
+#[test]
+fn limits_count_headers_and_bytes() {
+    let limits = RequestLimits {
+        max_header_bytes: 1024,
+        max_headers: 3,
+    };
+    let mut r = req("/", &["a"]);
+    assert_eq!(check_limits(&r, &limits), Ok(()));
+    r.append_header("x-big", "v".repeat(1100)).expect("header");
+    assert_eq!(check_limits(&r, &limits), Err(ErrorKind::HeadersTooLarge));
+    let mut r = req("/", &["a"]);
+    for i in 0..3 {
+        r.append_header(format!("x-{i}"), "1").expect("header");
+    }
+    assert_eq!(check_limits(&r, &limits), Err(ErrorKind::HeadersTooLarge));
+}
+
+#[test]
+fn rewrite_replaces_prefix_and_keeps_query() {
+    let mut settings = BackendSettings::with_timeouts(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    settings.rewrite = Some("/".into());
+    settings.add_request_headers = vec![(
+        http::HeaderName::from_static("x-added"),
+        http::HeaderValue::from_static("1"),
+    )];
+    settings.remove_request_headers = vec![http::HeaderName::from_static("x-secret")];
+    let mut r = req("/podinfo/hello?x=1", &["a"]);
+    r.append_header("x-secret", "s").expect("header");
+    rewrite_upstream(&mut r, "/podinfo/", &settings).expect("rewrite");
+    assert_eq!(r.uri.to_string(), "/hello?x=1");
+    assert!(r.headers.get("x-secret").is_none());
+    assert_eq!(
+        r.headers.get("x-added").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+
+    settings.rewrite = Some("/v2".into());
+    let mut r = req("/api/users", &["a"]);
+    rewrite_upstream(&mut r, "/api", &settings).expect("rewrite");
+    assert_eq!(r.uri.to_string(), "/v2/users");
+
+    settings.rewrite = None;
+    let mut r = req("https://a.example/keep/this", &[]);
+    rewrite_upstream(&mut r, "/keep", &settings).expect("rewrite");
+    assert_eq!(
+        r.uri.to_string(),
+        "/keep/this",
+        "origin-form upstream, path kept"
+    );
+}
+
+#[test]
+fn error_classes() {
+    assert_eq!(status_class(204), "2xx");
+    assert_eq!(status_class(508), "5xx");
+    assert_eq!(status_class(0), "none");
+    let e = Error::new(ErrorType::ConnectRefused).into_up();
+    assert_eq!(classify_proxy_error(&e), Some(ErrorKind::UpstreamConnect));
+    let e = Error::new(ErrorType::ReadTimedout).into_up();
+    assert_eq!(classify_proxy_error(&e), Some(ErrorKind::UpstreamTimeout));
+    let e = Error::new(ErrorType::ConnectionClosed).into_down();
+    assert_eq!(classify_proxy_error(&e), None);
+}

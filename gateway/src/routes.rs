@@ -1,0 +1,29 @@
+//! Routing state: the immutable [`RouteTable`] the proxy reads per request, the
+//! authority parser that normalises Host / `:authority`, and identity patterns.
+//!
+//! Everything here is pure data and matching; discovery builds tables and
+//! publishes them through a [`SharedRoutes`] handle (an `ArcSwap`, no lock on the
+//! request path).
+
+mod authority;
+mod identity;
+mod table;
+
+pub use authority::{Authority, AuthorityError};
+pub use identity::{Authorization, IdentityPattern};
+pub use table::{
+    Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PortMatch,
+    Route, RouteMatch, RouteTable, RouteTarget,
+};
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+/// The published route table, shared between discovery (writer) and the proxy (readers).
+pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
+
+/// An empty table behind a fresh shared handle.
+pub fn shared_empty() -> SharedRoutes {
+    Arc::new(ArcSwap::from_pointee(RouteTable::default()))
+}

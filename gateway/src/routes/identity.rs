@@ -1,0 +1,163 @@
+//! Authorization: which peer identities a route admits.
+//!
+//! Patterns are exact strings or a single leading/trailing `*` wildcard
+//! (`*.west.example`, `spiffe://west.example/*`), as in DESIGN.md.
+
+use std::sync::Arc;
+
+/// One allowed-identity pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityPattern {
+    /// `*`: any verified peer.
+    Any,
+    /// Matches the identity exactly.
+    Exact(String),
+    /// `*<suffix>`: the identity ends with the suffix.
+    Suffix(String),
+    /// `<prefix>*`: the identity starts with the prefix.
+    Prefix(String),
+}
+
+impl IdentityPattern {
+    /// Parses a pattern; a `*` anywhere but at one end is refused.
+    pub fn parse(raw: &str) -> Result<IdentityPattern, String> {
+        if raw.is_empty() {
+            return Err("empty identity pattern".into());
+        }
+        if raw == "*" {
+            return Ok(IdentityPattern::Any);
+        }
+        let stars = raw.matches('*').count();
+        if stars == 0 {
+            return Ok(IdentityPattern::Exact(raw.to_string()));
+        }
+        if stars == 1 {
+            if let Some(s) = raw.strip_prefix('*') {
+                return Ok(IdentityPattern::Suffix(s.to_string()));
+            }
+            if let Some(p) = raw.strip_suffix('*') {
+                return Ok(IdentityPattern::Prefix(p.to_string()));
+            }
+        }
+        Err(format!(
+            "{raw:?}: a wildcard '*' may only stand alone or at the start or end of the pattern"
+        ))
+    }
+
+    /// Whether `identity` matches.
+    pub fn matches(&self, identity: &str) -> bool {
+        match self {
+            IdentityPattern::Any => true,
+            IdentityPattern::Exact(e) => e == identity,
+            IdentityPattern::Suffix(s) => {
+                identity.len() > s.len() && identity.ends_with(s.as_str())
+            }
+            IdentityPattern::Prefix(p) => {
+                identity.len() > p.len() && identity.starts_with(p.as_str())
+            }
+        }
+    }
+}
+
+/// The identities a route admits: a peer passes when every policy in the list
+/// admits it (a traffic split whose Mappings differ is only open to peers all allow).
+#[derive(Clone, Debug, Default)]
+pub struct Authorization {
+    policies: Vec<Arc<[IdentityPattern]>>,
+}
+
+impl Authorization {
+    /// A single policy.
+    pub fn new(patterns: Arc<[IdentityPattern]>) -> Self {
+        Authorization {
+            policies: vec![patterns],
+        }
+    }
+
+    /// Adds a policy that must also admit the peer.
+    pub fn and(&mut self, patterns: Arc<[IdentityPattern]>) {
+        if !self
+            .policies
+            .iter()
+            .any(|p| Arc::ptr_eq(p, &patterns) || **p == *patterns)
+        {
+            self.policies.push(patterns);
+        }
+    }
+
+    /// Whether `identity` is admitted. No policies, or an empty one, admits nobody.
+    pub fn allows(&self, identity: &str) -> bool {
+        !self.policies.is_empty()
+            && self
+                .policies
+                .iter()
+                .all(|ps| ps.iter().any(|p| p.matches(identity)))
+    }
+
+    /// The patterns, for `/routes`.
+    pub fn describe(&self) -> Vec<Vec<String>> {
+        self.policies
+            .iter()
+            .map(|ps| ps.iter().map(IdentityPattern::to_string).collect())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for IdentityPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityPattern::Any => f.write_str("*"),
+            IdentityPattern::Exact(e) => f.write_str(e),
+            IdentityPattern::Suffix(s) => write!(f, "*{s}"),
+            IdentityPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(raw: &[&str]) -> Arc<[IdentityPattern]> {
+        raw.iter()
+            .map(|r| IdentityPattern::parse(r).expect("valid pattern"))
+            .collect()
+    }
+
+    #[test]
+    fn patterns_match() {
+        let west = IdentityPattern::parse("spiffe://west.example/*").expect("valid");
+        assert!(west.matches("spiffe://west.example/ns/default/sa/peer"));
+        assert!(!west.matches("spiffe://west.example.evil/ns/x"));
+        assert!(
+            !west.matches("spiffe://west.example/"),
+            "empty remainder is not a match"
+        );
+        let dns = IdentityPattern::parse("*.west.example").expect("valid");
+        assert!(dns.matches("peer.west.example"));
+        assert!(!dns.matches("peerwest.example"));
+        let exact = IdentityPattern::parse("a.b").expect("valid");
+        assert!(exact.matches("a.b") && !exact.matches("a.bc"));
+        assert!(IdentityPattern::parse("*")
+            .expect("valid")
+            .matches("anything"));
+    }
+
+    #[test]
+    fn bad_patterns() {
+        for bad in ["", "a*b", "**", "*a*", "spiffe://*/x"] {
+            assert!(IdentityPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_denies_and_policies_intersect() {
+        assert!(!Authorization::default().allows("x"));
+        assert!(!Authorization::new(pats(&[])).allows("x"));
+        let mut a = Authorization::new(pats(&["spiffe://west.example/*"]));
+        assert!(a.allows("spiffe://west.example/ns/a/sa/b"));
+        a.and(pats(&["spiffe://west.example/ns/a/*"]));
+        assert!(a.allows("spiffe://west.example/ns/a/sa/b"));
+        assert!(!a.allows("spiffe://west.example/ns/b/sa/b"));
+    }
+}

@@ -1,0 +1,471 @@
+//! The route table: an immutable snapshot mapping (authority, path, method,
+//! headers) to a route, and each route to weighted backends and their endpoints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde_json::{json, Value};
+
+use super::{Authority, Authorization};
+
+/// Which request ports an exact-host route accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortMatch {
+    /// Only this port.
+    Port(u16),
+    /// Any port, or none (Mappings whose hostname has no port).
+    Any,
+    /// Only requests that name no port (a single-port Service's default).
+    Absent,
+}
+
+/// How a route names hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostMatch {
+    /// An exact host and which ports it accepts.
+    Exact(String, PortMatch),
+    /// `*.suffix`: any host ending in `.suffix` (stored with the leading dot).
+    Wildcard(String),
+    /// `*`: any host.
+    Any,
+}
+
+/// One request header that must be present with exactly this value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    /// Exact value.
+    pub value: String,
+}
+
+/// What a route matches besides the host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteMatch {
+    /// Path prefix (`/` matches everything).
+    pub prefix: String,
+    /// The path must equal `prefix` instead of starting with it.
+    pub prefix_exact: bool,
+    /// Only this method, if set.
+    pub method: Option<String>,
+    /// Headers that must all be present, sorted by name.
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl RouteMatch {
+    /// Matches everything: prefix `/`, any method, no headers.
+    pub fn any() -> Self {
+        RouteMatch {
+            prefix: "/".into(),
+            prefix_exact: false,
+            method: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        let path_ok = if self.prefix_exact {
+            path == self.prefix
+        } else {
+            path.starts_with(self.prefix.as_str())
+        };
+        path_ok
+            && self.method.as_deref().is_none_or(|m| m == method.as_str())
+            && self.headers.iter().all(|h| {
+                headers
+                    .get(h.name.as_str())
+                    .is_some_and(|v| v.as_bytes() == h.value.as_bytes())
+            })
+    }
+
+    /// Ordering key: more specific first.
+    fn specificity(&self) -> impl Ord {
+        (
+            std::cmp::Reverse(self.prefix_exact),
+            std::cmp::Reverse(self.prefix.len()),
+            std::cmp::Reverse(self.headers.len()),
+            std::cmp::Reverse(self.method.is_some()),
+        )
+    }
+}
+
+/// Endpoint selection among a backend's ready endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The less busy of two random endpoints (power of two choices).
+    LeastRequest,
+}
+
+/// Per-backend upstream settings (from the Mapping or the config defaults).
+#[derive(Clone, Debug)]
+pub struct BackendSettings {
+    /// Replace the matched prefix with this, if set.
+    pub rewrite: Option<String>,
+    /// Time allowed for each upstream read (response headers and body gaps).
+    pub timeout: Duration,
+    /// Time allowed to connect to an endpoint.
+    pub connect_timeout: Duration,
+    /// Idle time of pooled upstream connections.
+    pub idle_timeout: Duration,
+    /// Headers set on the upstream request.
+    pub add_request_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed from the upstream request.
+    pub remove_request_headers: Vec<HeaderName>,
+    /// Headers set on the response to the client.
+    pub add_response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra attempts on another endpoint after a connect failure (idempotent requests).
+    pub num_retries: u32,
+    /// Endpoint selection policy.
+    pub lb: LbPolicy,
+}
+
+impl BackendSettings {
+    /// Defaults with the given timeouts.
+    pub fn with_timeouts(
+        timeout: Duration,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        BackendSettings {
+            rewrite: None,
+            timeout,
+            connect_timeout,
+            idle_timeout,
+            add_request_headers: Vec::new(),
+            remove_request_headers: Vec::new(),
+            add_response_headers: Vec::new(),
+            num_retries: 1,
+            lb: LbPolicy::RoundRobin,
+        }
+    }
+}
+
+/// One upstream endpoint, with its live in-flight count (shared across tables).
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Address the gateway connects to.
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+}
+
+impl Endpoint {
+    /// A new endpoint with nothing in flight.
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests currently in flight to this endpoint.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Decrements an endpoint's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    /// The endpoint this request went to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A Service port behind a route, with its ready endpoints.
+#[derive(Debug)]
+pub struct Backend {
+    /// `ns/name:port`, for logs and `/routes`.
+    pub service: Arc<str>,
+    /// Share of the route's traffic.
+    pub weight: u32,
+    /// Ready endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Upstream settings.
+    pub settings: Arc<BackendSettings>,
+    next: AtomicUsize,
+}
+
+impl Backend {
+    /// A backend starting its round-robin at a random endpoint.
+    pub fn new(
+        service: Arc<str>,
+        weight: u32,
+        endpoints: Vec<Arc<Endpoint>>,
+        settings: Arc<BackendSettings>,
+    ) -> Self {
+        Backend {
+            service,
+            weight,
+            next: AtomicUsize::new(fastrand::usize(..endpoints.len().max(1))),
+            endpoints,
+            settings,
+        }
+    }
+
+    /// Picks an endpoint, skipping `avoid` when there is another choice.
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Arc<Endpoint>> {
+        let eps = &self.endpoints;
+        let n = eps.len();
+        if n == 0 {
+            return None;
+        }
+        if n == 1 {
+            return eps.first();
+        }
+        let ok = |e: &Arc<Endpoint>| Some(e.addr) != avoid;
+        match self.settings.lb {
+            LbPolicy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &eps[(start + i) % n])
+                    .find(|e| ok(e))
+                    .or_else(|| eps.get(start % n))
+            }
+            LbPolicy::LeastRequest => {
+                let a = &eps[fastrand::usize(..n)];
+                let b = &eps[fastrand::usize(..n)];
+                let best = match (ok(a), ok(b)) {
+                    (true, true) => {
+                        if b.in_flight() < a.in_flight() {
+                            b
+                        } else {
+                            a
+                        }
+                    }
+                    (true, false) => a,
+                    (false, true) => b,
+                    (false, false) => eps.iter().find(|e| ok(e)).unwrap_or(a),
+                };
+                Some(best)
+            }
+        }
+    }
+}
+
+/// Where a route sends traffic: one or more weighted backends.
+#[derive(Debug)]
+pub struct RouteTarget {
+    /// Backends with non-zero weight.
+    pub backends: Vec<Backend>,
+    total_weight: u32,
+}
+
+impl RouteTarget {
+    /// Builds a target; backends with weight 0 are kept for `/routes` but never chosen.
+    pub fn new(backends: Vec<Backend>) -> Self {
+        let total_weight = backends.iter().map(|b| b.weight).sum();
+        RouteTarget {
+            backends,
+            total_weight,
+        }
+    }
+
+    /// Chooses a backend by weight; returns its index in `backends`.
+    pub fn choose(&self) -> Option<usize> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        if self.backends.len() == 1 {
+            return Some(0);
+        }
+        let mut pick = fastrand::u32(..self.total_weight);
+        for (i, b) in self.backends.iter().enumerate() {
+            if pick < b.weight {
+                return Some(i);
+            }
+            pick -= b.weight;
+        }
+        None
+    }
+}
+
+/// A route: a match, who may use it, and where it goes.
+#[derive(Debug)]
+pub struct Route {
+    /// `service/<ns>/<name>:<port>` or `mapping/<ns>/<name>`: the metric label.
+    pub name: Arc<str>,
+    /// The host this route was registered under.
+    pub host: HostMatch,
+    /// Path, method and header conditions.
+    pub matcher: RouteMatch,
+    /// The identities admitted.
+    pub authz: Authorization,
+    /// The backends.
+    pub target: RouteTarget,
+}
+
+/// The immutable routing snapshot.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<(String, PortMatch), Vec<Arc<Route>>>,
+    /// `(suffix with leading dot, routes)`, longest suffix first.
+    wildcard: Vec<(String, Vec<Arc<Route>>)>,
+    any: Vec<Arc<Route>>,
+    routes: usize,
+    services: usize,
+    endpoints: usize,
+}
+
+impl RouteTable {
+    /// Builds a table from routes; `services` and `endpoints` are the counts to report.
+    pub fn new(routes: Vec<Route>, services: usize, endpoints: usize) -> Self {
+        let mut t = RouteTable {
+            routes: routes.len(),
+            services,
+            endpoints,
+            ..RouteTable::default()
+        };
+        let mut wild: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        for r in routes {
+            let r = Arc::new(r);
+            match &r.host {
+                HostMatch::Exact(h, p) => t.exact.entry((h.clone(), *p)).or_default().push(r),
+                HostMatch::Wildcard(s) => wild.entry(s.clone()).or_default().push(r),
+                HostMatch::Any => t.any.push(r),
+            }
+        }
+        t.wildcard = wild.into_iter().collect();
+        t.wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let sort = |v: &mut Vec<Arc<Route>>| {
+            v.sort_by(|a, b| {
+                a.matcher
+                    .specificity()
+                    .cmp(&b.matcher.specificity())
+                    .then_with(|| a.name.cmp(&b.name))
+            })
+        };
+        t.exact.values_mut().for_each(sort);
+        t.wildcard.iter_mut().for_each(|(_, v)| sort(v));
+        sort(&mut t.any);
+        t
+    }
+
+    /// Finds the most specific route: exact host and port (or no port), exact host with any port,
+    /// longest wildcard suffix, then `*`; within a host, the most specific match.
+    pub fn lookup(
+        &self,
+        authority: &Authority,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Route>> {
+        let first = |routes: &'_ [Arc<Route>]| -> Option<usize> {
+            routes
+                .iter()
+                .position(|r| r.matcher.matches(path, method, headers))
+        };
+        let host = authority.host();
+        // Allocation-free probing is not possible with a (String, _) key; this is one
+        // short String per request, measured in benches/ as negligible next to TLS.
+        let port = match authority.port() {
+            Some(p) => PortMatch::Port(p),
+            None => PortMatch::Absent,
+        };
+        let mut key = (host.to_string(), port);
+        for port in [port, PortMatch::Any] {
+            key.1 = port;
+            if let Some(rs) = self.exact.get(&key) {
+                if let Some(i) = first(rs) {
+                    return rs.get(i);
+                }
+            }
+        }
+        for (suffix, rs) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                if let Some(i) = first(rs) {
+                    return rs.get(i);
+                }
+            }
+        }
+        first(&self.any).and_then(|i| self.any.get(i))
+    }
+
+    /// Number of routes.
+    pub fn route_count(&self) -> usize {
+        self.routes
+    }
+
+    /// Number of distinct Service ports referenced.
+    pub fn service_count(&self) -> usize {
+        self.services
+    }
+
+    /// Number of distinct endpoints referenced.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints
+    }
+
+    /// Every route, in lookup order per host.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact
+            .values()
+            .flatten()
+            .chain(self.wildcard.iter().flat_map(|(_, v)| v))
+            .chain(self.any.iter())
+    }
+
+    /// A JSON description for `/routes`, sorted for stable output.
+    pub fn describe(&self) -> Value {
+        let mut routes: Vec<Value> = self
+            .iter()
+            .map(|r| {
+                let host = match &r.host {
+                    HostMatch::Exact(h, PortMatch::Port(p)) => format!("{h}:{p}"),
+                    HostMatch::Exact(h, PortMatch::Any) => h.clone(),
+                    HostMatch::Exact(h, PortMatch::Absent) => format!("{h} (no port)"),
+                    HostMatch::Wildcard(s) => format!("*{s}"),
+                    HostMatch::Any => "*".into(),
+                };
+                json!({
+                    "name": &*r.name,
+                    "host": host,
+                    "prefix": r.matcher.prefix,
+                    "prefix_exact": r.matcher.prefix_exact,
+                    "method": r.matcher.method,
+                    "headers": r.matcher.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+                    "allowed_identities": r.authz.describe(),
+                    "backends": r.target.backends.iter().map(|b| json!({
+                        "service": &*b.service,
+                        "weight": b.weight,
+                        "endpoints": b.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+                        "rewrite": b.settings.rewrite,
+                        "timeout_ms": b.settings.timeout.as_millis() as u64,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            (a["host"].as_str(), a["name"].as_str()).cmp(&(b["host"].as_str(), b["name"].as_str()))
+        });
+        json!({
+            "routes": routes,
+            "counts": {"routes": self.routes, "services": self.services, "endpoints": self.endpoints},
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

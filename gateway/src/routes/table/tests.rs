@@ -1,0 +1,185 @@
+use super::*;
+use crate::routes::IdentityPattern;
+
+fn settings() -> Arc<BackendSettings> {
+    Arc::new(BackendSettings::with_timeouts(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    ))
+}
+
+fn route(name: &str, host: HostMatch, prefix: &str, eps: &[&str]) -> Route {
+    let endpoints = eps
+        .iter()
+        .map(|a| Arc::new(Endpoint::new(a.parse().expect("addr"))))
+        .collect();
+    Route {
+        name: name.into(),
+        host,
+        matcher: RouteMatch {
+            prefix: prefix.into(),
+            ..RouteMatch::any()
+        },
+        authz: Authorization::new(Arc::from(vec![IdentityPattern::Any])),
+        target: RouteTarget::new(vec![Backend::new(name.into(), 1, endpoints, settings())]),
+    }
+}
+
+fn lookup<'a>(t: &'a RouteTable, authority: &str, path: &str) -> Option<&'a str> {
+    let a = Authority::parse(authority.as_bytes()).expect("authority");
+    t.lookup(&a, path, &Method::GET, &HeaderMap::new())
+        .map(|r| &*r.name)
+}
+
+fn exact(h: &str, p: Option<u16>) -> HostMatch {
+    HostMatch::Exact(h.into(), p.map_or(PortMatch::Any, PortMatch::Port))
+}
+
+#[test]
+fn exact_port_then_any_port_then_wildcard_then_any() {
+    let t = RouteTable::new(
+        vec![
+            route("port", exact("a.example", Some(80)), "/", &[]),
+            route("noport", exact("a.example", None), "/", &[]),
+            route("wild", HostMatch::Wildcard(".example".into()), "/", &[]),
+            route("any", HostMatch::Any, "/", &[]),
+        ],
+        0,
+        0,
+    );
+    assert_eq!(lookup(&t, "a.example:80", "/"), Some("port"));
+    assert_eq!(lookup(&t, "a.example:81", "/"), Some("noport"));
+    assert_eq!(lookup(&t, "a.example", "/"), Some("noport"));
+    assert_eq!(lookup(&t, "b.example", "/"), Some("wild"));
+    let portless = RouteTable::new(
+        vec![route(
+            "default",
+            HostMatch::Exact("a.example".into(), PortMatch::Absent),
+            "/",
+            &[],
+        )],
+        0,
+        0,
+    );
+    assert_eq!(lookup(&portless, "a.example", "/"), Some("default"));
+    assert_eq!(
+        lookup(&portless, "a.example:80", "/"),
+        None,
+        "a portless default is not any port"
+    );
+    assert_eq!(
+        lookup(&t, "example", "/"),
+        Some("any"),
+        "wildcard needs a label before the suffix"
+    );
+    assert_eq!(lookup(&t, "other", "/x"), Some("any"));
+}
+
+#[test]
+fn longest_prefix_wins_and_no_match_is_none() {
+    let t = RouteTable::new(
+        vec![
+            route("root", exact("a", None), "/api", &[]),
+            route("v1", exact("a", None), "/api/v1", &[]),
+        ],
+        0,
+        0,
+    );
+    assert_eq!(lookup(&t, "a", "/api/v1/x"), Some("v1"));
+    assert_eq!(lookup(&t, "a", "/api/v2"), Some("root"));
+    assert_eq!(lookup(&t, "a", "/other"), None);
+    assert_eq!(lookup(&t, "b", "/api"), None);
+}
+
+#[test]
+fn header_and_method_conditions() {
+    let mut canary = route("canary", exact("a", None), "/", &[]);
+    canary.matcher.headers = vec![HeaderMatch {
+        name: "x-canary".into(),
+        value: "1".into(),
+    }];
+    let mut post = route("post", exact("a", None), "/", &[]);
+    post.matcher.method = Some("POST".into());
+    let t = RouteTable::new(
+        vec![route("plain", exact("a", None), "/", &[]), canary, post],
+        0,
+        0,
+    );
+    let a = Authority::parse(b"a").expect("authority");
+    let mut h = HeaderMap::new();
+    assert_eq!(
+        &*t.lookup(&a, "/", &Method::GET, &h).expect("route").name,
+        "plain"
+    );
+    assert_eq!(
+        &*t.lookup(&a, "/", &Method::POST, &h).expect("route").name,
+        "post"
+    );
+    h.insert("x-canary", HeaderValue::from_static("1"));
+    assert_eq!(
+        &*t.lookup(&a, "/", &Method::GET, &h).expect("route").name,
+        "canary"
+    );
+}
+
+#[test]
+fn round_robin_visits_every_endpoint_and_avoids() {
+    let r = route(
+        "r",
+        HostMatch::Any,
+        "/",
+        &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+    );
+    let b = &r.target.backends[0];
+    let mut seen: Vec<SocketAddr> = (0..3)
+        .map(|_| b.pick(None).expect("endpoint").addr)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+    let avoid: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    for _ in 0..10 {
+        assert_ne!(b.pick(Some(avoid)).expect("endpoint").addr, avoid);
+    }
+}
+
+#[test]
+fn least_request_prefers_idle_endpoint() {
+    let mut r = route("r", HostMatch::Any, "/", &["10.0.0.1:80", "10.0.0.2:80"]);
+    let mut s = BackendSettings::clone(&settings());
+    s.lb = LbPolicy::LeastRequest;
+    let eps = r.target.backends[0].endpoints.clone();
+    r.target = RouteTarget::new(vec![Backend::new("b".into(), 1, eps.clone(), Arc::new(s))]);
+    let _busy: Vec<InFlight> = (0..5).map(|_| eps[0].begin()).collect();
+    let b = &r.target.backends[0];
+    let picks = (0..200)
+        .filter(|_| b.pick(None).expect("endpoint").addr == eps[1].addr)
+        .count();
+    // Both random choices land on the busy endpoint only in 1/4 of the draws.
+    assert!(picks > 120, "idle endpoint chosen {picks}/200 times");
+    drop(_busy);
+    assert_eq!(eps[0].in_flight(), 0);
+}
+
+#[test]
+fn weights_split_traffic() {
+    let eps = vec![Arc::new(Endpoint::new(
+        "10.0.0.1:80".parse().expect("addr"),
+    ))];
+    let target = RouteTarget::new(vec![
+        Backend::new("a".into(), 90, eps.clone(), settings()),
+        Backend::new("b".into(), 10, eps.clone(), settings()),
+        Backend::new("c".into(), 0, eps, settings()),
+    ]);
+    let mut counts = HashMap::new();
+    for _ in 0..10_000 {
+        let i = target.choose().expect("backend");
+        *counts
+            .entry(target.backends[i].service.to_string())
+            .or_insert(0) += 1;
+    }
+    assert!(!counts.contains_key("c"), "weight 0 is never chosen");
+    let a = counts["a"];
+    assert!((8700..9300).contains(&a), "a chosen {a} of 10000");
+}

@@ -1,0 +1,100 @@
+//! Peer identity: the URI SAN of a client certificate, else its first DNS SAN.
+
+use std::sync::Arc;
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// The verified identity of the peer on one connection, stored in pingora's TLS
+/// digest extension by the handshake callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity(pub Arc<str>);
+
+impl PeerIdentity {
+    /// The identity string, e.g. `spiffe://west.example/ns/default/sa/peer`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why no identity could be read from a certificate.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The DER could not be parsed.
+    #[error("certificate cannot be parsed: {0}")]
+    Parse(String),
+    /// The certificate has neither a URI nor a DNS SAN.
+    #[error("certificate has no URI or DNS subject alternative name")]
+    NoSan,
+}
+
+/// Reads the identity from a DER certificate: first URI SAN, else first DNS SAN.
+pub fn identity_from_der(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::Parse(e.to_string()))?
+        .ok_or(IdentityError::NoSan)?;
+    let names = &san.value.general_names;
+    let uri = names.iter().find_map(|n| match n {
+        GeneralName::URI(u) if !u.is_empty() => Some(*u),
+        _ => None,
+    });
+    let dns = || {
+        names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) if !d.is_empty() => Some(*d),
+            _ => None,
+        })
+    };
+    uri.or_else(dns)
+        .map(str::to_string)
+        .ok_or(IdentityError::NoSan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::dev::{CertAuthority, LeafSpec};
+
+    #[test]
+    fn uri_san_wins_then_dns() {
+        let ca = CertAuthority::new("test ca").expect("ca");
+        let west = ca
+            .issue(&LeafSpec::peer_uri(
+                "spiffe://west.example/ns/default/sa/peer",
+            ))
+            .expect("leaf");
+        assert_eq!(
+            identity_from_der(west.der()).expect("identity"),
+            "spiffe://west.example/ns/default/sa/peer"
+        );
+        let mut both =
+            LeafSpec::peer_dns("peer.default.serviceaccount.identity.linkerd.cluster.local");
+        both.uris.push("spiffe://west.example/x".into());
+        let both = ca.issue(&both).expect("leaf");
+        assert_eq!(
+            identity_from_der(both.der()).expect("identity"),
+            "spiffe://west.example/x"
+        );
+        let dns = ca
+            .issue(&LeafSpec::peer_dns(
+                "peer.default.serviceaccount.identity.linkerd.cluster.local",
+            ))
+            .expect("leaf");
+        assert_eq!(
+            identity_from_der(dns.der()).expect("identity"),
+            "peer.default.serviceaccount.identity.linkerd.cluster.local"
+        );
+    }
+
+    #[test]
+    fn no_san_and_garbage() {
+        let ca = CertAuthority::new("test ca").expect("ca");
+        let none = ca.issue(&LeafSpec::default()).expect("leaf");
+        assert_eq!(identity_from_der(none.der()), Err(IdentityError::NoSan));
+        assert!(matches!(
+            identity_from_der(b"not a cert"),
+            Err(IdentityError::Parse(_))
+        ));
+    }
+}

@@ -1,0 +1,311 @@
+//! The mTLS server side: serving certificate, client-certificate verification,
+//! and the handshake callback that records the peer identity per connection.
+
+use std::any::Any;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+
+use super::identity::{identity_from_der, PeerIdentity};
+use crate::config::Tls as TlsConfig;
+use crate::metrics::HandshakeFailure;
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// A file holds no usable PEM item of the expected kind.
+    #[error("{path}: {what}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Loaded certificate, key and trust anchors, ready to serve.
+pub struct TlsMaterial {
+    key: Arc<CertifiedKey>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    identity: Option<String>,
+}
+
+impl TlsMaterial {
+    /// Reads and checks the files named in the config: the key must match the
+    /// certificate and the trust bundle must hold at least one CA.
+    pub fn load(cfg: &TlsConfig) -> Result<TlsMaterial, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = read_certs(&cfg.cert)?;
+        let key_der = read_key(&cfg.key)?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| {
+            TlsError::Invalid {
+                path: cfg.key.clone(),
+                what: format!("unsupported private key: {e}"),
+            }
+        })?;
+        let identity = chain.first().and_then(|c| identity_from_der(c).ok());
+        let key = CertifiedKey::new(chain, signing);
+        key.keys_match().map_err(|e| TlsError::Invalid {
+            path: cfg.key.clone(),
+            what: format!(
+                "private key does not match certificate {}: {e}",
+                cfg.cert.display()
+            ),
+        })?;
+
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs(&cfg.trust_anchors)? {
+            roots.add(ca).map_err(|e| TlsError::Invalid {
+                path: cfg.trust_anchors.clone(),
+                what: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| TlsError::Invalid {
+                path: cfg.trust_anchors.clone(),
+                what: format!("cannot build client verifier: {e}"),
+            })?;
+        Ok(TlsMaterial {
+            key: Arc::new(key),
+            verifier,
+            identity,
+        })
+    }
+
+    /// The serving certificate's identity (URI SAN, else DNS SAN), if any.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file = File::open(path).map_err(|error| TlsError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("malformed PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            path: path.to_path_buf(),
+            what: "no CERTIFICATE found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let file = File::open(path).map_err(|error| TlsError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| TlsError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("malformed PEM: {e}"),
+        })?
+        .ok_or_else(|| TlsError::Invalid {
+            path: path.to_path_buf(),
+            what: "no PRIVATE KEY found".into(),
+        })
+}
+
+/// The swappable TLS state of the gateway listener.
+#[derive(Clone)]
+pub struct TlsServer {
+    resolver: Arc<CertResolver>,
+    verifier: Arc<PeerVerifier>,
+}
+
+impl TlsServer {
+    /// Wraps loaded material.
+    pub fn new(material: TlsMaterial) -> Self {
+        TlsServer {
+            resolver: Arc::new(CertResolver(ArcSwap::new(material.key))),
+            verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new(material.verifier)))),
+        }
+    }
+
+    /// Replaces certificate, key and trust anchors for new handshakes; connections
+    /// already established keep what they negotiated.
+    pub fn replace(&self, material: TlsMaterial) {
+        self.resolver.0.store(material.key);
+        self.verifier.0.store(Arc::new(material.verifier));
+    }
+
+    /// Pingora listener settings: mandatory client certificates, TLS 1.2/1.3,
+    /// ALPN h2 + http/1.1, and the identity callback.
+    pub fn settings(&self) -> TlsSettings {
+        // `with_callbacks` only fails for other TLS backends.
+        #[allow(clippy::expect_used)]
+        let mut settings =
+            TlsSettings::with_callbacks(Box::new(IdentityCallback)).expect("rustls settings");
+        settings.set_cert_resolver(self.resolver.clone());
+        settings.set_client_cert_verifier(self.verifier.clone());
+        settings.enable_h2();
+        settings
+    }
+}
+
+#[derive(Debug)]
+struct CertResolver(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Verifies client certificates against the current trust anchors (webpki, which
+/// also enforces the `clientAuth` EKU when an EKU is present) and requires a URI
+/// or DNS SAN, so every accepted connection has an identity.
+struct PeerVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+
+impl std::fmt::Debug for PeerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerVerifier")
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints would borrow from swappable state; clients send their one
+        // certificate regardless, so none are offered.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .0
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        identity_from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().supported_verify_schemes()
+    }
+}
+
+/// Runs once per connection after the handshake: reads the peer identity from
+/// the verified leaf certificate into the TLS digest extension.
+struct IdentityCallback;
+
+#[async_trait]
+impl TlsAccept for IdentityCallback {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let der = tls.peer_certificate_der()?;
+        let id = identity_from_der(der).ok()?;
+        Some(Arc::new(PeerIdentity(id.into())))
+    }
+}
+
+/// Maps a failed handshake to a metric reason by walking the error's causes
+/// down to the rustls or I/O error.
+pub fn classify_handshake_error(err: &pingora_error::Error) -> HandshakeFailure {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = err
+        .cause
+        .as_deref()
+        .map(|c| c as &(dyn std::error::Error + 'static));
+    while let Some(c) = cause {
+        if let Some(e) = c.downcast_ref::<rustls::Error>() {
+            return classify_rustls(e);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(e) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return classify_rustls(e);
+            }
+            return match io.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => HandshakeFailure::Closed,
+                std::io::ErrorKind::TimedOut => HandshakeFailure::Timeout,
+                _ => HandshakeFailure::Protocol,
+            };
+        }
+        cause = match c.downcast_ref::<pingora_error::Error>() {
+            Some(p) => p
+                .cause
+                .as_deref()
+                .map(|c| c as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    HandshakeFailure::Protocol
+}
+
+fn classify_rustls(e: &rustls::Error) -> HandshakeFailure {
+    match e {
+        rustls::Error::NoCertificatesPresented => HandshakeFailure::NoClientCert,
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                HandshakeFailure::UnknownCa
+            }
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => HandshakeFailure::Expired,
+            _ => HandshakeFailure::BadCertificate,
+        },
+        _ => HandshakeFailure::Protocol,
+    }
+}
