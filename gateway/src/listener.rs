@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::metrics::{HandshakeFailure, Metrics};
-use crate::tls::classify_handshake_error;
+use crate::tls::traced_handshake;
 
 /// Everything the accept loop needs.
 pub struct GatewayListener<A> {
@@ -93,10 +93,10 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
     if let Err(e) = stream.set_nodelay() {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
-    let tls = match tokio::time::timeout(timeout, acceptor.tls_handshake(stream)).await {
+    let handshake = traced_handshake(acceptor.tls_handshake(stream));
+    let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let reason = classify_handshake_error(&e);
+        Ok(Err((reason, e))) => {
             metrics
                 .handshake_failures
                 .with_label_values(&[reason.label()])

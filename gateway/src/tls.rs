@@ -11,4 +11,4 @@ mod identity;
 mod server;
 
 pub use identity::{identity_from_der, IdentityError, PeerIdentity};
-pub use server::{classify_handshake_error, TlsError, TlsMaterial, TlsServer};
+pub use server::{traced_handshake, TlsError, TlsMaterial, TlsServer};

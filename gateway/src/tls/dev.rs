@@ -167,6 +167,16 @@ impl CertAuthority {
         })
     }
 
+    /// Loads a CA from its certificate and key PEM (e.g. `ca.crt` and `ca.key`
+    /// written by [`write_dev_certs`]), to issue more certificates under it.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, DevCertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(CertAuthority {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            pem: cert_pem.to_string(),
+        })
+    }
+
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.pem

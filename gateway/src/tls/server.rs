@@ -2,6 +2,7 @@
 //! and the handshake callback that records the peer identity per connection.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -196,6 +197,11 @@ impl std::fmt::Debug for PeerVerifier {
 }
 
 impl ClientCertVerifier for PeerVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        trace(Trace::CertificateMessage);
+        true
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // Hints would borrow from swappable state; clients send their one
         // certificate regardless, so none are offered.
@@ -208,16 +214,23 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
+        let result = self
             .0
             .load()
-            .verify_client_cert(end_entity, intermediates, now)?;
-        identity_from_der(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(e),
-            )))
-        })?;
-        Ok(verified)
+            .verify_client_cert(end_entity, intermediates, now)
+            .and_then(|verified| {
+                identity_from_der(end_entity).map_err(|e| {
+                    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                        Arc::new(e),
+                    )))
+                })?;
+                Ok(verified)
+            });
+        trace(match &result {
+            Ok(_) => Trace::Verified,
+            Err(e) => Trace::Refused(classify_rustls(e)),
+        });
+        result
     }
 
     fn verify_tls12_signature(
@@ -259,38 +272,56 @@ impl TlsAccept for IdentityCallback {
     }
 }
 
-/// Maps a failed handshake to a metric reason by walking the error's causes
-/// down to the rustls or I/O error.
-pub fn classify_handshake_error(err: &pingora_error::Error) -> HandshakeFailure {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = err
-        .cause
-        .as_deref()
-        .map(|c| c as &(dyn std::error::Error + 'static));
-    while let Some(c) = cause {
-        if let Some(e) = c.downcast_ref::<rustls::Error>() {
-            return classify_rustls(e);
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(e) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return classify_rustls(e);
+tokio::task_local! {
+    /// What the verifier saw during the handshake running in this task.
+    static TRACE: Cell<Trace>;
+}
+
+/// Handshake progress as observed by [`PeerVerifier`]: pingora flattens the
+/// rustls error into a string, so the verifier records the reason itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trace {
+    Start,
+    /// rustls asked whether a certificate is mandatory: the client's Certificate
+    /// message arrived (empty unless verification follows).
+    CertificateMessage,
+    Verified,
+    Refused(HandshakeFailure),
+}
+
+fn trace(t: Trace) {
+    let _ = TRACE.try_with(|c| c.set(t));
+}
+
+/// Runs a server handshake, and on failure says why in metric terms.
+pub async fn traced_handshake<T>(
+    handshake: impl std::future::Future<Output = pingora_error::Result<T>>,
+) -> Result<T, (HandshakeFailure, Box<pingora_error::Error>)> {
+    TRACE
+        .scope(Cell::new(Trace::Start), async {
+            let result = handshake.await;
+            let seen = TRACE.with(Cell::get);
+            result.map_err(|e| (classify(seen, &e), e))
+        })
+        .await
+}
+
+fn classify(seen: Trace, err: &pingora_error::Error) -> HandshakeFailure {
+    match seen {
+        Trace::Refused(reason) => reason,
+        Trace::CertificateMessage => HandshakeFailure::NoClientCert,
+        Trace::Start | Trace::Verified => {
+            let msg = err.to_string().to_ascii_lowercase();
+            if ["eof", "reset", "broken pipe", "closed"]
+                .iter()
+                .any(|w| msg.contains(w))
+            {
+                HandshakeFailure::Closed
+            } else {
+                HandshakeFailure::Protocol
             }
-            return match io.kind() {
-                std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe => HandshakeFailure::Closed,
-                std::io::ErrorKind::TimedOut => HandshakeFailure::Timeout,
-                _ => HandshakeFailure::Protocol,
-            };
         }
-        cause = match c.downcast_ref::<pingora_error::Error>() {
-            Some(p) => p
-                .cause
-                .as_deref()
-                .map(|c| c as &(dyn std::error::Error + 'static)),
-            None => c.source(),
-        };
     }
-    HandshakeFailure::Protocol
 }
 
 fn classify_rustls(e: &rustls::Error) -> HandshakeFailure {

@@ -1,0 +1,211 @@
+//! The mTLS handshake matrix through real sockets: who gets in, who is refused,
+//! and how the refusal is counted.
+
+use isthmus::tls::dev::{CertAuthority, LeafSpec};
+use isthmus_tests::manifests::exported_service;
+use isthmus_tests::{Alpn, Client, Harness, Upstream};
+use rustls::AlertDescription;
+
+const HOST: &str = "podinfo.test.svc.cluster.local:9898";
+
+async fn harness() -> (Harness, Upstream) {
+    let up = Upstream::start("podinfo").await;
+    let h = Harness::start(&[(
+        "podinfo.yaml",
+        exported_service("test", "podinfo", 9898, up.addr),
+    )])
+    .await;
+    (h, up)
+}
+
+/// Issues a client certificate under the harness CA and writes it as `certs/<name>.crt/.key`.
+fn issue(h: &Harness, name: &str, spec: &LeafSpec) {
+    let dir = h.certs();
+    let ca = CertAuthority::from_pem(
+        &std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt"),
+        &std::fs::read_to_string(dir.join("ca.key")).expect("ca.key"),
+    )
+    .expect("load CA");
+    let cert = ca.issue(spec).expect("issue");
+    std::fs::write(dir.join(format!("{name}.crt")), cert.cert_pem()).expect("write");
+    std::fs::write(dir.join(format!("{name}.key")), cert.key_pem()).expect("write");
+}
+
+#[tokio::test]
+async fn valid_peer_over_tls12_and_tls13_reaches_the_upstream() {
+    let (h, _up) = harness().await;
+    for versions in [
+        &[&rustls::version::TLS12][..],
+        &[&rustls::version::TLS13][..],
+    ] {
+        let c = Client::with_versions(
+            h.gateway.gateway_addr,
+            &h.certs(),
+            Some("peer-west"),
+            Alpn::Http1,
+            versions,
+        );
+        let resp = c.get(HOST, "/").await.expect("request succeeds");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(resp.upstream().as_deref(), Some("podinfo"));
+        assert_eq!(
+            resp.json()["headers"]["x-isthmus-peer-identity"],
+            "spiffe://west.example/ns/default/sa/peer",
+            "the upstream learns the verified identity"
+        );
+    }
+}
+
+async fn refused(h: &Harness, client: &Client, want: AlertDescription, reason: &str) {
+    let sample = format!("isthmus_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+    let before = h.metric(&sample).await;
+    let err = client
+        .get(HOST, "/")
+        .await
+        .expect_err("handshake must be refused");
+    assert_eq!(err.alert(), Some(want), "{err}");
+    isthmus_tests::eventually(&sample, || async {
+        h.metric(&sample).await == before + 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_client_certificate_is_refused_in_the_handshake() {
+    let (h, _up) = harness().await;
+    refused(
+        &h,
+        &h.anonymous_client(),
+        AlertDescription::CertificateRequired,
+        "no_client_cert",
+    )
+    .await;
+    let tls12 = Client::with_versions(
+        h.gateway.gateway_addr,
+        &h.certs(),
+        None,
+        Alpn::Http1,
+        &[&rustls::version::TLS12],
+    );
+    refused(
+        &h,
+        &tls12,
+        AlertDescription::CertificateRequired,
+        "no_client_cert",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn untrusted_ca_is_refused() {
+    let (h, _up) = harness().await;
+    refused(
+        &h,
+        &h.client("peer-untrusted"),
+        AlertDescription::UnknownCA,
+        "unknown_ca",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn expired_certificate_is_refused() {
+    let (h, _up) = harness().await;
+    refused(
+        &h,
+        &h.client("peer-expired"),
+        AlertDescription::CertificateExpired,
+        "expired",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn server_only_and_sanless_certificates_are_refused() {
+    let (h, _up) = harness().await;
+    let mut server_only = LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/server");
+    server_only.ekus = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    issue(&h, "server-only", &server_only);
+    refused(
+        &h,
+        &h.client("server-only"),
+        AlertDescription::UnsupportedCertificate,
+        "bad_certificate",
+    )
+    .await;
+
+    issue(&h, "no-san", &LeafSpec::default());
+    refused(
+        &h,
+        &h.client("no-san"),
+        AlertDescription::CertificateUnknown,
+        "bad_certificate",
+    )
+    .await;
+
+    let mut no_eku = LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/no-eku");
+    no_eku.ekus.clear();
+    issue(&h, "no-eku", &no_eku);
+    let resp = h
+        .client("no-eku")
+        .get(HOST, "/")
+        .await
+        .expect("no EKU at all is allowed");
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn identity_not_allowed_gets_403() {
+    let (h, _up) = harness().await;
+    let before = h
+        .metric("isthmus_request_errors_total{reason=\"forbidden\"}")
+        .await;
+    let resp = h
+        .client("peer-dns")
+        .get(HOST, "/")
+        .await
+        .expect("handshake succeeds");
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert_eq!(
+        h.metric("isthmus_request_errors_total{reason=\"forbidden\"}")
+            .await,
+        before + 1.0
+    );
+    // The gateway keeps serving allowed peers.
+    assert_eq!(
+        h.client("peer-west")
+            .get(HOST, "/")
+            .await
+            .expect("ok")
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn dns_identity_allowed_by_wildcard() {
+    let up = Upstream::start("podinfo").await;
+    let h = Harness::start_with(
+        &[("p.yaml", exported_service("test", "podinfo", 9898, up.addr))],
+        |cfg| {
+            cfg.allowed_identities = vec!["*.serviceaccount.identity.linkerd.cluster.local".into()];
+        },
+    )
+    .await;
+    assert_eq!(
+        h.client("peer-dns")
+            .get(HOST, "/")
+            .await
+            .expect("ok")
+            .status,
+        200
+    );
+    assert_eq!(
+        h.client("peer-west")
+            .get(HOST, "/")
+            .await
+            .expect("ok")
+            .status,
+        403
+    );
+}
