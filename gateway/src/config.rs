@@ -185,7 +185,7 @@ pub struct KubernetesDiscovery {
     /// Path of a kubeconfig; default: in-cluster, then `$KUBECONFIG`.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
-    /// Label selector applied to watched Services.
+    /// Label selector applied to watched Services (EndpointSlices and Mappings are not filtered).
     #[serde(default)]
     pub label_selector: Option<String>,
 }

@@ -9,6 +9,7 @@
 pub mod crd;
 pub mod files;
 pub mod index;
+pub mod kube;
 
 use std::sync::Arc;
 use std::time::Instant;

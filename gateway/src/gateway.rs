@@ -46,9 +46,9 @@ pub enum StartError {
         /// The serving certificate.
         cert: String,
     },
-    /// The configured discovery source is not available.
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// The Kubernetes client could not be built.
+    #[error(transparent)]
+    Kube(#[from] discovery::kube::KubeError),
 }
 
 /// A started gateway.
@@ -127,10 +127,24 @@ impl Gateway {
                     .instrument(tracing::info_span!("discovery", source = "files")),
                 ));
             }
-            Discovery::Kubernetes(_) => {
-                return Err(StartError::Unsupported(
-                    "discovery.kubernetes is not yet supported by this build; use discovery.files",
-                ))
+            Discovery::Kubernetes(k) => {
+                let client = discovery::kube::client(k.kubeconfig.as_deref()).await?;
+                let scope = discovery::kube::WatchScope {
+                    namespaces: cfg.namespaces.clone(),
+                    service_selector: k.label_selector.clone(),
+                };
+                tasks.push(tokio::spawn(
+                    discovery::kube::run(
+                        client,
+                        scope,
+                        index,
+                        publisher,
+                        readiness.clone(),
+                        metrics.clone(),
+                        shutdown_rx.clone(),
+                    )
+                    .instrument(tracing::info_span!("discovery", source = "kubernetes")),
+                ));
             }
         }
 

@@ -33,6 +33,9 @@ enum Command {
         /// Also start the demo upstream on this address (for the embedded example).
         #[arg(long, value_name = "ADDR")]
         demo_upstream: Option<SocketAddr>,
+        /// Kubeconfig for `discovery.kubernetes` (overrides the config's `kubeconfig`).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
     },
     /// Validate the config, the certificates and the manifests; exit non-zero on any error.
     Check {
@@ -73,7 +76,8 @@ fn main() -> ExitCode {
             config,
             dev_certs,
             demo_upstream,
-        } => run(&config, dev_certs, demo_upstream),
+            kubeconfig,
+        } => run(&config, dev_certs, demo_upstream, kubeconfig),
         Command::Check { config } => check(&config),
         Command::Certs {
             command: CertsCommand::Dev { dir },
@@ -93,8 +97,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Path, dev_certs: bool, demo_upstream: Option<SocketAddr>) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
+fn run(
+    config: &Path,
+    dev_certs: bool,
+    demo_upstream: Option<SocketAddr>,
+    kubeconfig: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config)?;
+    if let (Some(path), Discovery::Kubernetes(k)) = (kubeconfig, &mut cfg.discovery) {
+        k.kubeconfig = Some(path);
+    }
     if dev_certs {
         let dir = cfg.tls.cert.parent().unwrap_or(Path::new("."));
         if dev::ensure_dev_certs(dir)? {

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub discovery_events: IntCounterVec,
     /// `isthmus_discovery_errors_total{kind}`: objects or files that were rejected.
     pub discovery_errors: IntCounterVec,
+    /// `isthmus_discovery_watch_errors_total{kind}`: API watch/list failures (retried with backoff).
+    pub watch_errors: IntCounterVec,
+    /// `isthmus_mapping_status_writes_total{result}`: Mapping status patches.
+    pub status_writes: IntCounterVec,
     /// `isthmus_discovery_publish_delay_seconds`: source change seen → table published.
     pub publish_delay: Histogram,
     /// `isthmus_ready`: 1 once discovery has synced and certificates are loaded.
@@ -229,6 +233,22 @@ impl Metrics {
                 &["kind"],
             )
             .expect("valid metric"),
+            watch_errors: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_discovery_watch_errors_total",
+                    "Kubernetes list/watch failures, by kind; retried with backoff",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            status_writes: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_mapping_status_writes_total",
+                    "Mapping status patches, by result (ok, error)",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             publish_delay: Histogram::with_opts(
                 HistogramOpts::new(
                     "isthmus_discovery_publish_delay_seconds",
@@ -261,6 +281,8 @@ impl Metrics {
             Box::new(self.table_size.clone()),
             Box::new(self.discovery_events.clone()),
             Box::new(self.discovery_errors.clone()),
+            Box::new(self.watch_errors.clone()),
+            Box::new(self.status_writes.clone()),
             Box::new(self.publish_delay.clone()),
             Box::new(self.ready.clone()),
         ];

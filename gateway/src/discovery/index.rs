@@ -252,13 +252,20 @@ impl Index {
         }
     }
 
-    /// Replaces every object of `kind` with `objects` (a relist): objects absent
-    /// from the list are gone afterwards. Returns the objects that were refused.
-    pub fn replace(&mut self, kind: ObjectKind, objects: &[Object]) -> Vec<ObjectError> {
+    /// Replaces every object of `kind` (in `namespace`, or everywhere when
+    /// `None`) with `objects` (a relist): objects absent from the list are gone
+    /// afterwards. Returns the objects that were refused.
+    pub fn replace(
+        &mut self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        objects: &[Object],
+    ) -> Vec<ObjectError> {
+        let keep = |k: &ObjectKey| namespace.is_some_and(|ns| k.namespace != ns);
         match kind {
-            ObjectKind::Service => self.services.clear(),
-            ObjectKind::EndpointSlice => self.slices.clear(),
-            ObjectKind::Mapping => self.mappings.clear(),
+            ObjectKind::Service => self.services.retain(|k, _| keep(k)),
+            ObjectKind::EndpointSlice => self.slices.retain(|k, _| keep(k)),
+            ObjectKind::Mapping => self.mappings.retain(|k, _| keep(k)),
             ObjectKind::File => {}
         }
         objects
@@ -276,7 +283,7 @@ impl Index {
             ObjectKind::Mapping,
         ]
         .into_iter()
-        .flat_map(|k| self.replace(k, objects))
+        .flat_map(|k| self.replace(k, None, objects))
         .collect()
     }
 

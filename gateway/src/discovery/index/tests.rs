@@ -277,6 +277,7 @@ fn relist_drops_objects_missing_from_the_new_list() {
     ]);
     let errors = index.replace(
         ObjectKind::Service,
+        None,
         &[mk_service(
             "test",
             "b",
@@ -288,6 +289,18 @@ fn relist_drops_objects_missing_from_the_new_list() {
     let t = index.build();
     assert_eq!(route_for(&t, "a.test.svc.cluster.local", "/"), None);
     assert!(route_for(&t, "b.test.svc.cluster.local", "/").is_some());
+}
+
+#[test]
+fn namespaced_relist_leaves_other_namespaces_alone() {
+    let mut index = index_with(&[
+        mk_service("a", "x", true, &[("", 80, IntOrString::Int(80))]),
+        mk_service("b", "y", true, &[("", 80, IntOrString::Int(80))]),
+    ]);
+    index.replace(ObjectKind::Service, Some("a"), &[]);
+    let t = index.build();
+    assert_eq!(route_for(&t, "x.a.svc.cluster.local", "/"), None);
+    assert!(route_for(&t, "y.b.svc.cluster.local", "/").is_some());
 }
 
 #[test]

@@ -1,0 +1,387 @@
+//! The Kubernetes source: kube-rs watchers for Services, EndpointSlices and
+//! Mappings feeding the pure [`Index`], and Mapping status write-back.
+//!
+//! ```text
+//! watcher(Service) ─┐
+//! watcher(EndpointSlice) ─┼─▶ one task: Init/InitApply/InitDone = atomic relist,
+//! watcher(Mapping) ─┘        Apply/Delete; batch; publish once every watch synced
+//!                                    └─▶ status writer: Accepted=True/False per Mapping
+//! ```
+//! Watch errors back off and resume (a stale resourceVersion re-lists); while
+//! the API server is away, the last published table keeps serving.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{select_all, BoxStream};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::crd::{Mapping, MappingCondition, MappingStatus};
+use super::{Index, Object, ObjectKey, Publisher};
+use crate::admin::Readiness;
+use crate::metrics::{Metrics, ObjectKind};
+
+/// Why the Kubernetes client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("kubernetes discovery: {0}")]
+pub struct KubeError(String);
+
+/// Builds a client from an explicit kubeconfig, else in-cluster credentials,
+/// else `$KUBECONFIG` / `~/.kube/config`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| {
+                KubeError(format!("cannot read kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| KubeError(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeError(format!("no in-cluster or kubeconfig credentials: {e}")))?,
+    };
+    Client::try_from(config).map_err(|e| KubeError(e.to_string()))
+}
+
+/// What the watchers observe.
+#[derive(Clone, Debug)]
+pub struct WatchScope {
+    /// Namespaces to watch; empty means all (one cluster-wide watch per kind).
+    pub namespaces: Vec<String>,
+    /// Label selector for Services.
+    pub service_selector: Option<String>,
+}
+
+/// One event from one watch stream.
+struct Tagged {
+    stream: usize,
+    kind: ObjectKind,
+    namespace: Option<String>,
+    event: Result<Event<Object>, watcher::Error>,
+}
+
+fn watch_stream<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    stream: usize,
+    kind: ObjectKind,
+    wrap: fn(K) -> Object,
+) -> BoxStream<'static, Tagged>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ns = namespace.map(str::to_string);
+    watcher::watcher(api, config)
+        .default_backoff()
+        .map(move |event| Tagged {
+            stream,
+            kind,
+            namespace: ns.clone(),
+            event: event.map(|e| match e {
+                Event::Apply(o) => Event::Apply(wrap(o)),
+                Event::Delete(o) => Event::Delete(wrap(o)),
+                Event::InitApply(o) => Event::InitApply(wrap(o)),
+                Event::Init => Event::Init,
+                Event::InitDone => Event::InitDone,
+            }),
+        })
+        .boxed()
+}
+
+/// The status a Mapping should carry, compared against what it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DesiredStatus {
+    generation: Option<i64>,
+    accepted: Result<(), String>,
+}
+
+impl DesiredStatus {
+    fn condition(&self) -> MappingCondition {
+        let (status, reason, message) = match &self.accepted {
+            Ok(()) => ("True", "Accepted", "route is active".to_string()),
+            Err(why) => ("False", "Invalid", why.clone()),
+        };
+        MappingCondition {
+            type_: "Accepted".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time: Some(now_rfc3339()),
+        }
+    }
+
+    fn matches(&self, current: Option<&MappingStatus>) -> bool {
+        let want = self.condition();
+        current
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"))
+            .is_some_and(|c| {
+                c.status == want.status
+                    && c.reason == want.reason
+                    && c.message == want.message
+                    && c.observed_generation == want.observed_generation
+            })
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Runs the watchers until `shutdown` flips.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: Client,
+    scope: WatchScope,
+    mut index: Index,
+    publisher: Publisher,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let namespaces: Vec<Option<&str>> = if scope.namespaces.is_empty() {
+        vec![None]
+    } else {
+        scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut streams = Vec::new();
+    for ns in &namespaces {
+        let mut svc_cfg = watcher::Config::default();
+        if let Some(sel) = &scope.service_selector {
+            svc_cfg = svc_cfg.labels(sel);
+        }
+        let n = streams.len();
+        streams.push(watch_stream::<Service>(
+            &client,
+            *ns,
+            svc_cfg,
+            n,
+            ObjectKind::Service,
+            |o| Object::Service(Box::new(o)),
+        ));
+        let n = streams.len();
+        streams.push(watch_stream::<EndpointSlice>(
+            &client,
+            *ns,
+            watcher::Config::default(),
+            n,
+            ObjectKind::EndpointSlice,
+            |o| Object::EndpointSlice(Box::new(o)),
+        ));
+        let n = streams.len();
+        streams.push(watch_stream::<Mapping>(
+            &client,
+            *ns,
+            watcher::Config::default(),
+            n,
+            ObjectKind::Mapping,
+            |o| Object::Mapping(Box::new(o)),
+        ));
+    }
+    let mut unsynced: HashSet<usize> = (0..streams.len()).collect();
+    let mut events = select_all(streams);
+    let mut buffers: HashMap<usize, Vec<Object>> = HashMap::new();
+    let mut statuses: HashMap<ObjectKey, Option<MappingStatus>> = HashMap::new();
+    let (status_tx, status_rx) = watch::channel(Arc::new(BTreeMap::new()));
+    tokio::spawn(write_statuses(client.clone(), status_rx, metrics.clone()));
+
+    loop {
+        let first = tokio::select! {
+            e = events.next() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let seen = Instant::now();
+        let mut changed = false;
+        let mut next = Some(first);
+        // Apply everything already waiting before publishing once.
+        let mut batch = 0;
+        while let Some(t) = next.take() {
+            changed |= handle(
+                t,
+                &mut index,
+                &mut buffers,
+                &mut unsynced,
+                &mut statuses,
+                &publisher,
+                &metrics,
+            );
+            batch += 1;
+            if batch < 10_000 {
+                next = events.next().now_or_never().flatten();
+            }
+        }
+        if !changed || !unsynced.is_empty() {
+            continue;
+        }
+        publisher.publish(&mut index, seen);
+        if !readiness.is_ready() {
+            readiness.set_discovery_synced();
+            tracing::info!("kubernetes discovery synced");
+        }
+        let desired: BTreeMap<ObjectKey, DesiredStatus> = index
+            .mapping_states()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    DesiredStatus {
+                        generation: s.generation,
+                        accepted: s.accepted,
+                    },
+                )
+            })
+            .filter(|(k, d)| !d.matches(statuses.get(k).and_then(Option::as_ref)))
+            .collect();
+        status_tx.send_replace(Arc::new(desired));
+    }
+}
+
+/// Applies one watch event to the index; returns whether the index changed.
+fn handle(
+    t: Tagged,
+    index: &mut Index,
+    buffers: &mut HashMap<usize, Vec<Object>>,
+    unsynced: &mut HashSet<usize>,
+    statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>,
+    publisher: &Publisher,
+    metrics: &Metrics,
+) -> bool {
+    let event = match t.event {
+        Ok(e) => e,
+        Err(e) => {
+            metrics
+                .watch_errors
+                .with_label_values(&[t.kind.label()])
+                .inc();
+            tracing::warn!(kind = t.kind.label(), error = %e, "watch failed; retrying with backoff, last routes keep serving");
+            return false;
+        }
+    };
+    let remember = |statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>, o: &Object| {
+        if let Object::Mapping(m) = o {
+            statuses.insert(o.key(), m.status.clone());
+        }
+    };
+    match event {
+        Event::Init => {
+            buffers.insert(t.stream, Vec::new());
+            false
+        }
+        Event::InitApply(o) => {
+            buffers.entry(t.stream).or_default().push(o);
+            false
+        }
+        Event::InitDone => {
+            let objects = buffers.remove(&t.stream).unwrap_or_default();
+            metrics
+                .discovery_events
+                .with_label_values(&[t.kind.label()])
+                .inc_by(objects.len() as u64);
+            if t.kind == ObjectKind::Mapping {
+                statuses.retain(|k, _| t.namespace.as_ref().is_some_and(|ns| &k.namespace != ns));
+                objects.iter().for_each(|o| remember(statuses, o));
+            }
+            for e in index.replace(t.kind, t.namespace.as_deref(), &objects) {
+                publisher.report(&e, None);
+            }
+            unsynced.remove(&t.stream);
+            tracing::debug!(kind = t.kind.label(), objects = objects.len(), "relisted");
+            true
+        }
+        Event::Apply(o) => {
+            metrics
+                .discovery_events
+                .with_label_values(&[t.kind.label()])
+                .inc();
+            remember(statuses, &o);
+            if let Err(e) = index.apply(&o) {
+                publisher.report(&e, None);
+            }
+            true
+        }
+        Event::Delete(o) => {
+            metrics
+                .discovery_events
+                .with_label_values(&[t.kind.label()])
+                .inc();
+            let key = o.key();
+            statuses.remove(&key);
+            index.delete(t.kind, &key);
+            true
+        }
+    }
+}
+
+/// Patches Mapping statuses that differ from what the index decided; failed
+/// patches are retried every few seconds until they land or become moot.
+async fn write_statuses(
+    client: Client,
+    mut desired: watch::Receiver<Arc<BTreeMap<ObjectKey, DesiredStatus>>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut written: HashMap<ObjectKey, DesiredStatus> = HashMap::new();
+    loop {
+        let todo = desired.borrow_and_update().clone();
+        let mut failed = false;
+        for (key, want) in todo.iter() {
+            if written.get(key) == Some(want) {
+                continue;
+            }
+            let api: Api<Mapping> = Api::namespaced(client.clone(), &key.namespace);
+            let patch = json!({"status": MappingStatus { conditions: vec![want.condition()] }});
+            match api
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(m) => {
+                    metrics.status_writes.with_label_values(&["ok"]).inc();
+                    tracing::debug!(mapping = %key, generation = ?m.metadata.generation, "status written");
+                    written.insert(key.clone(), want.clone());
+                }
+                Err(e) => {
+                    metrics.status_writes.with_label_values(&["error"]).inc();
+                    tracing::warn!(mapping = %key, error = %e, "cannot write Mapping status; will retry");
+                    failed = true;
+                }
+            }
+        }
+        written.retain(|k, _| todo.contains_key(k));
+        let retry = tokio::time::sleep(if failed {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(3600)
+        });
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            _ = retry => {}
+        }
+    }
+}
