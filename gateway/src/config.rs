@@ -111,6 +111,10 @@ pub struct Tls {
     pub key: PathBuf,
     /// PEM bundle of CAs that client certificates must chain to (several allowed).
     pub trust_anchors: PathBuf,
+    /// Resume TLS sessions (session cache and TLS 1.3 tickets). Resumed sessions
+    /// keep the identity verified in their full handshake.
+    #[serde(default = "default_true")]
+    pub session_resumption: bool,
 }
 
 /// `discovery:`: exactly one source.
@@ -240,6 +244,9 @@ impl Default for Upstream {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_cluster_domain() -> String {
     "cluster.local".to_string()
 }

@@ -174,7 +174,7 @@ impl Gateway {
         let server_conf = Arc::new(ServerConf::default());
         let mut app = pingora_proxy::http_proxy(&server_conf, proxy);
         app.server_options = Some(HttpServerOptions::default());
-        let acceptor = Arc::new(tls.settings().build());
+        let acceptor = Arc::new(tls.acceptor(cfg.tls.session_resumption));
         let listener = GatewayListener {
             listener: gateway_listener,
             acceptor,

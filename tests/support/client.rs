@@ -36,6 +36,8 @@ pub struct Response {
     pub body: String,
     /// HTTP version used.
     pub version: Version,
+    /// Whether the TLS handshake was full or resumed.
+    pub handshake: Option<rustls::HandshakeKind>,
 }
 
 impl Response {
@@ -220,6 +222,7 @@ impl Client {
     /// Sends one request on a new connection and reads the whole response.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response, ClientError> {
         let tls = self.connect().await?;
+        let handshake = tls.get_ref().1.handshake_kind();
         let io = TokioIo::new(tls);
         let resp = match self.alpn {
             Alpn::Http1 => {
@@ -245,6 +248,7 @@ impl Client {
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
             version: parts.version,
+            handshake,
         })
     }
 

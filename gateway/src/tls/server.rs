@@ -10,13 +10,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::tls::{Acceptor, TlsSettings};
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
+use pingora_rustls::TlsAcceptor;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerConfig,
+    ServerSessionMemoryCache, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
@@ -162,9 +166,14 @@ impl TlsServer {
         self.verifier.0.store(Arc::new(material.verifier));
     }
 
-    /// Pingora listener settings: mandatory client certificates, TLS 1.2/1.3,
-    /// ALPN h2 + http/1.1, and the identity callback.
-    pub fn settings(&self) -> TlsSettings {
+    /// The listener's acceptor: mandatory client certificates, TLS 1.2/1.3,
+    /// ALPN h2 + http/1.1, the identity callback, and session resumption (an
+    /// in-memory session cache with TLS 1.3 tickets) unless disabled.
+    ///
+    /// Pingora builds its own `ServerConfig` from [`TlsSettings`] without a way to
+    /// set session storage, so the built acceptor's rustls config is replaced by
+    /// ours (same resolver, verifier and ALPN), keeping pingora's callbacks.
+    pub fn acceptor(&self, session_resumption: bool) -> Acceptor {
         // `with_callbacks` only fails for other TLS backends.
         #[allow(clippy::expect_used)]
         let mut settings =
@@ -172,7 +181,24 @@ impl TlsServer {
         settings.set_cert_resolver(self.resolver.clone());
         settings.set_client_cert_verifier(self.verifier.clone());
         settings.enable_h2();
-        settings
+        let mut acceptor = settings.build();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        #[allow(clippy::expect_used)]
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_client_cert_verifier(self.verifier.clone())
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if session_resumption {
+            config.session_storage = ServerSessionMemoryCache::new(4096);
+        } else {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        acceptor.acceptor = TlsAcceptor::from(Arc::new(config));
+        acceptor
     }
 }
 
