@@ -213,21 +213,37 @@ async fn dns_identity_allowed_by_wildcard() {
 #[tokio::test]
 async fn resumed_sessions_keep_the_verified_identity() {
     let (h, _up) = harness().await;
-    let c = Client::with_versions(h.gateway.gateway_addr, &h.certs(), Some("peer-west"), Alpn::Http1, &[&rustls::version::TLS13]);
+    let c = Client::with_versions(
+        h.gateway.gateway_addr,
+        &h.certs(),
+        Some("peer-west"),
+        Alpn::Http1,
+        &[&rustls::version::TLS13],
+    );
     let first = c.get(HOST, "/").await.expect("full handshake");
     assert_eq!(first.handshake, Some(rustls::HandshakeKind::Full));
     let second = c.get(HOST, "/").await.expect("resumed handshake");
-    assert_eq!(second.handshake, Some(rustls::HandshakeKind::Resumed), "session resumption is on by default");
+    assert_eq!(
+        second.handshake,
+        Some(rustls::HandshakeKind::Resumed),
+        "session resumption is on by default"
+    );
     assert_eq!(second.status, 200);
-    assert_eq!(second.json()["headers"]["x-isthmus-peer-identity"], "spiffe://west.example/ns/default/sa/peer");
+    assert_eq!(
+        second.json()["headers"]["x-isthmus-peer-identity"],
+        "spiffe://west.example/ns/default/sa/peer"
+    );
 }
 
 #[tokio::test]
 async fn session_resumption_can_be_turned_off() {
     let up = Upstream::start("podinfo").await;
-    let h = Harness::start_with(&[("p.yaml", exported_service("test", "podinfo", 9898, up.addr))], |cfg| {
-        cfg.tls.session_resumption = false;
-    })
+    let h = Harness::start_with(
+        &[("p.yaml", exported_service("test", "podinfo", 9898, up.addr))],
+        |cfg| {
+            cfg.tls.session_resumption = false;
+        },
+    )
     .await;
     let c = h.client("peer-west");
     for _ in 0..2 {

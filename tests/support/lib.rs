@@ -2,6 +2,7 @@
 //! in-process gateway started through the same constructor as `main`, and a real
 //! mTLS client (rustls + hyper, HTTP/1.1 or HTTP/2, or raw bytes).
 
+pub mod apiserver;
 pub mod client;
 pub mod manifests;
 

@@ -36,3 +36,21 @@ pub fn exported_service(ns: &str, name: &str, port: u16, addr: SocketAddr) -> St
 pub fn mapping(ns: &str, name: &str, spec: &str) -> String {
     format!("apiVersion: isthmus.dev/v1alpha1\nkind: Mapping\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}")
 }
+
+/// Parses one of the YAML builders above into its typed object (for the API-server double).
+pub fn typed<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// An EndpointSlice with several endpoints `(address, ready)` sharing one port named `http`.
+pub fn slice_many(ns: &str, name: &str, svc: &str, port: u16, eps: &[(&str, bool)]) -> String {
+    let endpoints: String = eps
+        .iter()
+        .map(|(ip, ready)| {
+            format!("  - addresses: [\"{ip}\"]\n    conditions:\n      ready: {ready}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {svc}\naddressType: IPv4\nports:\n  - name: http\n    port: {port}\nendpoints:\n{endpoints}"
+    )
+}
