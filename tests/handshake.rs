@@ -166,11 +166,11 @@ async fn identity_not_allowed_gets_403() {
         .await
         .expect("handshake succeeds");
     assert_eq!(resp.status, 403, "{}", resp.body);
-    assert_eq!(
-        h.metric("isthmus_request_errors_total{reason=\"forbidden\"}")
-            .await,
-        before + 1.0
-    );
+    h.wait_metric(
+        "isthmus_request_errors_total{reason=\"forbidden\"}",
+        before + 1.0,
+    )
+    .await;
     // The gateway keeps serving allowed peers.
     assert_eq!(
         h.client("peer-west")

@@ -45,7 +45,7 @@ pub struct GatewayProxy {
     routes: SharedRoutes,
     metrics: Arc<Metrics>,
     /// `by="<identity>"`: the value this gateway adds to `Forwarded`.
-    forwarded_by: String,
+    forwarded_by: http::HeaderValue,
     own_identity: Arc<str>,
     limits: RequestLimits,
 }
@@ -61,7 +61,8 @@ impl GatewayProxy {
         GatewayProxy {
             routes,
             metrics,
-            forwarded_by: format!("by=\"{own_identity}\""),
+            forwarded_by: http::HeaderValue::from_str(&format!("by=\"{own_identity}\""))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("by=unknown")),
             own_identity: own_identity.into(),
             limits,
         }
@@ -192,7 +193,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -204,15 +205,9 @@ impl ProxyHttp for GatewayProxy {
         if let Some(peer) = &ctx.peer {
             upstream.insert_header(PEER_IDENTITY_HEADER, peer.as_ref())?;
         }
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        upstream.append_header(
-            http::header::FORWARDED,
-            format!("{};for=\"{}\"", self.forwarded_by, client),
-        )?;
+        // `by=` only: it is what loop detection needs, and reading the client
+        // address costs a getpeername(2) per request in pingora's TLS sessions.
+        upstream.append_header(http::header::FORWARDED, self.forwarded_by.clone())?;
         Ok(())
     }
 

@@ -162,6 +162,20 @@ impl Harness {
         client::plain_get(self.gateway.admin_addr, path).await
     }
 
+    /// Waits until a metric sample equals `want` (request metrics are recorded
+    /// just after the response is sent, so a scrape may briefly lag).
+    pub async fn wait_metric(&self, sample: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.metric(sample).await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sample} is {got}, want {want}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The value of one metric sample, e.g. `isthmus_request_errors_total{reason="no_route"}`.
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
