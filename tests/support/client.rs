@@ -252,6 +252,17 @@ impl Client {
         })
     }
 
+    /// Opens one HTTP/2 connection for many requests (keep-alive polling).
+    pub async fn h2_session(&self) -> Result<H2Session, ClientError> {
+        let tls = self.http2().connect().await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(err)?;
+        tokio::spawn(conn);
+        Ok(H2Session { sender })
+    }
+
     /// Writes raw bytes over TLS and returns everything read until the server
     /// closes or goes quiet for 2 s.
     pub async fn raw(&self, bytes: &[u8]) -> Result<String, ClientError> {
@@ -291,4 +302,22 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .expect("admin body")
         .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One HTTP/2 connection reused for many requests.
+pub struct H2Session {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2Session {
+    /// GET `path` on `host`; returns the status.
+    pub async fn status(&mut self, host: &str, path: &str) -> Result<u16, ClientError> {
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(err)?;
+        let resp = self.sender.send_request(req).await.map_err(err)?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.map_err(err)?;
+        Ok(status)
+    }
 }

@@ -15,7 +15,7 @@ use isthmus::config::Config;
 use isthmus::gateway::Gateway;
 use tempfile::TempDir;
 
-pub use client::{Alpn, Client, ClientError, Response};
+pub use client::{Alpn, Client, ClientError, H2Session, Response};
 
 /// Installs a test log subscriber once (`RUST_LOG` to see gateway logs).
 pub fn init_logging() {

@@ -1,0 +1,200 @@
+//! Convergence benchmark: time from an API event to the route being served,
+//! with 10,000 Services and 30,000 endpoints loaded through the API-server
+//! double, and the gateway's resident memory at that size.
+//!
+//! The gateway runs as its own process (the release binary) so its RSS is its
+//! own; the API double and the probing client run here. Every probe applies an
+//! EndpointSlice for a Service that had none (503) and polls one keep-alive
+//! HTTP/2 mTLS connection until the route answers 200.
+//!
+//! `cargo run --release -p isthmus-benches --bin convergence -- [services] [probes]`
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isthmus_tests::apiserver::ApiServer;
+use isthmus_tests::manifests::{service, slice, slice_many, typed};
+use isthmus_tests::{Alpn, Client, Upstream};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let probes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let isthmus = root.join("target/release/isthmus");
+    let work = tempfile::tempdir().expect("tempdir");
+    let certs = work.path().join("certs");
+    isthmus::tls::dev::write_dev_certs(&certs).expect("certs");
+
+    let api = ApiServer::start().await;
+    let up = Upstream::start("probe").await;
+    let started = Instant::now();
+    let svcs: Vec<Service> = (0..services)
+        .map(|i| typed(&service("bench", &format!("svc-{i}"), true, 80)))
+        .collect();
+    let slices: Vec<EndpointSlice> = (0..services)
+        .map(|i| {
+            let ip =
+                |k: usize| format!("127.{}.{}.{}", 1 + k / 65536 % 200, k / 256 % 256, k % 256);
+            let eps: Vec<String> = (0..3).map(|j| ip(i * 3 + j)).collect();
+            let eps: Vec<(&str, bool)> = eps.iter().map(|e| (e.as_str(), true)).collect();
+            typed(&slice_many(
+                "bench",
+                &format!("svc-{i}-1"),
+                &format!("svc-{i}"),
+                8080,
+                &eps,
+            ))
+        })
+        .collect();
+    api.apply_all(&svcs);
+    api.apply_all(&slices);
+    for i in 0..probes {
+        api.apply(&typed::<Service>(&service(
+            "probe",
+            &format!("p-{i}"),
+            true,
+            80,
+        )));
+    }
+    eprintln!(
+        "loaded {} services, {} endpoints, {probes} probe services into the API double in {:?}",
+        services,
+        services * 3,
+        started.elapsed()
+    );
+
+    std::fs::write(work.path().join("kubeconfig"), api.kubeconfig_yaml()).expect("kubeconfig");
+    std::fs::write(
+        work.path().join("isthmus.yaml"),
+        "listen: {gateway: \"127.0.0.1:15143\", admin: \"127.0.0.1:15191\"}\n\
+         tls: {cert: certs/gateway.crt, key: certs/gateway.key, trust_anchors: certs/ca.crt}\n\
+         allowed_identities: [\"*\"]\n\
+         discovery: {kubernetes: {kubeconfig: kubeconfig}}\n",
+    )
+    .expect("config");
+    let sync_start = Instant::now();
+    let child = Command::new(&isthmus)
+        .args(["run", "--config"])
+        .arg(work.path().join("isthmus.yaml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it with cargo build --release)",
+                isthmus.display()
+            )
+        });
+    let pid = child.id();
+    let _gateway = Gateway(child);
+    let admin: std::net::SocketAddr = "127.0.0.1:15191".parse().expect("addr");
+    loop {
+        if tokio::net::TcpStream::connect(admin).await.is_ok()
+            && isthmus_tests::client::plain_get(admin, "/ready").await.0 == 200
+        {
+            break;
+        }
+        assert!(
+            sync_start.elapsed() < Duration::from_secs(120),
+            "gateway not ready after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sync = sync_start.elapsed();
+    let rss_synced = rss_kib(pid, "VmRSS:");
+
+    let client = Client::new(
+        "127.0.0.1:15143".parse().expect("addr"),
+        &certs,
+        Some("peer-west"),
+        Alpn::Http2,
+    );
+    let mut session = client.h2_session().await.expect("h2 connection");
+    let bulk = format!("svc-{}.bench.svc.cluster.local", services / 2);
+    assert_eq!(
+        session.status(&bulk, "/").await.ok(),
+        Some(502),
+        "bulk routes exist (endpoints are not listening)"
+    );
+    let mut samples = Vec::with_capacity(probes);
+    for i in 0..probes {
+        let host = format!("p-{i}.probe.svc.cluster.local");
+        assert_eq!(
+            session.status(&host, "/").await.ok(),
+            Some(503),
+            "{host} has no endpoints yet"
+        );
+        let t0 = Instant::now();
+        api.apply(&typed::<EndpointSlice>(&slice(
+            "probe",
+            &format!("p-{i}-1"),
+            &format!("p-{i}"),
+            up.addr,
+            true,
+        )));
+        loop {
+            if session.status(&host, "/").await.ok() == Some(200) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{host} never became routable"
+            );
+        }
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    let rss = rss_kib(pid, "VmRSS:");
+    let hwm = rss_kib(pid, "VmHWM:");
+    let report = serde_json::json!({
+        "services": services + probes,
+        "endpoints": services * 3 + probes,
+        "probes": probes,
+        "initial_sync_ms": sync.as_secs_f64() * 1000.0,
+        "event_to_served_ms": {
+            "p50": percentile(&samples, 0.5),
+            "p99": percentile(&samples, 0.99),
+            "max": samples.last().copied().unwrap_or(0.0),
+        },
+        "gateway_rss_mib": {
+            "after_sync": rss_synced as f64 / 1024.0,
+            "after_probes": rss as f64 / 1024.0,
+            "peak": hwm as f64 / 1024.0,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    let out = root.join("benches/results/convergence.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&report).expect("json") + "\n",
+    )
+    .expect("write results");
+    eprintln!("wrote {}", out.display());
+}
