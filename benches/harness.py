@@ -323,7 +323,7 @@ def markdown(report):
     lines = [
         f"Run {report['date']} on {report['machine']['cores']} cores ({report['machine']['cpu']}), "
         f"{report['reps']} repetitions of {report['seconds']} s per system and scenario, medians; "
-        f"oha {report['oha']}, nginx {report['versions']['nginx']}, haproxy {report['versions']['haproxy']}. "
+        f"{report['oha']}, nginx {report['versions']['nginx']}, haproxy {report['versions']['haproxy']}. "
         "req/s counts 2xx responses over wall time.",
         "",
         "| scenario | system | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU s / 10k req | peak RSS MiB |",

@@ -15,7 +15,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::metrics::{HandshakeFailure, Metrics};
+
+mod coalesce;
 use crate::tls::traced_handshake;
+use coalesce::Coalesced;
 
 /// Everything the accept loop needs.
 pub struct GatewayListener<A> {
@@ -93,6 +96,7 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
     if let Err(e) = stream.set_nodelay() {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    let (stream, coalesce) = Coalesced::new(stream);
     let handshake = traced_handshake(acceptor.tls_handshake(stream));
     let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
@@ -112,6 +116,7 @@ async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
             return;
         }
     };
+    coalesce.enable();
     let mut next: Option<Stream> = Some(Box::new(tls));
     while let Some(s) = next {
         next = app.process_new(s, &shutdown).await;
