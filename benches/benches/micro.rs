@@ -26,10 +26,10 @@ fn table(n: usize) -> RouteTable {
             ));
             Route {
                 name: format!("service/bench/svc-{i}:80").into(),
-                host: HostMatch::Exact(
+                hosts: vec![HostMatch::Exact(
                     format!("svc-{i}.bench.svc.cluster.local"),
                     PortMatch::Port(80),
-                ),
+                )],
                 matcher: RouteMatch::any(),
                 authz: Authorization::new(Arc::from(vec![IdentityPattern::Any])),
                 target: RouteTarget::new(vec![Backend::new(

@@ -76,7 +76,7 @@ fn check_accepts_the_example() {
         dir.path().join("isthmus.yaml").to_str().expect("utf8"),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("3 routes"), "{}", text(&o));
+    assert!(text(&o).contains("2 routes"), "{}", text(&o));
 }
 
 #[test]

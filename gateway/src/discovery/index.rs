@@ -169,6 +169,41 @@ struct MappingEntry {
     route: Result<MappingRoute, String>,
 }
 
+/// An object in the index's compact form (see [`Index::convert`]).
+#[derive(Debug)]
+pub struct Converted {
+    key: ObjectKey,
+    item: Option<Item>,
+}
+
+#[derive(Debug)]
+enum Item {
+    Service(ServiceInfo),
+    Slice(SliceInfo),
+    Mapping(MappingEntry),
+}
+
+impl Converted {
+    /// The object's key.
+    pub fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+
+    /// Why a converted Mapping is not accepted, if it is not.
+    pub fn error(&self) -> Option<ObjectError> {
+        match &self.item {
+            Some(Item::Mapping(MappingEntry {
+                route: Err(reason), ..
+            })) => Some(ObjectError {
+                kind: "Mapping",
+                key: self.key.clone(),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The pure index of Services, EndpointSlices and Mappings.
 pub struct Index {
     cfg: IndexConfig,
@@ -195,45 +230,61 @@ impl Index {
         self.cfg.namespaces.is_empty() || self.cfg.namespaces.iter().any(|n| n == ns)
     }
 
-    /// Adds or replaces an object. A Service or EndpointSlice that cannot be
-    /// converted keeps its previous version; an invalid Mapping is kept as
-    /// not accepted (no route) so its status can say why.
-    pub fn apply(&mut self, obj: &Object) -> Result<(), ObjectError> {
+    /// Converts an object into the index's compact form: the fallible step,
+    /// separate so a relist can convert objects as they arrive instead of
+    /// buffering whole Kubernetes objects. Objects outside the configured
+    /// namespaces convert to nothing. A malformed Service or EndpointSlice is an
+    /// error; an invalid Mapping converts (as not accepted, so its status can say
+    /// why) and carries its error in [`Converted::error`].
+    pub fn convert(&self, obj: &Object) -> Result<Converted, ObjectError> {
         let key = obj.key();
-        if !self.namespace_allowed(&key.namespace) {
-            return Ok(());
-        }
         let err = |kind: &'static str, reason: String| ObjectError {
             kind,
             key: key.clone(),
             reason,
         };
-        match obj {
-            Object::Service(svc) => {
-                let info = convert_service(svc, &self.cfg).map_err(|r| err("Service", r))?;
-                self.services.insert(key, info);
+        let item = if !self.namespace_allowed(&key.namespace) {
+            None
+        } else {
+            Some(match obj {
+                Object::Service(svc) => {
+                    Item::Service(convert_service(svc, &self.cfg).map_err(|r| err("Service", r))?)
+                }
+                Object::EndpointSlice(slice) => {
+                    Item::Slice(convert_slice(slice, &key).map_err(|r| err("EndpointSlice", r))?)
+                }
+                Object::Mapping(m) => Item::Mapping(MappingEntry {
+                    generation: m.metadata.generation,
+                    route: convert_mapping(m, &key, &self.cfg),
+                }),
+            })
+        };
+        Ok(Converted { key, item })
+    }
+
+    fn insert(&mut self, c: Converted) {
+        match c.item {
+            None => {}
+            Some(Item::Service(info)) => {
+                self.services.insert(c.key, info);
             }
-            Object::EndpointSlice(slice) => {
-                let info = convert_slice(slice, &key).map_err(|r| err("EndpointSlice", r))?;
-                self.slices.insert(key, info);
+            Some(Item::Slice(info)) => {
+                self.slices.insert(c.key, info);
             }
-            Object::Mapping(m) => {
-                let route = convert_mapping(m, &key, &self.cfg);
-                let result = route
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|r| err("Mapping", r.clone()));
-                self.mappings.insert(
-                    key,
-                    MappingEntry {
-                        generation: m.metadata.generation,
-                        route,
-                    },
-                );
-                return result;
+            Some(Item::Mapping(entry)) => {
+                self.mappings.insert(c.key, entry);
             }
         }
-        Ok(())
+    }
+
+    /// Adds or replaces an object. A Service or EndpointSlice that cannot be
+    /// converted keeps its previous version; an invalid Mapping is kept as
+    /// not accepted (no route) so its status can say why.
+    pub fn apply(&mut self, obj: &Object) -> Result<(), ObjectError> {
+        let c = self.convert(obj)?;
+        let error = c.error();
+        self.insert(c);
+        error.map_or(Ok(()), Err)
     }
 
     /// Removes an object.
@@ -261,6 +312,28 @@ impl Index {
         namespace: Option<&str>,
         objects: &[Object],
     ) -> Vec<ObjectError> {
+        let mut errors = Vec::new();
+        let mut converted = Vec::new();
+        for o in objects.iter().filter(|o| o.kind() == kind) {
+            match self.convert(o) {
+                Ok(c) => {
+                    errors.extend(c.error());
+                    converted.push(c);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        self.replace_converted(kind, namespace, converted);
+        errors
+    }
+
+    /// [`Index::replace`] with objects already converted (errors already reported).
+    pub fn replace_converted(
+        &mut self,
+        kind: ObjectKind,
+        namespace: Option<&str>,
+        objects: Vec<Converted>,
+    ) {
         let keep = |k: &ObjectKey| namespace.is_some_and(|ns| k.namespace != ns);
         match kind {
             ObjectKind::Service => self.services.retain(|k, _| keep(k)),
@@ -268,11 +341,9 @@ impl Index {
             ObjectKind::Mapping => self.mappings.retain(|k, _| keep(k)),
             ObjectKind::File => {}
         }
-        objects
-            .iter()
-            .filter(|o| o.kind() == kind)
-            .filter_map(|o| self.apply(o).err())
-            .collect()
+        for c in objects {
+            self.insert(c);
+        }
     }
 
     /// Replaces every object of every kind (the file source's reload).
@@ -326,29 +397,21 @@ impl Index {
                 key.name, key.namespace, self.cfg.cluster_domain
             );
             for port in &svc.ports {
-                let mut hosts = vec![PortMatch::Port(port.port)];
+                let mut hosts = vec![HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port))];
                 if svc.ports.len() == 1 {
-                    hosts.push(PortMatch::Absent);
+                    hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
                 }
-                for host_port in hosts {
-                    let (label, eps) = resolver.resolve(&ServiceRef {
-                        key: key.clone(),
-                        port: Some(port.port),
-                    });
-                    routes.push(Route {
-                        name: format!("service/{}/{}:{}", key.namespace, key.name, port.port)
-                            .into(),
-                        host: HostMatch::Exact(fqdn.clone(), host_port),
-                        matcher: RouteMatch::any(),
-                        authz: Authorization::new(self.cfg.allowed.clone()),
-                        target: RouteTarget::new(vec![Backend::new(
-                            label,
-                            1,
-                            eps,
-                            defaults.clone(),
-                        )]),
-                    });
-                }
+                let (label, eps) = resolver.resolve(&ServiceRef {
+                    key: key.clone(),
+                    port: Some(port.port),
+                });
+                routes.push(Route {
+                    name: format!("service/{}/{}:{}", key.namespace, key.name, port.port).into(),
+                    hosts,
+                    matcher: RouteMatch::any(),
+                    authz: Authorization::new(self.cfg.allowed.clone()),
+                    target: RouteTarget::new(vec![Backend::new(label, 1, eps, defaults.clone())]),
+                });
             }
         }
 
@@ -380,7 +443,7 @@ impl Index {
             let (first, _) = members[0];
             routes.push(Route {
                 name: format!("mapping/{}/{}", first.namespace, first.name).into(),
-                host,
+                hosts: vec![host],
                 matcher,
                 authz,
                 target: RouteTarget::new(backends),

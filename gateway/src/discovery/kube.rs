@@ -29,6 +29,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::crd::{Mapping, MappingCondition, MappingStatus};
+use super::index::Converted;
 use super::{Index, Object, ObjectKey, Publisher};
 use crate::admin::Readiness;
 use crate::metrics::{Metrics, ObjectKind};
@@ -206,7 +207,7 @@ pub async fn run(
     }
     let mut unsynced: HashSet<usize> = (0..streams.len()).collect();
     let mut events = select_all(streams);
-    let mut buffers: HashMap<usize, Vec<Object>> = HashMap::new();
+    let mut buffers: HashMap<usize, Vec<Converted>> = HashMap::new();
     let mut statuses: HashMap<ObjectKey, Option<MappingStatus>> = HashMap::new();
     let (status_tx, status_rx) = watch::channel(Arc::new(BTreeMap::new()));
     tokio::spawn(write_statuses(client.clone(), status_rx, metrics.clone()));
@@ -268,7 +269,7 @@ pub async fn run(
 fn handle(
     t: Tagged,
     index: &mut Index,
-    buffers: &mut HashMap<usize, Vec<Object>>,
+    buffers: &mut HashMap<usize, Vec<Converted>>,
     unsynced: &mut HashSet<usize>,
     statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>,
     publisher: &Publisher,
@@ -296,24 +297,29 @@ fn handle(
             false
         }
         Event::InitApply(o) => {
-            buffers.entry(t.stream).or_default().push(o);
+            // Convert now: only the compact form waits for InitDone.
+            match index.convert(&o) {
+                Ok(c) => {
+                    if let Some(e) = c.error() {
+                        publisher.report(&e, None);
+                    }
+                    remember(statuses, &o);
+                    buffers.entry(t.stream).or_default().push(c);
+                }
+                Err(e) => publisher.report(&e, None),
+            }
             false
         }
         Event::InitDone => {
             let objects = buffers.remove(&t.stream).unwrap_or_default();
+            let count = objects.len();
             metrics
                 .discovery_events
                 .with_label_values(&[t.kind.label()])
-                .inc_by(objects.len() as u64);
-            if t.kind == ObjectKind::Mapping {
-                statuses.retain(|k, _| t.namespace.as_ref().is_some_and(|ns| &k.namespace != ns));
-                objects.iter().for_each(|o| remember(statuses, o));
-            }
-            for e in index.replace(t.kind, t.namespace.as_deref(), &objects) {
-                publisher.report(&e, None);
-            }
+                .inc_by(count as u64);
+            index.replace_converted(t.kind, t.namespace.as_deref(), objects);
             unsynced.remove(&t.stream);
-            tracing::debug!(kind = t.kind.label(), objects = objects.len(), "relisted");
+            tracing::debug!(kind = t.kind.label(), objects = count, "relisted");
             true
         }
         Event::Apply(o) => {

@@ -306,8 +306,8 @@ impl RouteTarget {
 pub struct Route {
     /// `service/<ns>/<name>:<port>` or `mapping/<ns>/<name>`: the metric label.
     pub name: Arc<str>,
-    /// The host this route was registered under.
-    pub host: HostMatch,
+    /// The hosts this route answers for (a single-port Service: with and without port).
+    pub hosts: Vec<HostMatch>,
     /// Path, method and header conditions.
     pub matcher: RouteMatch,
     /// The identities admitted.
@@ -316,10 +316,14 @@ pub struct Route {
     pub target: RouteTarget,
 }
 
+/// The routes of one exact host, by port.
+type PortRoutes = Vec<(PortMatch, Vec<Arc<Route>>)>;
+
 /// The immutable routing snapshot.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    exact: HashMap<(String, PortMatch), Vec<Arc<Route>>>,
+    /// Exact hosts, then by port.
+    exact: HashMap<Box<str>, PortRoutes>,
     /// `(suffix with leading dot, routes)`, longest suffix first.
     wildcard: Vec<(String, Vec<Arc<Route>>)>,
     any: Vec<Arc<Route>>,
@@ -340,10 +344,18 @@ impl RouteTable {
         let mut wild: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
         for r in routes {
             let r = Arc::new(r);
-            match &r.host {
-                HostMatch::Exact(h, p) => t.exact.entry((h.clone(), *p)).or_default().push(r),
-                HostMatch::Wildcard(s) => wild.entry(s.clone()).or_default().push(r),
-                HostMatch::Any => t.any.push(r),
+            for host in &r.hosts {
+                match host {
+                    HostMatch::Exact(h, p) => {
+                        let ports = t.exact.entry(h.as_str().into()).or_default();
+                        match ports.iter_mut().find(|(port, _)| port == p) {
+                            Some((_, rs)) => rs.push(r.clone()),
+                            None => ports.push((*p, vec![r.clone()])),
+                        }
+                    }
+                    HostMatch::Wildcard(s) => wild.entry(s.clone()).or_default().push(r.clone()),
+                    HostMatch::Any => t.any.push(r.clone()),
+                }
             }
         }
         t.wildcard = wild.into_iter().collect();
@@ -357,7 +369,10 @@ impl RouteTable {
                     .then_with(|| a.name.cmp(&b.name))
             })
         };
-        t.exact.values_mut().for_each(sort);
+        t.exact
+            .values_mut()
+            .flat_map(|ports| ports.iter_mut())
+            .for_each(|(_, rs)| sort(rs));
         t.wildcard.iter_mut().for_each(|(_, v)| sort(v));
         sort(&mut t.any);
         t
@@ -378,18 +393,16 @@ impl RouteTable {
                 .position(|r| r.matcher.matches(path, method, headers))
         };
         let host = authority.host();
-        // Allocation-free probing is not possible with a (String, _) key; this is one
-        // short String per request, measured in benches/ as negligible next to TLS.
         let port = match authority.port() {
             Some(p) => PortMatch::Port(p),
             None => PortMatch::Absent,
         };
-        let mut key = (host.to_string(), port);
-        for port in [port, PortMatch::Any] {
-            key.1 = port;
-            if let Some(rs) = self.exact.get(&key) {
-                if let Some(i) = first(rs) {
-                    return rs.get(i);
+        if let Some(ports) = self.exact.get(host) {
+            for want in [port, PortMatch::Any] {
+                if let Some((_, rs)) = ports.iter().find(|(p, _)| *p == want) {
+                    if let Some(i) = first(rs) {
+                        return rs.get(i);
+                    }
                 }
             }
         }
@@ -418,13 +431,16 @@ impl RouteTable {
         self.endpoints
     }
 
-    /// Every route, in lookup order per host.
+    /// Every route once.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        let mut seen = std::collections::HashSet::new();
         self.exact
             .values()
             .flatten()
+            .flat_map(|(_, rs)| rs)
             .chain(self.wildcard.iter().flat_map(|(_, v)| v))
             .chain(self.any.iter())
+            .filter(move |r| seen.insert(Arc::as_ptr(r)))
     }
 
     /// A JSON description for `/routes`, sorted for stable output.
@@ -432,16 +448,21 @@ impl RouteTable {
         let mut routes: Vec<Value> = self
             .iter()
             .map(|r| {
-                let host = match &r.host {
-                    HostMatch::Exact(h, PortMatch::Port(p)) => format!("{h}:{p}"),
-                    HostMatch::Exact(h, PortMatch::Any) => h.clone(),
-                    HostMatch::Exact(h, PortMatch::Absent) => format!("{h} (no port)"),
-                    HostMatch::Wildcard(s) => format!("*{s}"),
-                    HostMatch::Any => "*".into(),
-                };
+                let hosts: Vec<String> = r
+                    .hosts
+                    .iter()
+                    .map(|h| match h {
+                        HostMatch::Exact(h, PortMatch::Port(p)) => format!("{h}:{p}"),
+                        HostMatch::Exact(h, PortMatch::Any) => h.clone(),
+                        HostMatch::Exact(h, PortMatch::Absent) => format!("{h} (no port)"),
+                        HostMatch::Wildcard(s) => format!("*{s}"),
+                        HostMatch::Any => "*".into(),
+                    })
+                    .collect();
                 json!({
                     "name": &*r.name,
-                    "host": host,
+                    "host": hosts.first(),
+                    "hosts": hosts,
                     "prefix": r.matcher.prefix,
                     "prefix_exact": r.matcher.prefix_exact,
                     "method": r.matcher.method,

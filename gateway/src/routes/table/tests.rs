@@ -16,7 +16,7 @@ fn route(name: &str, host: HostMatch, prefix: &str, eps: &[&str]) -> Route {
         .collect();
     Route {
         name: name.into(),
-        host,
+        hosts: vec![host],
         matcher: RouteMatch {
             prefix: prefix.into(),
             ..RouteMatch::any()
