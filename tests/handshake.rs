@@ -9,13 +9,7 @@ use rustls::AlertDescription;
 const HOST: &str = "podinfo.test.svc.cluster.local:9898";
 
 async fn harness() -> (Harness, Upstream) {
-    let up = Upstream::start("podinfo").await;
-    let h = Harness::start(&[(
-        "podinfo.yaml",
-        exported_service("test", "podinfo", 9898, up.addr),
-    )])
-    .await;
-    (h, up)
+    Harness::podinfo().await
 }
 
 /// Issues a client certificate under the harness CA and writes it as `certs/<name>.crt/.key`.

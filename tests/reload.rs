@@ -13,13 +13,7 @@ async fn new_service_file_becomes_routable_and_removal_unroutable() {
     )])
     .await;
     let c = h.client("peer-west");
-    assert_eq!(
-        c.get("second.test.svc.cluster.local", "/")
-            .await
-            .expect("req")
-            .status,
-        404
-    );
+    assert_eq!(c.status("second.test.svc.cluster.local", "/").await, 404);
 
     let second = Upstream::start("second").await;
     h.write_manifest(
@@ -45,13 +39,7 @@ async fn new_service_file_becomes_routable_and_removal_unroutable() {
             .is_ok_and(|r| r.status == 404)
     })
     .await;
-    assert_eq!(
-        c.get("first.test.svc.cluster.local", "/")
-            .await
-            .expect("req")
-            .status,
-        200
-    );
+    assert_eq!(c.status("first.test.svc.cluster.local", "/").await, 200);
 }
 
 #[tokio::test]
@@ -108,23 +96,12 @@ async fn invalid_file_is_reported_and_last_good_objects_stay() {
             .is_ok_and(|r| r.status == 404)
     })
     .await;
-    assert_eq!(
-        c.get("first.test.svc.cluster.local", "/")
-            .await
-            .expect("req")
-            .status,
-        200
-    );
+    assert_eq!(c.status("first.test.svc.cluster.local", "/").await, 200);
 }
 
 #[tokio::test]
 async fn invalid_mapping_is_skipped_and_others_route() {
-    let up = Upstream::start("podinfo").await;
-    let h = Harness::start(&[(
-        "podinfo.yaml",
-        exported_service("test", "podinfo", 9898, up.addr),
-    )])
-    .await;
+    let (h, _up) = Harness::podinfo().await;
     let c = h.client("peer-west");
     let errors = "isthmus_discovery_errors_total{kind=\"mapping\"}";
     h.write_manifest(
@@ -142,12 +119,9 @@ async fn invalid_mapping_is_skipped_and_others_route() {
         h.metric(errors).await >= 1.0
     })
     .await;
-    assert_eq!(c.get("bad.example", "/").await.expect("req").status, 404);
+    assert_eq!(c.status("bad.example", "/").await, 404);
     assert_eq!(
-        c.get("podinfo.test.svc.cluster.local:9898", "/")
-            .await
-            .expect("req")
-            .status,
+        c.status("podinfo.test.svc.cluster.local:9898", "/").await,
         200
     );
 }

@@ -99,17 +99,11 @@ async fn no_ready_endpoints_is_503_and_endpoint_down_is_502() {
     .await;
     let c = h.client("peer-west");
     assert_eq!(
-        c.get("notready.test.svc.cluster.local:80", "/")
-            .await
-            .expect("req")
-            .status,
+        c.status("notready.test.svc.cluster.local:80", "/").await,
         503
     );
     assert_eq!(
-        c.get("noslice.test.svc.cluster.local:80", "/")
-            .await
-            .expect("req")
-            .status,
+        c.status("noslice.test.svc.cluster.local:80", "/").await,
         503
     );
     let resp = c
@@ -182,12 +176,7 @@ async fn two_endpoints_share_the_load() {
 
 #[tokio::test]
 async fn http2_over_tls_routes_by_authority() {
-    let up = Upstream::start("podinfo").await;
-    let h = Harness::start(&[(
-        "podinfo.yaml",
-        exported_service("test", "podinfo", 9898, up.addr),
-    )])
-    .await;
+    let (h, _up) = Harness::podinfo().await;
     let c = h.client("peer-west").http2();
     let resp = c.get(HOST, "/h2").await.expect("request");
     assert_eq!(resp.version, http::Version::HTTP_2);
@@ -198,13 +187,7 @@ async fn http2_over_tls_routes_by_authority() {
         HOST,
         "upstream HTTP/1.1 gets a Host header"
     );
-    assert_eq!(
-        c.get("nothing.test.svc.cluster.local", "/")
-            .await
-            .expect("req")
-            .status,
-        404
-    );
+    assert_eq!(c.status("nothing.test.svc.cluster.local", "/").await, 404);
 }
 
 #[tokio::test]
@@ -263,23 +246,12 @@ async fn mapping_prefix_rewrite_and_weights() {
         (15..=65).contains(&canary_share),
         "canary got {canary_share}/200: {counts:?}"
     );
-    assert_eq!(
-        c.get("api.example.com", "/other")
-            .await
-            .expect("req")
-            .status,
-        404
-    );
+    assert_eq!(c.status("api.example.com", "/other").await, 404);
 }
 
 #[tokio::test]
 async fn malformed_requests_get_precise_answers() {
-    let up = Upstream::start("podinfo").await;
-    let h = Harness::start(&[(
-        "podinfo.yaml",
-        exported_service("test", "podinfo", 9898, up.addr),
-    )])
-    .await;
+    let (h, _up) = Harness::podinfo().await;
     let c = h.client("peer-west");
     let two_hosts = c
         .raw(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: other.example\r\n\r\n").as_bytes())
@@ -337,17 +309,12 @@ async fn malformed_requests_get_precise_answers() {
     h.wait_metric("isthmus_request_errors_total{reason=\"bad_request\"}", 1.0)
         .await;
     // Still serving.
-    assert_eq!(c.get(HOST, "/").await.expect("req").status, 200);
+    assert_eq!(c.status(HOST, "/").await, 200);
 }
 
 #[tokio::test]
 async fn admin_endpoints() {
-    let up = Upstream::start("podinfo").await;
-    let h = Harness::start(&[(
-        "podinfo.yaml",
-        exported_service("test", "podinfo", 9898, up.addr),
-    )])
-    .await;
+    let (h, up) = Harness::podinfo().await;
     assert_eq!(h.admin_get("/ready").await.0, 200);
     assert_eq!(h.admin_get("/live").await.0, 200);
     let (status, routes) = h.admin_get("/routes").await;

@@ -211,6 +211,14 @@ impl Client {
         .await
     }
 
+    /// The status of GET `path` on `host`; panics if the exchange itself fails.
+    pub async fn status(&self, host: &str, path: &str) -> u16 {
+        match self.get(host, path).await {
+            Ok(r) => r.status,
+            Err(e) => panic!("GET {host}{path}: {e}"),
+        }
+    }
+
     /// A request builder with the authority set the way each protocol carries it.
     pub fn request(&self, host: &str, path: &str) -> http::request::Builder {
         match self.alpn {

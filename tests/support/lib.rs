@@ -125,6 +125,18 @@ impl Harness {
         Harness { gateway, dir }
     }
 
+    /// A gateway with one exported Service, `podinfo.test.svc.cluster.local:9898`,
+    /// backed by a demo upstream called `podinfo` (the upstream must outlive the test).
+    pub async fn podinfo() -> (Harness, Upstream) {
+        let up = Upstream::start("podinfo").await;
+        let h = Harness::start(&[(
+            "podinfo.yaml",
+            manifests::exported_service("test", "podinfo", 9898, up.addr),
+        )])
+        .await;
+        (h, up)
+    }
+
     /// The folder with the dev certificates.
     pub fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
