@@ -31,7 +31,7 @@ pub fn check_limits(req: &RequestHeader, limits: &RequestLimits) -> Result<(), E
     if req.headers.len() > limits.max_headers {
         return Err(ErrorKind::HeadersTooLarge);
     }
-    let size: usize = req.uri.to_string().len()
+    let size: usize = req.raw_path().len()
         + req
             .headers
             .iter()
