@@ -207,6 +207,9 @@ pub struct Limits {
     /// Time allowed for a TLS handshake.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// On SIGTERM: how long in-flight requests may take to finish.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for Limits {
@@ -215,6 +218,7 @@ impl Default for Limits {
             max_request_header_bytes: default_max_header_bytes(),
             max_request_headers: default_max_headers(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
 }
@@ -270,6 +274,9 @@ fn default_max_headers() -> usize {
 }
 fn default_handshake_timeout_ms() -> u64 {
     10_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
 }
 fn default_connect_timeout_ms() -> u64 {
     1_000

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, Discovery};
 use crate::discovery::{self, files::FileSource, Index, Publisher};
-use crate::listener::GatewayListener;
+use crate::listener::{Connections, GatewayListener};
 use crate::metrics::Metrics;
 use crate::proxy::{GatewayProxy, RequestLimits};
 use crate::routes::{self, SharedRoutes};
@@ -65,8 +65,13 @@ pub struct Gateway {
     pub readiness: Arc<Readiness>,
     /// The swappable TLS state.
     pub tls: TlsServer,
+    /// Open downstream connections.
+    pub connections: Arc<Connections>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    accept: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    admin_stop: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -74,6 +79,7 @@ impl Gateway {
     /// starts serving on the current tokio runtime.
     pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let connections = Arc::new(Connections::default());
         let readiness = Arc::new(Readiness::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -181,21 +187,23 @@ impl Gateway {
             app: Arc::new(app),
             metrics: metrics.clone(),
             handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+            connections: connections.clone(),
         };
-        tasks.push(tokio::spawn(
+        let accept = tokio::spawn(
             listener
                 .run(shutdown_rx.clone())
                 .instrument(tracing::info_span!("gateway", addr = %gateway_addr)),
-        ));
+        );
         let admin_state = AdminState {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             routes: routes.clone(),
         };
-        tasks.push(tokio::spawn(
-            admin::serve(admin_listener, admin_state, shutdown_rx)
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let admin = tokio::spawn(
+            admin::serve(admin_listener, admin_state, admin_stop_rx)
                 .instrument(tracing::info_span!("admin", addr = %admin_addr)),
-        ));
+        );
         tracing::info!(%gateway_addr, %admin_addr, identity = %own_identity, "isthmus gateway serving");
         Ok(Gateway {
             gateway_addr,
@@ -204,18 +212,38 @@ impl Gateway {
             routes,
             readiness,
             tls,
+            connections,
             shutdown,
             tasks,
+            accept,
+            admin,
+            admin_stop,
         })
     }
 
-    /// Stops accepting, turns `/ready` to 503, and signals open connections to
-    /// finish; returns once the accept loops have stopped.
-    pub async fn shutdown(self) {
+    /// Drains and stops: `/ready` answers 503 at once, the gateway port closes,
+    /// idle keep-alive connections are closed, in-flight requests get up to
+    /// `grace` to finish; then everything stops. Returns how many connections
+    /// were still open when the grace period ended (0 after a clean drain).
+    pub async fn shutdown(self, grace: Duration) -> usize {
         self.readiness.set_draining();
         let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        let drained = tokio::time::timeout(grace, self.connections.wait_all_closed()).await;
+        let left = self.connections.open();
+        match drained {
+            Ok(()) => tracing::info!("drained: all connections finished"),
+            Err(_) => tracing::warn!(
+                open = left,
+                ?grace,
+                "grace period over; closing remaining connections"
+            ),
+        }
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin.await;
+        left
     }
 }

@@ -2,6 +2,7 @@
 //! handshake (client certificate required), then hand the connection to the
 //! pingora HTTP app (HTTP/1.1 or HTTP/2 by ALPN).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use pingora_core::protocols::l4::listener::Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, Stream};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::metrics::{HandshakeFailure, Metrics};
@@ -32,20 +33,59 @@ pub struct GatewayListener<A> {
     pub metrics: Arc<Metrics>,
     /// Time allowed to complete a handshake.
     pub handshake_timeout: Duration,
+    /// Open connections, shared with the drain.
+    pub connections: Arc<Connections>,
 }
 
-/// Decrements the open-connections gauge when a connection ends.
-struct ConnectionGuard(Arc<Metrics>);
+/// Open downstream connections: the gauge, and what a drain waits for.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl Connections {
+    /// Connections currently open (handshaking or serving).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Returns once no connection is open.
+    pub async fn wait_all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// Counts one connection until dropped.
+struct ConnectionGuard(Arc<Metrics>, Arc<Connections>);
+
+impl ConnectionGuard {
+    fn new(metrics: Arc<Metrics>, connections: Arc<Connections>) -> Self {
+        metrics.open_connections.inc();
+        connections.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(metrics, connections)
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.open_connections.dec();
+        if self.1.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.1.closed.notify_waiters();
+        }
     }
 }
 
 impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
-    /// Accepts connections until `shutdown` flips; in-flight connections see the
-    /// same signal and finish their current requests.
+    /// Accepts connections until `shutdown` flips, then closes the listening
+    /// socket and tells pingora to end idle keep-alive connections; in-flight
+    /// requests finish (HTTP/1 without keep-alive, HTTP/2 with GOAWAY).
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let listener = Listener::from(self.listener);
         let mut stop = shutdown.clone();
@@ -60,10 +100,9 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
                         continue;
                     }
                 },
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             };
-            self.metrics.open_connections.inc();
-            let guard = ConnectionGuard(self.metrics.clone());
+            let guard = ConnectionGuard::new(self.metrics.clone(), self.connections.clone());
             let acceptor = self.acceptor.clone();
             let app = self.app.clone();
             let metrics = self.metrics.clone();
@@ -82,6 +121,8 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
                 .instrument(tracing::debug_span!("conn", client = %client)),
             );
         }
+        drop(listener);
+        self.app.cleanup().await;
     }
 }
 

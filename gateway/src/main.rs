@@ -133,8 +133,9 @@ fn run(
         }
         let gateway = Gateway::start(&cfg).await?;
         wait_for_signal().await?;
-        tracing::info!("shutting down");
-        gateway.shutdown().await;
+        let grace = std::time::Duration::from_millis(cfg.limits.shutdown_grace_ms);
+        tracing::info!(?grace, "draining");
+        gateway.shutdown(grace).await;
         Ok(())
     })
 }

@@ -141,3 +141,40 @@ fn crds_prints_the_mapping_crd() {
     assert!(out.contains("name: mappings.isthmus.dev"), "{out}");
     assert!(out.contains("allowed_identities"), "{out}");
 }
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    use std::io::{BufRead, BufReader};
+    let dir = example_copy();
+    let config = dir.path().join("isthmus.yaml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:4143", "127.0.0.1:0")
+            .replace("127.0.0.1:4191", "127.0.0.1:0"),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["run", "--config", config.to_str().expect("utf8")])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn isthmus");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("isthmus gateway serving"));
+    assert!(serving, "gateway never reported serving");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let drained = lines.map_while(Result::ok).any(|l| l.contains("drained"));
+    let status = child.wait().expect("wait");
+    assert!(drained, "no drain log line");
+    assert_eq!(status.code(), Some(0), "SIGTERM must end in exit code 0");
+}

@@ -137,6 +137,12 @@ impl Harness {
         (h, up)
     }
 
+    /// Drains and stops the gateway (what SIGTERM does); returns the connections
+    /// still open when `grace` ran out.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        self.gateway.shutdown(grace).await
+    }
+
     /// The folder with the dev certificates.
     pub fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
