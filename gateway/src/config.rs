@@ -115,6 +115,9 @@ pub struct Tls {
     /// keep the identity verified in their full handshake.
     #[serde(default = "default_true")]
     pub session_resumption: bool,
+    /// How often the three files are checked for changes (rotation).
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
 }
 
 /// `discovery:`: exactly one source.
@@ -248,6 +251,9 @@ impl Default for Upstream {
     }
 }
 
+fn default_tls_reload_ms() -> u64 {
+    1_000
+}
 fn default_true() -> bool {
     true
 }

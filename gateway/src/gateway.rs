@@ -99,6 +99,16 @@ impl Gateway {
         };
         let tls = TlsServer::new(material);
         readiness.set_certs_loaded();
+        tasks.push(tokio::spawn(
+            crate::tls::reload::watch_files(
+                cfg.tls.clone(),
+                tls.clone(),
+                metrics.clone(),
+                Duration::from_millis(cfg.tls.reload_interval_ms.max(10)),
+                shutdown_rx.clone(),
+            )
+            .instrument(tracing::info_span!("tls_reload")),
+        ));
 
         let routes = routes::shared_empty();
         let publisher = Publisher::new(routes.clone(), metrics.clone());

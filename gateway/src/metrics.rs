@@ -21,6 +21,8 @@ pub struct Metrics {
     pub request_errors: IntCounterVec,
     /// `isthmus_tls_handshake_failures_total{reason}`.
     pub handshake_failures: IntCounterVec,
+    /// `isthmus_tls_reloads_total{result}`: certificate/key/trust-anchor reloads (ok, error).
+    pub tls_reloads: IntCounterVec,
     /// `isthmus_open_connections`.
     pub open_connections: IntGauge,
     /// `isthmus_upstream_connect_errors_total`.
@@ -199,6 +201,14 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_tls_reloads_total",
+                    "TLS material reloads after the files changed, by result (ok, error)",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             open_connections: IntGauge::new(
                 "isthmus_open_connections",
                 "Downstream connections currently open",
@@ -276,6 +286,7 @@ impl Metrics {
             Box::new(self.request_duration.clone()),
             Box::new(self.request_errors.clone()),
             Box::new(self.handshake_failures.clone()),
+            Box::new(self.tls_reloads.clone()),
             Box::new(self.open_connections.clone()),
             Box::new(self.upstream_connect_errors.clone()),
             Box::new(self.table_size.clone()),

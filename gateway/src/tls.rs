@@ -8,6 +8,7 @@
 
 pub mod dev;
 mod identity;
+pub mod reload;
 mod server;
 
 pub use identity::{identity_from_der, IdentityError, PeerIdentity};

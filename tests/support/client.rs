@@ -38,6 +38,8 @@ pub struct Response {
     pub version: Version,
     /// Whether the TLS handshake was full or resumed.
     pub handshake: Option<rustls::HandshakeKind>,
+    /// The server's leaf certificate (DER).
+    pub server_cert: Option<Vec<u8>>,
 }
 
 impl Response {
@@ -231,6 +233,12 @@ impl Client {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response, ClientError> {
         let tls = self.connect().await?;
         let handshake = tls.get_ref().1.handshake_kind();
+        let server_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
         let io = TokioIo::new(tls);
         let resp = match self.alpn {
             Alpn::Http1 => {
@@ -257,6 +265,7 @@ impl Client {
             body: String::from_utf8_lossy(&body).into_owned(),
             version: parts.version,
             handshake,
+            server_cert,
         })
     }
 

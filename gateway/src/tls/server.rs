@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
     ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerConfig,
-    ServerSessionMemoryCache, WebPkiClientVerifier,
+    ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
 use rustls::{
@@ -148,6 +148,38 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub struct TlsServer {
     resolver: Arc<CertResolver>,
     verifier: Arc<PeerVerifier>,
+    sessions: Arc<SessionCache>,
+}
+
+/// The server's TLS session cache, emptied whenever the material changes: a
+/// resumed session skips client-certificate verification, so sessions from
+/// before a trust-anchor rotation must not outlive it.
+#[derive(Debug)]
+struct SessionCache(ArcSwap<Arc<dyn StoresServerSessions>>);
+
+impl SessionCache {
+    fn new() -> Self {
+        SessionCache(ArcSwap::new(Arc::new(ServerSessionMemoryCache::new(4096))))
+    }
+
+    fn clear(&self) {
+        self.0.store(Arc::new(ServerSessionMemoryCache::new(4096)));
+    }
+}
+
+impl StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.load().put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.load().get(key)
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.load().take(key)
+    }
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 impl TlsServer {
@@ -156,14 +188,17 @@ impl TlsServer {
         TlsServer {
             resolver: Arc::new(CertResolver(ArcSwap::new(material.key))),
             verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new(material.verifier)))),
+            sessions: Arc::new(SessionCache::new()),
         }
     }
 
-    /// Replaces certificate, key and trust anchors for new handshakes; connections
-    /// already established keep what they negotiated.
+    /// Replaces certificate, key and trust anchors for new handshakes and
+    /// forgets resumable sessions; connections already established keep what
+    /// they negotiated.
     pub fn replace(&self, material: TlsMaterial) {
         self.resolver.0.store(material.key);
         self.verifier.0.store(Arc::new(material.verifier));
+        self.sessions.clear();
     }
 
     /// The listener's acceptor: mandatory client certificates, TLS 1.2/1.3,
@@ -192,7 +227,7 @@ impl TlsServer {
             .with_cert_resolver(self.resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         if session_resumption {
-            config.session_storage = ServerSessionMemoryCache::new(4096);
+            config.session_storage = self.sessions.clone();
         } else {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
