@@ -178,3 +178,26 @@ fn sigterm_drains_and_exits_zero() {
     assert!(drained, "no drain log line");
     assert_eq!(status.code(), Some(0), "SIGTERM must end in exit code 0");
 }
+
+#[test]
+fn run_fails_loudly_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = example_copy();
+    let config = dir.path().join("isthmus.yaml");
+    let original = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        original
+            .replace("127.0.0.1:4143", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:4191", "127.0.0.1:0"),
+    )
+    .expect("write");
+    let o = isthmus(&["run", "--config", config.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("cannot listen on 127.0.0.1:{port} (gateway)")),
+        "{}",
+        text(&o)
+    );
+}
