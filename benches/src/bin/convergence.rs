@@ -129,6 +129,21 @@ async fn main() {
     }
     let sync = sync_start.elapsed();
     let rss_synced = rss_kib(pid, "VmRSS:");
+    if std::env::var_os("CONVERGENCE_SMAPS").is_some() {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        eprintln!("threads: {}", rss_kib(pid, "Threads:"));
+        eprintln!(
+            "{}",
+            rollup
+                .lines()
+                .filter(|l| l.starts_with("Rss")
+                    || l.starts_with("Anonymous")
+                    || l.starts_with("Pss_File"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 
     let client = Client::new(
         "127.0.0.1:15143".parse().expect("addr"),
