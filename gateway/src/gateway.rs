@@ -117,17 +117,8 @@ impl Gateway {
             Discovery::Files(files) => {
                 let started = Instant::now();
                 let mut source = FileSource::new(files.dir());
-                let (scan, errors) = source.load_into(&mut index)?;
-                for e in &scan.errors {
-                    metrics.discovery_errors.with_label_values(&["file"]).inc();
-                    tracing::warn!(file = %e.path.display(), reason = %e.reason, "manifest file refused");
-                }
-                for e in &errors {
-                    let origin = source
-                        .origin(e.kind, &e.key)
-                        .map(|p| p.display().to_string());
-                    publisher.report(e, origin.as_deref());
-                }
+                let scan = source.scan()?;
+                discovery::files::apply_scan(&source, &scan, &mut index, &publisher, &metrics);
                 publisher.publish(&mut index, started);
                 readiness.set_discovery_synced();
                 tracing::info!(dir = %files.dir().display(), routes = routes.load().route_count(), "file discovery synced");

@@ -251,22 +251,40 @@ pub async fn run(
                 continue;
             }
         };
-        for e in &scan.errors {
-            metrics.discovery_errors.with_label_values(&["file"]).inc();
-            tracing::warn!(file = %e.path.display(), reason = %e.reason, "manifest file refused; its last good objects stay in force");
-        }
-        if !scan.changed {
+        if !scan.changed && scan.errors.is_empty() {
             continue;
         }
+        let objects = apply_scan(&source, &scan, &mut index, &publisher, &metrics);
+        if scan.changed {
+            publisher.publish(&mut index, seen);
+            tracing::info!(objects, "manifests reloaded");
+        }
+    }
+}
+
+/// Reports a scan's refused files and, when the object set changed, applies it
+/// to the index (reporting refused objects with their file). Returns the
+/// number of objects in force.
+pub fn apply_scan(
+    source: &FileSource,
+    scan: &Scan,
+    index: &mut Index,
+    publisher: &Publisher,
+    metrics: &Metrics,
+) -> usize {
+    for e in &scan.errors {
+        metrics.discovery_errors.with_label_values(&["file"]).inc();
+        tracing::warn!(file = %e.path.display(), reason = %e.reason, "manifest file refused; its last good objects stay in force");
+    }
+    let objects = source.objects();
+    if scan.changed {
         metrics.discovery_events.with_label_values(&["file"]).inc();
-        let objects = source.objects();
         for e in index.replace_all(&objects) {
             let origin = source
                 .origin(e.kind, &e.key)
                 .map(|p| p.display().to_string());
             publisher.report(&e, origin.as_deref());
         }
-        publisher.publish(&mut index, seen);
-        tracing::info!(objects = objects.len(), "manifests reloaded");
     }
+    objects.len()
 }
