@@ -431,8 +431,10 @@ def main():
             },
         })
     table = markdown(report)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "latest.md").write_text(table)
+    # Subset runs (--only) are for quick comparisons: they stay in the raw folder.
+    out = work if args.only else RESULTS
+    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "latest.md").write_text(table)
     if not args.no_readme and not args.only:
         update_readme(table)
     print(table)
