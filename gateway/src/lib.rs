@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod gateway;
 pub mod listener;
 pub mod metrics;
+pub mod poll;
 pub mod proxy;
 pub mod routes;
 pub mod tls;

@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::{Index, Object, ObjectKey, Publisher};
 use crate::metrics::Metrics;
+use crate::poll::{Stamp, Ticker};
 
 /// Why one manifest file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +22,6 @@ pub struct FileError {
     pub path: PathBuf,
     /// What is wrong, with document number and object where known.
     pub reason: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
 }
 
 struct FileState {
@@ -155,13 +150,7 @@ fn list_manifests(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> std::io::Resul
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")
         ) {
-            out.push((
-                path,
-                Stamp {
-                    modified: meta.modified().ok(),
-                    len: meta.len(),
-                },
-            ));
+            out.push((path, Stamp::of(&meta)));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -233,15 +222,10 @@ pub async fn run(
     publisher: Publisher,
     metrics: std::sync::Arc<Metrics>,
     interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticker = Ticker::new(interval, shutdown);
+    while ticker.tick().await {
         let seen = Instant::now();
         let scan = match source.scan() {
             Ok(s) => s,

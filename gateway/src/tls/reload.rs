@@ -4,26 +4,18 @@
 //! negotiated. A bad new file is refused with a log line and a metric, and the
 //! previous material stays in force.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::{TlsMaterial, TlsServer};
 use crate::config::Tls as TlsConfig;
 use crate::metrics::Metrics;
+use crate::poll::{Stamp, Ticker};
 
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    // Follows symlinks: Kubernetes Secret volumes swap a `..data` link.
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-fn stamps(cfg: &TlsConfig) -> [Stamp; 3] {
-    [stamp(&cfg.cert), stamp(&cfg.key), stamp(&cfg.trust_anchors)]
+fn stamps(cfg: &TlsConfig) -> [Option<Stamp>; 3] {
+    [&cfg.cert, &cfg.key, &cfg.trust_anchors].map(|p| Stamp::of_path(p))
 }
 
 /// Watches the TLS files until `shutdown` flips.
@@ -32,16 +24,11 @@ pub async fn watch_files(
     server: TlsServer,
     metrics: Arc<Metrics>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut last = stamps(&cfg);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticker = Ticker::new(interval, shutdown);
+    while ticker.tick().await {
         let now = stamps(&cfg);
         if now == last {
             continue;
