@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -149,33 +150,65 @@ pub struct TlsServer {
     resolver: Arc<CertResolver>,
     verifier: Arc<PeerVerifier>,
     sessions: Arc<SessionCache>,
+    generation: Arc<AtomicU64>,
 }
 
-/// The server's TLS session cache, emptied whenever the material changes: a
-/// resumed session skips client-certificate verification, so sessions from
-/// before a trust-anchor rotation must not outlive it.
+/// The server's TLS session cache. A resumed session skips client-certificate
+/// verification, so every session carries the generation of the trust anchors
+/// that verified its peer, and only sessions of the current generation resume.
+/// (Emptying the cache on a change is not enough: a resumption in flight during
+/// the change would store its new ticket in the fresh cache.)
 #[derive(Debug)]
-struct SessionCache(ArcSwap<Arc<dyn StoresServerSessions>>);
+struct SessionCache {
+    sessions: ArcSwap<ServerSessionMemoryCache>,
+    generation: Arc<AtomicU64>,
+}
 
 impl SessionCache {
-    fn new() -> Self {
-        SessionCache(ArcSwap::new(Arc::new(ServerSessionMemoryCache::new(4096))))
+    fn new(generation: Arc<AtomicU64>) -> Self {
+        SessionCache {
+            sessions: ArcSwap::new(ServerSessionMemoryCache::new(4096)),
+            generation,
+        }
     }
 
+    /// Frees the sessions of older generations (they could no longer resume).
     fn clear(&self) {
-        self.0.store(Arc::new(ServerSessionMemoryCache::new(4096)));
+        self.sessions.store(ServerSessionMemoryCache::new(4096));
+    }
+
+    /// The value if it belongs to the current generation; records that generation
+    /// for the ticket this resumption will issue.
+    fn current(&self, stored: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let stored = stored?;
+        let (tag, value) = stored.split_first_chunk::<8>()?;
+        let generation = u64::from_be_bytes(*tag);
+        if generation != self.generation.load(Ordering::Acquire) {
+            return None;
+        }
+        let _ = VERIFIED_GENERATION.try_with(|g| g.set(Some(generation)));
+        Some(value.to_vec())
     }
 }
 
 impl StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.0.load().put(key, value)
+        let verified = VERIFIED_GENERATION.try_with(Cell::get).ok().flatten();
+        match verified {
+            Some(g) if g == self.generation.load(Ordering::Acquire) => {
+                let mut tagged = g.to_be_bytes().to_vec();
+                tagged.extend_from_slice(&value);
+                self.sessions.load().put(key, tagged)
+            }
+            // Verified under trust anchors that have since changed, or unknown.
+            _ => false,
+        }
     }
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.0.load().get(key)
+        self.current(self.sessions.load().get(key))
     }
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.0.load().take(key)
+        self.current(self.sessions.load().take(key))
     }
     fn can_cache(&self) -> bool {
         true
@@ -185,10 +218,12 @@ impl StoresServerSessions for SessionCache {
 impl TlsServer {
     /// Wraps loaded material.
     pub fn new(material: TlsMaterial) -> Self {
+        let generation = Arc::new(AtomicU64::new(0));
         TlsServer {
             resolver: Arc::new(CertResolver(ArcSwap::new(material.key))),
-            verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new(material.verifier)))),
-            sessions: Arc::new(SessionCache::new()),
+            verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new((0, material.verifier))))),
+            sessions: Arc::new(SessionCache::new(generation.clone())),
+            generation,
         }
     }
 
@@ -196,8 +231,12 @@ impl TlsServer {
     /// forgets resumable sessions; connections already established keep what
     /// they negotiated.
     pub fn replace(&self, material: TlsMaterial) {
+        let generation = self.generation.load(Ordering::Acquire) + 1;
         self.resolver.0.store(material.key);
-        self.verifier.0.store(Arc::new(material.verifier));
+        self.verifier
+            .0
+            .store(Arc::new((generation, material.verifier)));
+        self.generation.store(generation, Ordering::Release);
         self.sessions.clear();
     }
 
@@ -249,7 +288,7 @@ impl ResolvesServerCert for CertResolver {
 /// Verifies client certificates against the current trust anchors (webpki, which
 /// also enforces the `clientAuth` EKU when an EKU is present) and requires a URI
 /// or DNS SAN, so every accepted connection has an identity.
-struct PeerVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+struct PeerVerifier(ArcSwap<(u64, Arc<dyn ClientCertVerifier>)>);
 
 impl std::fmt::Debug for PeerVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,9 +314,9 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let result = self
-            .0
-            .load()
+        let current = self.0.load();
+        let (generation, verifier) = &**current;
+        let result = verifier
             .verify_client_cert(end_entity, intermediates, now)
             .and_then(|verified| {
                 identity_from_der(end_entity).map_err(|e| {
@@ -287,6 +326,9 @@ impl ClientCertVerifier for PeerVerifier {
                 })?;
                 Ok(verified)
             });
+        if result.is_ok() {
+            let _ = VERIFIED_GENERATION.try_with(|g| g.set(Some(*generation)));
+        }
         trace(match &result {
             Ok(_) => Trace::Verified,
             Err(e) => Trace::Refused(classify_rustls(e)),
@@ -300,7 +342,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.load().verify_tls12_signature(message, cert, dss)
+        self.0.load().1.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -309,11 +351,11 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.load().verify_tls13_signature(message, cert, dss)
+        self.0.load().1.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.load().supported_verify_schemes()
+        self.0.load().1.supported_verify_schemes()
     }
 }
 
@@ -336,6 +378,9 @@ impl TlsAccept for IdentityCallback {
 tokio::task_local! {
     /// What the verifier saw during the handshake running in this task.
     static TRACE: Cell<Trace>;
+    /// Generation of the trust anchors that verified this handshake's peer
+    /// (directly, or through the session it resumes).
+    static VERIFIED_GENERATION: Cell<Option<u64>>;
 }
 
 /// Handshake progress as observed by [`PeerVerifier`]: pingora flattens the
@@ -358,6 +403,7 @@ fn trace(t: Trace) {
 pub async fn traced_handshake<T>(
     handshake: impl std::future::Future<Output = pingora_error::Result<T>>,
 ) -> Result<T, (HandshakeFailure, Box<pingora_error::Error>)> {
+    let handshake = VERIFIED_GENERATION.scope(Cell::new(None), handshake);
     TRACE
         .scope(Cell::new(Trace::Start), async {
             let result = handshake.await;
