@@ -126,20 +126,20 @@ enum TargetPort {
     Name(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct ServicePort {
     name: String,
     port: u16,
     target: TargetPort,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct ServiceInfo {
     exported: bool,
     ports: Vec<ServicePort>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct SliceInfo {
     service: ObjectKey,
     /// `(port name, port number)`; an empty name matches an unnamed Service port.
@@ -210,8 +210,17 @@ pub struct Index {
     services: HashMap<ObjectKey, ServiceInfo>,
     slices: HashMap<ObjectKey, SliceInfo>,
     mappings: BTreeMap<ObjectKey, MappingEntry>,
-    /// Endpoint objects reused across builds so in-flight counts survive.
-    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    /// Endpoint objects reused across builds so in-flight counts survive,
+    /// with the last build that used each (to forget unused ones).
+    endpoints: HashMap<SocketAddr, (Arc<Endpoint>, u64)>,
+    /// Builds so far.
+    builds: u64,
+    /// The routes of each exported Service, reused by [`Index::build`] until
+    /// the Service or one of its EndpointSlices changes: one endpoint change
+    /// among 10,000 Services rebuilds one Service's routes, not all of them.
+    service_routes: HashMap<ObjectKey, Vec<Arc<Route>>>,
+    /// Services whose cached routes are out of date.
+    stale: HashSet<ObjectKey>,
 }
 
 impl Index {
@@ -223,6 +232,9 @@ impl Index {
             slices: HashMap::new(),
             mappings: BTreeMap::new(),
             endpoints: HashMap::new(),
+            builds: 0,
+            service_routes: HashMap::new(),
+            stale: HashSet::new(),
         }
     }
 
@@ -265,15 +277,43 @@ impl Index {
     fn insert(&mut self, c: Converted) {
         match c.item {
             None => {}
-            Some(Item::Service(info)) => {
+            Some(Item::Service(info)) if self.services.get(&c.key) != Some(&info) => {
+                self.stale.insert(c.key.clone());
                 self.services.insert(c.key, info);
             }
+            Some(Item::Service(_)) => {}
             Some(Item::Slice(info)) => {
-                self.slices.insert(c.key, info);
+                let old = self.slices.get(&c.key);
+                if old != Some(&info) {
+                    if let Some(old) = old {
+                        self.stale.insert(old.service.clone());
+                    }
+                    self.stale.insert(info.service.clone());
+                    self.slices.insert(c.key, info);
+                }
             }
             Some(Item::Mapping(entry)) => {
                 self.mappings.insert(c.key, entry);
             }
+        }
+    }
+
+    fn remove(&mut self, kind: ObjectKind, key: &ObjectKey) {
+        match kind {
+            ObjectKind::Service => {
+                if self.services.remove(key).is_some() {
+                    self.stale.insert(key.clone());
+                }
+            }
+            ObjectKind::EndpointSlice => {
+                if let Some(old) = self.slices.remove(key) {
+                    self.stale.insert(old.service);
+                }
+            }
+            ObjectKind::Mapping => {
+                self.mappings.remove(key);
+            }
+            ObjectKind::File => {}
         }
     }
 
@@ -289,18 +329,7 @@ impl Index {
 
     /// Removes an object.
     pub fn delete(&mut self, kind: ObjectKind, key: &ObjectKey) {
-        match kind {
-            ObjectKind::Service => {
-                self.services.remove(key);
-            }
-            ObjectKind::EndpointSlice => {
-                self.slices.remove(key);
-            }
-            ObjectKind::Mapping => {
-                self.mappings.remove(key);
-            }
-            ObjectKind::File => {}
-        }
+        self.remove(kind, key);
     }
 
     /// Replaces every object of `kind` (in `namespace`, or everywhere when
@@ -334,12 +363,20 @@ impl Index {
         namespace: Option<&str>,
         objects: Vec<Converted>,
     ) {
-        let keep = |k: &ObjectKey| namespace.is_some_and(|ns| k.namespace != ns);
-        match kind {
-            ObjectKind::Service => self.services.retain(|k, _| keep(k)),
-            ObjectKind::EndpointSlice => self.slices.retain(|k, _| keep(k)),
-            ObjectKind::Mapping => self.mappings.retain(|k, _| keep(k)),
-            ObjectKind::File => {}
+        // Remove what the list no longer holds; unchanged objects stay as they
+        // are, so their cached routes survive the relist.
+        let listed: HashSet<&ObjectKey> = objects.iter().map(|c| &c.key).collect();
+        let gone =
+            |k: &&ObjectKey| namespace.is_none_or(|ns| k.namespace == ns) && !listed.contains(*k);
+        let gone: Vec<ObjectKey> = match kind {
+            ObjectKind::Service => self.services.keys().filter(gone).cloned().collect(),
+            ObjectKind::EndpointSlice => self.slices.keys().filter(gone).cloned().collect(),
+            ObjectKind::Mapping => self.mappings.keys().filter(gone).cloned().collect(),
+            ObjectKind::File => Vec::new(),
+        };
+        drop(listed);
+        for key in &gone {
+            self.remove(kind, key);
         }
         for c in objects {
             self.insert(c);
@@ -371,52 +408,81 @@ impl Index {
         })
     }
 
-    /// Builds the route table for the current objects.
+    /// Builds the route table for the current objects. Routes of Services
+    /// unchanged since the last build are reused; Mapping routes are rebuilt.
     pub fn build(&mut self) -> RouteTable {
-        let mut slices_by_service: HashMap<&ObjectKey, Vec<&SliceInfo>> = HashMap::new();
+        for key in std::mem::take(&mut self.stale) {
+            self.service_routes.remove(&key);
+        }
+        let missing: Vec<(&ObjectKey, &ServiceInfo)> = self
+            .services
+            .iter()
+            .filter(|(k, s)| s.exported && !self.service_routes.contains_key(*k))
+            .collect();
+        // Slices are needed only for the Services resolved below.
+        let mut slices_by_service: HashMap<&ObjectKey, Vec<&SliceInfo>> = missing
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(
+                self.mappings
+                    .values()
+                    .filter_map(|e| Some(&e.route.as_ref().ok()?.service.key)),
+            )
+            .map(|k| (k, Vec::new()))
+            .collect();
         for s in self.slices.values() {
-            slices_by_service.entry(&s.service).or_default().push(s);
+            if let Some(v) = slices_by_service.get_mut(&s.service) {
+                v.push(s);
+            }
         }
         let mut resolver = Resolver {
             services: &self.services,
             slices: &slices_by_service,
             endpoints: &mut self.endpoints,
-            used: HashSet::new(),
-            backends: HashSet::new(),
         };
         let defaults = Arc::new(self.cfg.defaults.clone());
-        let mut routes = Vec::new();
 
         // Implicit routes: every port of every exported Service.
-        let mut exported: Vec<(&ObjectKey, &ServiceInfo)> =
-            self.services.iter().filter(|(_, s)| s.exported).collect();
-        exported.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, svc) in exported {
+        for (key, svc) in missing {
             let fqdn = format!(
                 "{}.{}.svc.{}",
                 key.name, key.namespace, self.cfg.cluster_domain
             );
-            for port in &svc.ports {
-                let mut hosts = vec![HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port))];
-                if svc.ports.len() == 1 {
-                    hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
-                }
-                let (label, eps) = resolver.resolve(&ServiceRef {
-                    key: key.clone(),
-                    port: Some(port.port),
-                });
-                routes.push(Route {
-                    name: format!("service/{}/{}:{}", key.namespace, key.name, port.port).into(),
-                    hosts,
-                    matcher: RouteMatch::any(),
-                    authz: Authorization::new(self.cfg.allowed.clone()),
-                    target: RouteTarget::new(vec![Backend::new(label, 1, eps, defaults.clone())]),
-                });
-            }
+            let routes = svc
+                .ports
+                .iter()
+                .map(|port| {
+                    let mut hosts =
+                        vec![HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port))];
+                    if svc.ports.len() == 1 {
+                        hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
+                    }
+                    let (label, eps) = resolver.resolve(&ServiceRef {
+                        key: key.clone(),
+                        port: Some(port.port),
+                    });
+                    Arc::new(Route {
+                        name: format!("service/{}/{}:{}", key.namespace, key.name, port.port)
+                            .into(),
+                        hosts,
+                        matcher: RouteMatch::any(),
+                        authz: Authorization::new(self.cfg.allowed.clone()),
+                        target: RouteTarget::new(vec![Backend::new(
+                            label,
+                            1,
+                            eps,
+                            defaults.clone(),
+                        )]),
+                    })
+                })
+                .collect();
+            self.service_routes.insert(key.clone(), routes);
         }
+        let mut routes: Vec<Arc<Route>> = self.service_routes.values().flatten().cloned().collect();
 
         // Mapping routes: Mappings with the same host and match form one
         // weighted route (Emissary's traffic-split semantics).
+        let mut mapping_only_backends: HashSet<Arc<str>> = HashSet::new();
         let mut groups: BTreeMap<(HostMatch, RouteMatch), Vec<(&ObjectKey, &MappingRoute)>> =
             BTreeMap::new();
         for (key, entry) in &self.mappings {
@@ -438,23 +504,53 @@ impl Index {
                         .unwrap_or_else(|| self.cfg.allowed.clone()),
                 );
                 let (label, eps) = resolver.resolve(&m.service);
+                let covered = m.service.port.is_some_and(|p| {
+                    self.service_routes.get(&m.service.key).is_some_and(|rs| {
+                        rs.iter().any(|r| {
+                            r.hosts.iter().any(
+                                |h| matches!(h, HostMatch::Exact(_, PortMatch::Port(q)) if *q == p),
+                            )
+                        })
+                    })
+                });
+                if !covered {
+                    mapping_only_backends.insert(label.clone());
+                }
                 backends.push(Backend::new(label, weight, eps, m.settings.clone()));
             }
             let (first, _) = members[0];
-            routes.push(Route {
+            routes.push(Arc::new(Route {
                 name: format!("mapping/{}/{}", first.namespace, first.name).into(),
                 hosts: vec![host],
                 matcher,
                 authz,
                 target: RouteTarget::new(backends),
-            });
+            }));
         }
 
-        let services = resolver.backends.len();
-        let used = std::mem::take(&mut resolver.used);
-        let endpoints = used.len();
-        self.endpoints.retain(|addr, _| used.contains(addr));
-        RouteTable::new(routes, services, endpoints)
+        // Count the endpoints the table uses (marking them with this build)
+        // and forget the others; no per-build set of 30,000 addresses.
+        self.builds += 1;
+        let build = self.builds;
+        let mut used = 0;
+        for e in routes
+            .iter()
+            .flat_map(|r| &r.target.backends)
+            .flat_map(|b| &b.endpoints)
+        {
+            if let Some((_, seen)) = self.endpoints.get_mut(&e.addr) {
+                if *seen != build {
+                    *seen = build;
+                    used += 1;
+                }
+            }
+        }
+        self.endpoints.retain(|_, (_, seen)| *seen == build);
+        // Each Service port route is one backend; Mapping backends add the
+        // Service ports no Service route covers (non-exported or portless).
+        let service_backends: usize = self.service_routes.values().map(Vec::len).sum();
+        let services = service_backends + mapping_only_backends.len();
+        RouteTable::from_shared(routes, services, used)
     }
 }
 
@@ -478,9 +574,7 @@ fn split_weights(weights: impl Iterator<Item = Option<u32>>) -> Vec<u32> {
 struct Resolver<'a> {
     services: &'a HashMap<ObjectKey, ServiceInfo>,
     slices: &'a HashMap<&'a ObjectKey, Vec<&'a SliceInfo>>,
-    endpoints: &'a mut HashMap<SocketAddr, Arc<Endpoint>>,
-    used: HashSet<SocketAddr>,
-    backends: HashSet<Arc<str>>,
+    endpoints: &'a mut HashMap<SocketAddr, (Arc<Endpoint>, u64)>,
 }
 
 impl Resolver<'_> {
@@ -489,7 +583,6 @@ impl Resolver<'_> {
     fn resolve(&mut self, r: &ServiceRef) -> (Arc<str>, Vec<Arc<Endpoint>>) {
         let port_label = r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let label: Arc<str> = format!("{}:{}", r.key, port_label).into();
-        self.backends.insert(label.clone());
         let Some(svc) = self.services.get(&r.key) else {
             return (label, Vec::new());
         };
@@ -520,10 +613,10 @@ impl Resolver<'_> {
         let eps = addrs
             .into_iter()
             .map(|a| {
-                self.used.insert(a);
                 self.endpoints
                     .entry(a)
-                    .or_insert_with(|| Arc::new(Endpoint::new(a)))
+                    .or_insert_with(|| (Arc::new(Endpoint::new(a)), 0))
+                    .0
                     .clone()
             })
             .collect();

@@ -335,7 +335,30 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds a table from routes; `services` and `endpoints` are the counts to report.
     pub fn new(routes: Vec<Route>, services: usize, endpoints: usize) -> Self {
+        Self::from_shared(
+            routes.into_iter().map(Arc::new).collect(),
+            services,
+            endpoints,
+        )
+    }
+
+    /// [`RouteTable::new`] from routes that may also live in other tables
+    /// (discovery reuses the routes of unchanged Services across rebuilds).
+    pub fn from_shared(routes: Vec<Arc<Route>>, services: usize, endpoints: usize) -> Self {
+        // Sized once: growing a map of 10,000 hosts by doubling allocates it twice over.
+        let exact_hosts = routes
+            .iter()
+            .map(|r| {
+                let mut names = r.hosts.iter().filter_map(|h| match h {
+                    HostMatch::Exact(name, _) => Some(name),
+                    _ => None,
+                });
+                let first = names.next();
+                usize::from(first.is_some()) + names.filter(|n| Some(*n) != first).count()
+            })
+            .sum();
         let mut t = RouteTable {
+            exact: HashMap::with_capacity(exact_hosts),
             routes: routes.len(),
             services,
             endpoints,
@@ -343,7 +366,6 @@ impl RouteTable {
         };
         let mut wild: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
         for r in routes {
-            let r = Arc::new(r);
             for host in &r.hosts {
                 match host {
                     HostMatch::Exact(h, p) => {

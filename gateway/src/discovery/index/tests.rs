@@ -551,6 +551,85 @@ fn endpoint_objects_survive_rebuilds() {
     );
 }
 
+fn route_arc(t: &RouteTable, authority: &str) -> Arc<Route> {
+    let a = Authority::parse(authority.as_bytes()).expect("authority");
+    t.lookup(&a, "/", &Method::GET, &HeaderMap::new())
+        .expect("route")
+        .clone()
+}
+
+#[test]
+fn unchanged_services_keep_their_routes_and_changed_ones_are_rebuilt() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let mut index = index_with(&[
+        mk_service("test", "a", true, &port()),
+        mk_service("test", "b", true, &port()),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+        mk_slice("test", "b-1", "b", &[("", 80)], &[("10.0.0.2", true)]),
+    ]);
+    let (a, b) = ("a.test.svc.cluster.local", "b.test.svc.cluster.local");
+    let t1 = index.build();
+
+    // An endpoint change in b rebuilds b only.
+    let b_slice = |eps: &[(&str, bool)]| mk_slice("test", "b-1", "b", &[("", 80)], eps);
+    index
+        .apply(&b_slice(&[("10.0.0.2", true), ("10.0.0.3", true)]))
+        .expect("valid");
+    let t2 = index.build();
+    assert!(Arc::ptr_eq(&route_arc(&t1, a), &route_arc(&t2, a)));
+    assert!(!Arc::ptr_eq(&route_arc(&t1, b), &route_arc(&t2, b)));
+    assert_eq!(route_for(&t2, b, "/").map(|r| r.1.len()), Some(2));
+    assert_eq!(t2.endpoint_count(), 3);
+
+    // Re-applying identical objects (a relist) changes nothing.
+    index.replace(
+        ObjectKind::EndpointSlice,
+        None,
+        &[
+            mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+            b_slice(&[("10.0.0.2", true), ("10.0.0.3", true)]),
+        ],
+    );
+    let t3 = index.build();
+    assert!(Arc::ptr_eq(&route_arc(&t2, a), &route_arc(&t3, a)));
+    assert!(Arc::ptr_eq(&route_arc(&t2, b), &route_arc(&t3, b)));
+
+    // A slice that moves from a to b changes both; a relist without it drops it.
+    index
+        .apply(&mk_slice(
+            "test",
+            "a-1",
+            "b",
+            &[("", 80)],
+            &[("10.0.0.1", true)],
+        ))
+        .expect("valid");
+    let t4 = index.build();
+    assert_eq!(route_for(&t4, a, "/").map(|r| r.1.len()), Some(0));
+    assert_eq!(route_for(&t4, b, "/").map(|r| r.1.len()), Some(3));
+    index.replace(
+        ObjectKind::EndpointSlice,
+        None,
+        &[b_slice(&[("10.0.0.2", true)])],
+    );
+    let t5 = index.build();
+    assert_eq!(
+        route_for(&t5, b, "/").map(|r| r.1),
+        Some(vec!["10.0.0.2:80".to_string()])
+    );
+    assert_eq!(t5.endpoint_count(), 1);
+
+    // Un-exporting and deleting remove the cached routes.
+    index
+        .apply(&mk_service("test", "a", false, &port()))
+        .expect("valid");
+    index.delete(ObjectKind::Service, &ObjectKey::new("test", "b"));
+    let t6 = index.build();
+    assert_eq!(route_for(&t6, a, "/"), None);
+    assert_eq!(route_for(&t6, b, "/"), None);
+    assert_eq!(t6.route_count(), 0);
+}
+
 #[test]
 fn weights_follow_emissary() {
     assert_eq!(split_weights([None, None].into_iter()), vec![1, 1]);
