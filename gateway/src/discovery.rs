@@ -46,7 +46,9 @@ impl Publisher {
         gauge("routes", table.route_count());
         gauge("services", table.service_count());
         gauge("endpoints", table.endpoint_count());
+        // The old table is usually freed right here (no request holds it).
         self.routes.store(Arc::new(table));
+        crate::memory::release_freed();
         self.metrics
             .publish_delay
             .observe(changed_at.elapsed().as_secs_f64());

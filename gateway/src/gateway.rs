@@ -49,6 +49,38 @@ pub enum StartError {
     /// The Kubernetes client could not be built.
     #[error(transparent)]
     Kube(#[from] discovery::kube::KubeError),
+    /// The discovery thread could not be started.
+    #[error("cannot start the discovery thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs a discovery source on its own thread with a single-threaded runtime.
+///
+/// Discovery parses every watched object and rebuilds whole route tables; on
+/// its own thread that work never queues behind (or delays) proxied requests,
+/// and the memory it churns stays in one allocator heap that
+/// [`crate::memory::release_freed`] can hand back to the OS after each publish.
+/// The returned handle completes when the source returns (on shutdown).
+fn spawn_discovery<F, Fut>(make: F) -> Result<JoinHandle<()>, StartError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Thread)?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("isthmus-discovery".into())
+        .spawn(move || {
+            runtime.block_on(make());
+            drop(done_tx);
+        })
+        .map_err(StartError::Thread)?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
 }
 
 /// A started gateway.
@@ -122,36 +154,45 @@ impl Gateway {
                 publisher.publish(&mut index, started);
                 readiness.set_discovery_synced();
                 tracing::info!(dir = %files.dir().display(), routes = routes.load().route_count(), "file discovery synced");
-                tasks.push(tokio::spawn(
-                    discovery::files::run(
-                        source,
-                        index,
-                        publisher,
-                        metrics.clone(),
-                        files.poll_interval(),
-                        shutdown_rx.clone(),
-                    )
-                    .instrument(tracing::info_span!("discovery", source = "files")),
-                ));
+                let (metrics, interval, stop) =
+                    (metrics.clone(), files.poll_interval(), shutdown_rx.clone());
+                tasks.push(spawn_discovery(move || {
+                    discovery::files::run(source, index, publisher, metrics, interval, stop)
+                        .instrument(tracing::info_span!("discovery", source = "files"))
+                })?);
             }
             Discovery::Kubernetes(k) => {
-                let client = discovery::kube::client(k.kubeconfig.as_deref()).await?;
                 let scope = discovery::kube::WatchScope {
                     namespaces: cfg.namespaces.clone(),
                     service_selector: k.label_selector.clone(),
                 };
-                tasks.push(tokio::spawn(
-                    discovery::kube::run(
-                        client,
-                        scope,
-                        index,
-                        publisher,
-                        readiness.clone(),
-                        metrics.clone(),
-                        shutdown_rx.clone(),
-                    )
-                    .instrument(tracing::info_span!("discovery", source = "kubernetes")),
-                ));
+                let kubeconfig = k.kubeconfig.clone();
+                let (readiness, metrics, stop) =
+                    (readiness.clone(), metrics.clone(), shutdown_rx.clone());
+                // The client is built on the discovery thread (its connection
+                // tasks live there); its errors come back here.
+                let (client_tx, client_rx) = tokio::sync::oneshot::channel();
+                tasks.push(spawn_discovery(move || async move {
+                    let client = match discovery::kube::client(kubeconfig.as_deref()).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = client_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = client_tx.send(Ok(()));
+                    discovery::kube::run(client, scope, index, publisher, readiness, metrics, stop)
+                        .instrument(tracing::info_span!("discovery", source = "kubernetes"))
+                        .await
+                })?);
+                match client_rx.await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        return Err(StartError::Thread(std::io::Error::other(
+                            "discovery thread ended before building its client",
+                        )))
+                    }
+                }
             }
         }
 

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod discovery;
 pub mod gateway;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod poll;
 pub mod proxy;

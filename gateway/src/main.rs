@@ -13,7 +13,10 @@ use isthmus::tls::{dev, TlsMaterial};
 use kube::CustomResourceExt;
 
 /// mimalloc: fewer cycles per allocation than glibc malloc under the proxy's many small,
-/// short-lived allocations (measured with benches/run).
+/// short-lived allocations (measured with benches/run). Build with
+/// `--no-default-features` to use the system allocator (heap profilers such as
+/// heaptrack see only malloc).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -122,7 +125,11 @@ fn run(
     if cfg.threads > 0 {
         rt.worker_threads(cfg.threads);
     }
-    let rt = rt.enable_all().thread_name("isthmus").build()?;
+    let rt = rt
+        .enable_all()
+        .thread_name("isthmus")
+        .on_thread_park(isthmus::memory::release_freed_when_idle)
+        .build()?;
     rt.block_on(async {
         if let Some(addr) = demo_upstream {
             let l = tokio::net::TcpListener::bind(addr)

@@ -8,6 +8,11 @@
 //! HTTP/2 mTLS connection until the route answers 200.
 //!
 //! `cargo run --release -p isthmus-benches --bin convergence -- [services] [probes]`
+//!
+//! `CONVERGENCE_SMAPS=1` prints the gateway's memory split after sync;
+//! `CONVERGENCE_WRAP="heaptrack -o /tmp/gw"` runs it under a profiler and
+//! `CONVERGENCE_GATEWAY` picks another binary (heap profiles need one built
+//! with `--no-default-features`, i.e. without mimalloc).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +27,16 @@ struct Gateway(Child);
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // SIGTERM (so MIMALLOC_SHOW_STATS=1 can print at exit), then make sure.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -47,7 +62,9 @@ async fn main() {
     let services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let probes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let isthmus = root.join("target/release/isthmus");
+    let isthmus = std::env::var_os("CONVERGENCE_GATEWAY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/isthmus"));
     let work = tempfile::tempdir().expect("tempdir");
     let certs = work.path().join("certs");
     isthmus::tls::dev::write_dev_certs(&certs).expect("certs");
@@ -100,7 +117,18 @@ async fn main() {
     )
     .expect("config");
     let sync_start = Instant::now();
-    let child = Command::new(&isthmus)
+    // CONVERGENCE_WRAP="heaptrack -o /tmp/gw" runs the gateway under a profiler.
+    let wrap = std::env::var("CONVERGENCE_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut command = match wrap.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(wrap).arg(&isthmus);
+            c
+        }
+        None => Command::new(&isthmus),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(work.path().join("isthmus.yaml"))
         .env("RUST_LOG", "warn")

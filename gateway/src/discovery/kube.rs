@@ -318,6 +318,9 @@ fn handle(
                 .with_label_values(&[t.kind.label()])
                 .inc_by(count as u64);
             index.replace_converted(t.kind, t.namespace.as_deref(), objects);
+            // A relist leaves megabytes of parsed JSON behind; hand it back
+            // before the table build needs more.
+            crate::memory::release_freed();
             unsynced.remove(&t.stream);
             tracing::debug!(kind = t.kind.label(), objects = count, "relisted");
             true
