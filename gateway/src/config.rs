@@ -213,6 +213,21 @@ pub struct Limits {
     /// On SIGTERM: how long in-flight requests may take to finish.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Time from a request's first byte to the end of its header section
+    /// (HTTP/1; slowloris): `408` and the connection closes beyond.
+    #[serde(default = "default_request_header_timeout_ms")]
+    pub request_header_timeout_ms: u64,
+    /// Idle time allowed on a downstream connection before its first and
+    /// between requests (HTTP/1 and HTTP/2); then it is closed.
+    #[serde(default = "default_downstream_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Downstream connections open at once; new ones are closed at accept beyond.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one peer identity may hold open; more are closed right
+    /// after the handshake.
+    #[serde(default = "default_max_connections_per_identity")]
+    pub max_connections_per_identity: usize,
 }
 
 impl Default for Limits {
@@ -222,6 +237,10 @@ impl Default for Limits {
             max_request_headers: default_max_headers(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            request_header_timeout_ms: default_request_header_timeout_ms(),
+            idle_timeout_ms: default_downstream_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_identity: default_max_connections_per_identity(),
         }
     }
 }
@@ -283,6 +302,18 @@ fn default_handshake_timeout_ms() -> u64 {
 }
 fn default_shutdown_grace_ms() -> u64 {
     30_000
+}
+fn default_request_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_downstream_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_max_connections_per_identity() -> usize {
+    2_000
 }
 fn default_connect_timeout_ms() -> u64 {
     1_000
@@ -373,6 +404,26 @@ impl Config {
                 "limits.max_request_headers".into(),
                 "must be at least 1".into(),
             ));
+        }
+        let at_least_one = [
+            (
+                "request_header_timeout_ms",
+                self.limits.request_header_timeout_ms as usize,
+            ),
+            ("idle_timeout_ms", self.limits.idle_timeout_ms as usize),
+            ("max_connections", self.limits.max_connections),
+            (
+                "max_connections_per_identity",
+                self.limits.max_connections_per_identity,
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(invalid(
+                    format!("limits.{key}"),
+                    "must be at least 1".into(),
+                ));
+            }
         }
         Ok(())
     }

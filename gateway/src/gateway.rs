@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, Discovery};
 use crate::discovery::{self, files::FileSource, Index, Publisher};
-use crate::listener::{Connections, GatewayListener};
+use crate::listener::{ConnectionLimits, Connections, Deadlines, GatewayListener};
 use crate::metrics::Metrics;
 use crate::proxy::{GatewayProxy, RequestLimits};
 use crate::routes::{self, SharedRoutes};
@@ -221,7 +221,10 @@ impl Gateway {
         );
         let server_conf = Arc::new(ServerConf::default());
         let mut app = pingora_proxy::http_proxy(&server_conf, proxy);
-        app.server_options = Some(HttpServerOptions::default());
+        let idle = Duration::from_millis(cfg.limits.idle_timeout_ms);
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(idle);
+        app.server_options = Some(options);
         let acceptor = Arc::new(tls.acceptor(cfg.tls.session_resumption));
         let listener = GatewayListener {
             listener: gateway_listener,
@@ -230,6 +233,15 @@ impl Gateway {
             metrics: metrics.clone(),
             handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
             connections: connections.clone(),
+            limits: ConnectionLimits {
+                max_connections: cfg.limits.max_connections,
+                max_per_identity: cfg.limits.max_connections_per_identity,
+                deadlines: Deadlines {
+                    idle,
+                    header: Duration::from_millis(cfg.limits.request_header_timeout_ms),
+                    max_header_bytes: cfg.limits.max_request_header_bytes,
+                },
+            },
         };
         let accept = tokio::spawn(
             listener

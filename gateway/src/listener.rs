@@ -2,15 +2,16 @@
 //! handshake (client certificate required), then hand the connection to the
 //! pingora HTTP app (HTTP/1.1 or HTTP/2 by ALPN).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::listener::Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
@@ -18,8 +19,11 @@ use tracing::Instrument;
 use crate::metrics::{HandshakeFailure, Metrics};
 
 mod coalesce;
-use crate::tls::traced_handshake;
+mod deadlines;
+use crate::tls::{traced_handshake, PeerIdentity};
 use coalesce::Coalesced;
+pub use deadlines::Deadlines;
+use deadlines::WithDeadlines;
 
 /// Everything the accept loop needs.
 pub struct GatewayListener<A> {
@@ -35,6 +39,51 @@ pub struct GatewayListener<A> {
     pub handshake_timeout: Duration,
     /// Open connections, shared with the drain.
     pub connections: Arc<Connections>,
+    /// Connection limits.
+    pub limits: ConnectionLimits,
+}
+
+/// Limits on downstream connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections per peer identity.
+    pub max_per_identity: usize,
+    /// HTTP/1 idle and request-header deadlines.
+    pub deadlines: Deadlines,
+}
+
+/// Open connections per peer identity.
+#[derive(Debug, Default)]
+struct PerIdentity(Mutex<HashMap<Arc<str>, usize>>);
+
+impl PerIdentity {
+    /// Counts a connection for `id` unless it already has `max`.
+    fn admit(self: &Arc<Self>, id: &Arc<str>, max: usize) -> Option<IdentityGuard> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(id.clone()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IdentityGuard(self.clone(), id.clone()))
+    }
+}
+
+/// Uncounts a peer's connection when dropped.
+struct IdentityGuard(Arc<PerIdentity>, Arc<str>);
+
+impl Drop for IdentityGuard {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Open downstream connections: the gauge, and what a drain waits for.
@@ -88,6 +137,7 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
     /// requests finish (HTTP/1 without keep-alive, HTTP/2 with GOAWAY).
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let listener = Listener::from(self.listener);
+        let per_identity = Arc::new(PerIdentity::default());
         let mut stop = shutdown.clone();
         loop {
             let stream = tokio::select! {
@@ -102,12 +152,24 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
                 },
                 _ = stop.changed() => break,
             };
+            if self.connections.open() >= self.limits.max_connections {
+                self.metrics
+                    .limits_exceeded
+                    .with_label_values(&["max_connections"])
+                    .inc();
+                tracing::debug!("max_connections reached; closing a new connection");
+                continue;
+            }
             let guard = ConnectionGuard::new(self.metrics.clone(), self.connections.clone());
-            let acceptor = self.acceptor.clone();
-            let app = self.app.clone();
-            let metrics = self.metrics.clone();
-            let timeout = self.handshake_timeout;
-            let shutdown = shutdown.clone();
+            let conn = Connection {
+                acceptor: self.acceptor.clone(),
+                app: self.app.clone(),
+                metrics: self.metrics.clone(),
+                handshake_timeout: self.handshake_timeout,
+                limits: self.limits,
+                per_identity: per_identity.clone(),
+                shutdown: shutdown.clone(),
+            };
             let client = stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().cloned())
@@ -116,7 +178,7 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
             tokio::spawn(
                 async move {
                     let _guard = guard;
-                    serve_connection(stream, &acceptor, app, &metrics, timeout, shutdown).await;
+                    conn.serve(stream).await;
                 }
                 .instrument(tracing::debug_span!("conn", client = %client)),
             );
@@ -126,40 +188,75 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
     }
 }
 
-async fn serve_connection<A: ServerApp + Send + Sync + 'static>(
-    mut stream: L4Stream,
-    acceptor: &Acceptor,
+/// What one accepted connection needs.
+struct Connection<A> {
+    acceptor: Arc<Acceptor>,
     app: Arc<A>,
-    metrics: &Metrics,
-    timeout: Duration,
+    metrics: Arc<Metrics>,
+    handshake_timeout: Duration,
+    limits: ConnectionLimits,
+    per_identity: Arc<PerIdentity>,
     shutdown: watch::Receiver<bool>,
-) {
-    if let Err(e) = stream.set_nodelay() {
-        tracing::debug!(error = %e, "set_nodelay failed");
-    }
-    let (stream, coalesce) = Coalesced::new(stream);
-    let handshake = traced_handshake(acceptor.tls_handshake(stream));
-    let tls = match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err((reason, e))) => {
-            metrics
-                .handshake_failures
-                .with_label_values(&[reason.label()])
-                .inc();
-            tracing::debug!(reason = reason.label(), error = %e, "TLS handshake refused");
-            return;
+}
+
+impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
+    /// Handshake, limits, then HTTP until the connection ends.
+    async fn serve(self, mut stream: L4Stream) {
+        if let Err(e) = stream.set_nodelay() {
+            tracing::debug!(error = %e, "set_nodelay failed");
         }
-        Err(_) => {
-            metrics
-                .handshake_failures
-                .with_label_values(&[HandshakeFailure::Timeout.label()])
-                .inc();
-            return;
+        let (stream, coalesce) = Coalesced::new(stream);
+        let handshake = traced_handshake(self.acceptor.tls_handshake(stream));
+        let tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err((reason, e))) => {
+                self.metrics
+                    .handshake_failures
+                    .with_label_values(&[reason.label()])
+                    .inc();
+                tracing::debug!(reason = reason.label(), error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.metrics
+                    .handshake_failures
+                    .with_label_values(&[HandshakeFailure::Timeout.label()])
+                    .inc();
+                return;
+            }
+        };
+        coalesce.enable();
+        // Every accepted handshake carries an identity (see tls::server).
+        let identity = tls
+            .get_ssl_digest()
+            .and_then(|d| d.extension.get::<PeerIdentity>().map(|p| p.0.clone()));
+        let _counted = match identity {
+            Some(id) => match self.per_identity.admit(&id, self.limits.max_per_identity) {
+                Some(guard) => Some(guard),
+                None => {
+                    self.metrics
+                        .limits_exceeded
+                        .with_label_values(&["max_connections_per_identity"])
+                        .inc();
+                    tracing::debug!(identity = %id, "max_connections_per_identity reached; closing");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let h2 = tls.selected_alpn_proto() == Some(ALPN::H2);
+        let mut next: Option<Stream> = if h2 {
+            Some(Box::new(tls))
+        } else {
+            let tls: Stream = Box::new(tls);
+            Some(Box::new(WithDeadlines::new(
+                tls,
+                self.limits.deadlines,
+                self.metrics.clone(),
+            )))
+        };
+        while let Some(s) = next {
+            next = self.app.process_new(s, &self.shutdown).await;
         }
-    };
-    coalesce.enable();
-    let mut next: Option<Stream> = Some(Box::new(tls));
-    while let Some(s) = next {
-        next = app.process_new(s, &shutdown).await;
     }
 }

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// `isthmus_upstream_connect_errors_total`.
     pub upstream_connect_errors: IntCounter,
+    /// `isthmus_limits_exceeded_total{limit}`: connections ended by a limit
+    /// (`max_connections`, `max_connections_per_identity`,
+    /// `request_header_timeout`, `idle_timeout`).
+    pub limits_exceeded: IntCounterVec,
     /// `isthmus_table_routes`, `isthmus_table_services`, `isthmus_table_endpoints`.
     pub table_size: IntGaugeVec,
     /// `isthmus_discovery_events_total{kind}`.
@@ -219,6 +223,14 @@ impl Metrics {
                 "Failed connection attempts to upstream endpoints",
             )
             .expect("valid metric"),
+            limits_exceeded: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_limits_exceeded_total",
+                    "Downstream connections ended by a configured limit",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
             table_size: IntGaugeVec::new(
                 Opts::new(
                     "isthmus_table_objects",
@@ -289,6 +301,7 @@ impl Metrics {
             Box::new(self.tls_reloads.clone()),
             Box::new(self.open_connections.clone()),
             Box::new(self.upstream_connect_errors.clone()),
+            Box::new(self.limits_exceeded.clone()),
             Box::new(self.table_size.clone()),
             Box::new(self.discovery_events.clone()),
             Box::new(self.discovery_errors.clone()),
