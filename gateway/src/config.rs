@@ -258,6 +258,12 @@ pub struct Upstream {
     /// Idle time after which a pooled upstream connection is closed.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Consecutive connect failures after which an endpoint is ejected (passive health).
+    #[serde(default = "default_eject_after_failures")]
+    pub eject_after_failures: u32,
+    /// How long an ejected endpoint is skipped.
+    #[serde(default = "default_ejection_ms")]
+    pub ejection_ms: u64,
 }
 
 impl Default for Upstream {
@@ -266,6 +272,8 @@ impl Default for Upstream {
             connect_timeout_ms: default_connect_timeout_ms(),
             timeout_ms: default_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            eject_after_failures: default_eject_after_failures(),
+            ejection_ms: default_ejection_ms(),
         }
     }
 }
@@ -314,6 +322,12 @@ fn default_max_connections() -> usize {
 }
 fn default_max_connections_per_identity() -> usize {
     2_000
+}
+fn default_eject_after_failures() -> u32 {
+    3
+}
+fn default_ejection_ms() -> u64 {
+    10_000
 }
 fn default_connect_timeout_ms() -> u64 {
     1_000
@@ -417,6 +431,12 @@ impl Config {
                 self.limits.max_connections_per_identity,
             ),
         ];
+        if self.upstream.eject_after_failures == 0 {
+            return Err(invalid(
+                "upstream.eject_after_failures".into(),
+                "must be at least 1".into(),
+            ));
+        }
         for (key, value) in at_least_one {
             if value == 0 {
                 return Err(invalid(

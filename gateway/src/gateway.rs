@@ -18,7 +18,7 @@ use crate::discovery::{self, files::FileSource, Index, Publisher};
 use crate::listener::{ConnectionLimits, Connections, Deadlines, GatewayListener};
 use crate::metrics::Metrics;
 use crate::proxy::{GatewayProxy, RequestLimits};
-use crate::routes::{self, SharedRoutes};
+use crate::routes::{self, PassiveHealth, SharedRoutes};
 use crate::tls::{TlsError, TlsMaterial, TlsServer};
 
 /// Why the gateway could not start. Each names what to fix.
@@ -217,6 +217,10 @@ impl Gateway {
             RequestLimits {
                 max_header_bytes: cfg.limits.max_request_header_bytes,
                 max_headers: cfg.limits.max_request_headers,
+            },
+            PassiveHealth {
+                consecutive_failures: cfg.upstream.eject_after_failures,
+                ejection: Duration::from_millis(cfg.upstream.ejection_ms),
             },
         );
         let server_conf = Arc::new(ServerConf::default());

@@ -31,6 +31,9 @@ pub struct Metrics {
     /// (`max_connections`, `max_connections_per_identity`,
     /// `request_header_timeout`, `idle_timeout`).
     pub limits_exceeded: IntCounterVec,
+    /// `isthmus_endpoint_ejections_total`: endpoints taken out of rotation
+    /// after consecutive connect failures (passive health).
+    pub endpoint_ejections: IntCounter,
     /// `isthmus_table_routes`, `isthmus_table_services`, `isthmus_table_endpoints`.
     pub table_size: IntGaugeVec,
     /// `isthmus_discovery_events_total{kind}`.
@@ -223,6 +226,11 @@ impl Metrics {
                 "Failed connection attempts to upstream endpoints",
             )
             .expect("valid metric"),
+            endpoint_ejections: IntCounter::new(
+                "isthmus_endpoint_ejections_total",
+                "Endpoints ejected after consecutive connect failures",
+            )
+            .expect("valid metric"),
             limits_exceeded: IntCounterVec::new(
                 Opts::new(
                     "isthmus_limits_exceeded_total",
@@ -302,6 +310,7 @@ impl Metrics {
             Box::new(self.open_connections.clone()),
             Box::new(self.upstream_connect_errors.clone()),
             Box::new(self.limits_exceeded.clone()),
+            Box::new(self.endpoint_ejections.clone()),
             Box::new(self.table_size.clone()),
             Box::new(self.discovery_events.clone()),
             Box::new(self.discovery_errors.clone()),

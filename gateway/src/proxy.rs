@@ -25,7 +25,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::metrics::{ErrorKind, Metrics};
-use crate::routes::{InFlight, Route, SharedRoutes};
+use crate::routes::{InFlight, PassiveHealth, Route, SharedRoutes};
 use crate::tls::PeerIdentity;
 
 /// Header carrying the verified peer identity to upstreams (inbound copies are dropped).
@@ -48,6 +48,7 @@ pub struct GatewayProxy {
     forwarded_by: http::HeaderValue,
     own_identity: Arc<str>,
     limits: RequestLimits,
+    health: PassiveHealth,
 }
 
 impl GatewayProxy {
@@ -57,6 +58,7 @@ impl GatewayProxy {
         metrics: Arc<Metrics>,
         own_identity: &str,
         limits: RequestLimits,
+        health: PassiveHealth,
     ) -> Self {
         GatewayProxy {
             routes,
@@ -65,6 +67,7 @@ impl GatewayProxy {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("by=unknown")),
             own_identity: own_identity.into(),
             limits,
+            health,
         }
     }
 
@@ -191,6 +194,22 @@ impl ProxyHttp for GatewayProxy {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(f) = &ctx.in_flight {
+            f.endpoint().connected();
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -234,6 +253,12 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<Error> {
         self.metrics.upstream_connect_errors.inc();
         ctx.connect_failures += 1;
+        if let Some(f) = &ctx.in_flight {
+            if f.endpoint().connect_failed(&self.health) {
+                self.metrics.endpoint_ejections.inc();
+                tracing::info!(endpoint = %f.endpoint().addr, ejection = ?self.health.ejection, "endpoint ejected after consecutive connect failures");
+            }
+        }
         let retries = ctx
             .backend()
             .map(|b| (b.settings.num_retries, b.endpoints.len()));

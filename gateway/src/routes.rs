@@ -12,8 +12,8 @@ mod table;
 pub use authority::{Authority, AuthorityError};
 pub use identity::{Authorization, IdentityPattern};
 pub use table::{
-    Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PortMatch,
-    Route, RouteMatch, RouteTable, RouteTarget,
+    Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PassiveHealth,
+    PortMatch, Route, RouteMatch, RouteTable, RouteTarget,
 };
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,12 +147,32 @@ impl BackendSettings {
     }
 }
 
-/// One upstream endpoint, with its live in-flight count (shared across tables).
+/// Passive health: when an endpoint is taken out of rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive connect failures that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// How long an ejected endpoint is skipped.
+    pub ejection: Duration,
+}
+
+/// Milliseconds on a process-wide monotonic clock (0 is never "now").
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// One upstream endpoint, with its live in-flight count and passive-health
+/// state (shared across tables, so both survive rebuilds).
 #[derive(Debug)]
 pub struct Endpoint {
     /// Address the gateway connects to.
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
+    failures: AtomicU32,
+    /// [`now_ms`] until which the endpoint is skipped; 0 when it is not.
+    ejected_until: AtomicU64,
 }
 
 impl Endpoint {
@@ -161,7 +181,39 @@ impl Endpoint {
         Endpoint {
             addr,
             in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+
+    /// Records a failed connection; returns true when this failure ejects the
+    /// endpoint for `policy.ejection`.
+    pub fn connect_failed(&self, policy: &PassiveHealth) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < policy.consecutive_failures.max(1) {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let ms = u64::try_from(policy.ejection.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until
+            .store(now_ms().saturating_add(ms), Ordering::Relaxed);
+        true
+    }
+
+    /// Records a working connection: the failure count starts over.
+    pub fn connected(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the endpoint is out of rotation now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 
     /// Requests currently in flight to this endpoint.
@@ -224,7 +276,9 @@ impl Backend {
         }
     }
 
-    /// Picks an endpoint, skipping `avoid` when there is another choice.
+    /// Picks an endpoint, skipping `avoid` and ejected endpoints when there
+    /// is another choice (when every endpoint is ejected, they are all tried
+    /// rather than failing the request).
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Arc<Endpoint>> {
         let eps = &self.endpoints;
         let n = eps.len();
@@ -234,7 +288,17 @@ impl Backend {
         if n == 1 {
             return eps.first();
         }
-        let ok = |e: &Arc<Endpoint>| Some(e.addr) != avoid;
+        let healthy = |e: &Arc<Endpoint>| Some(e.addr) != avoid && !e.is_ejected();
+        if eps.iter().any(healthy) {
+            self.pick_among(healthy)
+        } else {
+            self.pick_among(|e: &Arc<Endpoint>| Some(e.addr) != avoid)
+        }
+    }
+
+    fn pick_among(&self, ok: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
+        let eps = &self.endpoints;
+        let n = eps.len();
         match self.settings.lb {
             LbPolicy::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);

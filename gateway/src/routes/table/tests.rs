@@ -183,3 +183,59 @@ fn weights_split_traffic() {
     let a = counts["a"];
     assert!((8700..9300).contains(&a), "a chosen {a} of 10000");
 }
+
+#[test]
+fn consecutive_connect_failures_eject_an_endpoint_until_it_connects_or_expires() {
+    let r = route(
+        "svc",
+        exact("a", None),
+        "/",
+        &["10.0.0.1:80", "10.0.0.2:80"],
+    );
+    let b = &r.target.backends[0];
+    let (bad, good) = (&b.endpoints[0], &b.endpoints[1]);
+    let policy = PassiveHealth {
+        consecutive_failures: 2,
+        ejection: Duration::from_secs(60),
+    };
+
+    assert!(!bad.connect_failed(&policy), "one failure is not enough");
+    bad.connected();
+    assert!(
+        !bad.connect_failed(&policy),
+        "a success started the count over"
+    );
+    assert!(
+        bad.connect_failed(&policy),
+        "second consecutive failure ejects"
+    );
+    assert!(bad.is_ejected());
+    for _ in 0..10 {
+        assert_eq!(b.pick(None).map(|e| e.addr), Some(good.addr));
+    }
+    // When every endpoint is ejected, they are still tried.
+    good.connect_failed(&policy);
+    good.connect_failed(&policy);
+    assert!(b.pick(None).is_some());
+    // A working connection brings an endpoint back at once.
+    bad.connected();
+    assert!(!bad.is_ejected());
+    for _ in 0..10 {
+        assert_eq!(b.pick(None).map(|e| e.addr), Some(bad.addr));
+    }
+
+    let brief = PassiveHealth {
+        consecutive_failures: 1,
+        ejection: Duration::from_millis(1),
+    };
+    assert!(good.connect_failed(&brief));
+    // Ejection ends by itself: wait on the condition, bounded.
+    let started = std::time::Instant::now();
+    while good.is_ejected() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ejection never expired"
+        );
+        std::thread::yield_now();
+    }
+}
