@@ -2,7 +2,8 @@
 //! gateway, in order.
 //!
 //! ```text
-//! request_filter     authority → loop check → route lookup → authorization → backend
+//! request_filter     framing → limits → authority → loop check → route lookup →
+//!                    authorization → backend
 //! upstream_peer      endpoint choice (round robin / least request), timeouts
 //! upstream_request   rewrite, header edits, Forwarded by=<own identity>
 //! response_filter    response header edits
@@ -143,6 +144,12 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<PeerIdentity>())
             .map(|p| p.0.clone());
+        if let Some(h1) = session.as_downstream().as_http1() {
+            let framing = request::check_framing(&h1.get_headers_raw_bytes(), h1.req_header());
+            if let Err(kind) = framing {
+                return self.answer(session, ctx, kind).await;
+            }
+        }
         let req = session.req_header();
         if let Err(kind) = request::check_limits(req, &self.limits) {
             return self.answer(session, ctx, kind).await;

@@ -338,3 +338,176 @@ impl H2Session {
         Ok(status)
     }
 }
+
+/// What one raw HTTP/1 exchange produced: every byte the server sent, and
+/// whether it then closed the connection.
+#[derive(Debug)]
+pub struct RawExchange {
+    /// Everything the server sent.
+    pub bytes: Vec<u8>,
+    /// Whether the server closed the connection (EOF or reset) before the wait ran out.
+    pub closed: bool,
+}
+
+impl RawExchange {
+    /// The server's bytes as text (lossy), for messages and `contains` checks.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The responses in the byte stream, in order, as (status, head, body);
+    /// framed by Content-Length, chunked coding, or the close.
+    pub fn responses(&self) -> Vec<(u16, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = self.bytes.as_slice();
+        while let Some(end) = find(rest, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+            rest = &rest[end + 4..];
+            let status = head
+                .strip_prefix("HTTP/1.1 ")
+                .or_else(|| head.strip_prefix("HTTP/1.0 "))
+                .and_then(|s| s.get(..3))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let header = |name: &str| {
+                head.lines().skip(1).find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().to_ascii_lowercase())
+                })
+            };
+            let body = if let Some(len) = header("content-length").and_then(|v| v.parse().ok()) {
+                let len = rest.len().min(len);
+                let (body, tail) = rest.split_at(len);
+                rest = tail;
+                body.to_vec()
+            } else if header("transfer-encoding").is_some_and(|v| v.ends_with("chunked")) {
+                let mut body = Vec::new();
+                while let Some(line_end) = find(rest, b"\r\n") {
+                    let size = std::str::from_utf8(&rest[..line_end])
+                        .ok()
+                        .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+                        .unwrap_or(0);
+                    rest = &rest[line_end + 2..];
+                    if size == 0 {
+                        rest = find(rest, b"\r\n").map_or(&[][..], |e| &rest[e + 2..]);
+                        break;
+                    }
+                    let size = size.min(rest.len());
+                    body.extend_from_slice(&rest[..size]);
+                    rest = rest.get(size + 2..).unwrap_or(&[]);
+                }
+                body
+            } else {
+                std::mem::take(&mut rest).to_vec()
+            };
+            out.push((status, head, body));
+        }
+        out
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Client {
+    /// Sends SNI `name` but verifies the server certificate as issued for
+    /// `localhost` (the dev gateway certificate), so a test can see what the
+    /// gateway does with an SNI that names something else.
+    pub fn with_foreign_sni(&self, name: &str, ca: &Path) -> Client {
+        let mut roots = RootCertStore::empty();
+        for c in load_certs(ca) {
+            roots.add(c).expect("CA");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        let mut config = (*self.config).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(VerifyAs {
+                inner,
+                name: ServerName::try_from("localhost").expect("server name"),
+            }));
+        Client {
+            config: Arc::new(config),
+            server_name: ServerName::try_from(name.to_string()).expect("server name"),
+            ..self.clone()
+        }
+    }
+
+    /// Writes raw bytes over TLS and reads until the server closes the
+    /// connection or `wait` passes without it closing. A TLS alert before any
+    /// byte arrived is an error (see [`ClientError::alert`]).
+    pub async fn raw_exchange(
+        &self,
+        bytes: &[u8],
+        wait: Duration,
+    ) -> Result<RawExchange, ClientError> {
+        let mut tls = self.connect().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        // The server may answer and close before it read everything (a refused
+        // request); what it answered is what counts, so a failed write is not
+        // an error by itself.
+        let _ = tls.write_all(bytes).await;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) => break true,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) if out.is_empty() => return Err(err(e)),
+                Ok(Err(_)) => break true,
+            }
+        };
+        Ok(RawExchange { bytes: out, closed })
+    }
+}
+
+/// Verifies the server chain for a fixed name, whatever SNI was sent.
+#[derive(Debug)]
+struct VerifyAs {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for VerifyAs {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

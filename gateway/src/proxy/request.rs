@@ -1,7 +1,7 @@
 //! Request-path decisions as plain functions: authority extraction, limits,
 //! loop detection, upstream rewrites and error classification.
 
-use http::header::{FORWARDED, HOST};
+use http::header::{FORWARDED, HOST, TRANSFER_ENCODING};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::RequestHeader;
 
@@ -39,6 +39,35 @@ pub fn check_limits(req: &RequestHeader, limits: &RequestLimits) -> Result<(), E
             .sum::<usize>();
     if size > limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Refuses HTTP/1 framing that two hops could read two ways. `raw_head` is the
+/// request line and header section as received; `req` is what pingora made of it.
+///
+/// - `Content-Length` together with `Transfer-Encoding`: pingora drops the
+///   `Content-Length` and frames by `Transfer-Encoding`; RFC 9112 §6.1 allows
+///   refusing instead, and a gateway that serves peers it does not control should.
+/// - A bare LF line ending: RFC 9112 §2.2 allows accepting it, but no HTTP/1
+///   client in this path sends one, and a hop that splits lines differently is
+///   how requests are smuggled.
+pub fn check_framing(raw_head: &[u8], req: &RequestHeader) -> Result<(), ErrorKind> {
+    let mut prev = 0u8;
+    for &b in raw_head {
+        if b == b'\n' && prev != b'\r' {
+            return Err(ErrorKind::BadRequest);
+        }
+        prev = b;
+    }
+    if req.headers.contains_key(TRANSFER_ENCODING)
+        && raw_head.split(|b| *b == b'\n').skip(1).any(|line| {
+            line.iter()
+                .position(|b| *b == b':')
+                .is_some_and(|colon| line[..colon].eq_ignore_ascii_case(b"content-length"))
+        })
+    {
+        return Err(ErrorKind::BadRequest);
     }
     Ok(())
 }

@@ -125,3 +125,50 @@ fn error_classes() {
     let e = Error::new(ErrorType::ConnectionClosed).into_down();
     assert_eq!(classify_proxy_error(&e), None);
 }
+
+#[test]
+fn framing_refuses_content_length_with_transfer_encoding_and_bare_lf() {
+    let chunked = |headers: &[(&str, &str)]| {
+        let mut r = RequestHeader::build("POST", b"/", None).expect("request");
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).expect("header");
+        }
+        r
+    };
+    let te = chunked(&[("host", "a"), ("transfer-encoding", "chunked")]);
+    let plain = chunked(&[("host", "a"), ("content-length", "5")]);
+    // pingora drops Content-Length from `req` when Transfer-Encoding is there;
+    // only the raw head still shows it.
+    for raw in [
+        &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 0\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(
+            check_framing(raw, &te),
+            Err(ErrorKind::BadRequest),
+            "{}",
+            raw.escape_ascii()
+        );
+    }
+    for (raw, req) in [
+        (
+            &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nx-note: content-length: 5\r\n\r\n"[..],
+            &te,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", &plain),
+    ] {
+        assert_eq!(check_framing(raw, req), Ok(()), "{}", raw.escape_ascii());
+    }
+    for raw in [
+        &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\nx-b: c\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+    ] {
+        assert_eq!(
+            check_framing(raw, &plain),
+            Err(ErrorKind::BadRequest),
+            "{}",
+            raw.escape_ascii()
+        );
+    }
+}
