@@ -3,6 +3,11 @@
 //!
 //! A file that cannot be read or parsed is reported (log line with the file and
 //! reason, metric) and its last good objects stay in force.
+//!
+//! While running, a changed file is read only once it has stayed the same for
+//! one poll interval (and did not change while being read): a file rewritten
+//! in place is first truncated, and reading it in that instant would withdraw
+//! every object it holds until the next scan.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +38,9 @@ struct FileState {
 pub struct FileSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Files seen changed in the last [`FileSource::rescan`] and not read yet,
+    /// with the stamp they had then.
+    settling: BTreeMap<PathBuf, Stamp>,
 }
 
 /// What one scan found.
@@ -42,6 +50,8 @@ pub struct Scan {
     pub changed: bool,
     /// Files refused in this scan (their previous objects are kept).
     pub errors: Vec<FileError>,
+    /// Changed files left for a later scan because they may still be being written.
+    pub settling: usize,
 }
 
 impl FileSource {
@@ -50,12 +60,26 @@ impl FileSource {
         FileSource {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
+            settling: BTreeMap::new(),
         }
     }
 
-    /// Rereads changed files. An unreadable directory is an error (the caller
-    /// keeps the last table).
+    /// Rereads every changed file now (start-up, `isthmus check`). An
+    /// unreadable directory is an error (the caller keeps the last table).
     pub fn scan(&mut self) -> Result<Scan, FileError> {
+        self.scan_files(false)
+    }
+
+    /// [`FileSource::scan`] for reloads: a changed file is read only when this
+    /// scan finds it as the previous one did, and applied only if it did not
+    /// change while it was read; otherwise it waits for the next scan. A file
+    /// caught in the middle of an in-place rewrite (truncated, half written)
+    /// is thus not applied.
+    pub fn rescan(&mut self) -> Result<Scan, FileError> {
+        self.scan_files(true)
+    }
+
+    fn scan_files(&mut self, settle: bool) -> Result<Scan, FileError> {
         let mut found = Vec::new();
         list_manifests(&self.dir, &mut found).map_err(|e| FileError {
             path: self.dir.clone(),
@@ -65,11 +89,29 @@ impl FileSource {
         let before = self.files.len();
         self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
         scan.changed |= self.files.len() != before;
+        let mut settling = BTreeMap::new();
         for (path, stamp) in found {
             if self.files.get(&path).is_some_and(|s| s.stamp == stamp) {
                 continue;
             }
-            match std::fs::read_to_string(&path)
+            if settle && self.settling.get(&path) != Some(&stamp) {
+                settling.insert(path, stamp);
+                continue;
+            }
+            let read = std::fs::read_to_string(&path);
+            if settle {
+                match Stamp::of_path(&path) {
+                    Some(now) if now == stamp => {}
+                    // Written to while we read it: try again once it is quiet.
+                    Some(now) => {
+                        settling.insert(path, now);
+                        continue;
+                    }
+                    // Gone meanwhile: the next scan no longer lists it.
+                    None => continue,
+                }
+            }
+            match read
                 .map_err(|e| format!("cannot read: {e}"))
                 .and_then(|text| parse_manifests(&text))
             {
@@ -91,6 +133,8 @@ impl FileSource {
                 }
             }
         }
+        scan.settling = settling.len();
+        self.settling = settling;
         Ok(scan)
     }
 
@@ -227,7 +271,7 @@ pub async fn run(
     let mut ticker = Ticker::new(interval, shutdown);
     while ticker.tick().await {
         let seen = Instant::now();
-        let scan = match source.scan() {
+        let scan = match source.rescan() {
             Ok(s) => s,
             Err(e) => {
                 metrics.discovery_errors.with_label_values(&["file"]).inc();
@@ -271,4 +315,63 @@ pub fn apply_scan(
         }
     }
     objects.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: t}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn rescan_reads_a_changed_file_only_once_it_is_quiet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, SERVICE).expect("write");
+        let mut source = FileSource::new(dir.path());
+        assert!(
+            source.scan().expect("scan").changed,
+            "start-up reads at once"
+        );
+        assert_eq!(source.objects().len(), 1);
+
+        // The instant of an in-place rewrite: truncated. Not applied yet.
+        std::fs::write(&file, "").expect("truncate");
+        let scan = source.rescan().expect("rescan");
+        assert!(!scan.changed);
+        assert_eq!(scan.settling, 1);
+        assert_eq!(
+            source.objects().len(),
+            1,
+            "last objects stay while settling"
+        );
+
+        // Written before the next scan: the new stamp settles again, then applies.
+        std::fs::write(
+            &file,
+            format!("{SERVICE}---\n{}", SERVICE.replace("name: a", "name: b")),
+        )
+        .expect("write");
+        assert!(!source.rescan().expect("rescan").changed);
+        let scan = source.rescan().expect("rescan");
+        assert!(scan.changed);
+        assert_eq!(scan.settling, 0);
+        assert_eq!(source.objects().len(), 2);
+
+        // A file left empty is applied once it has stayed so (emptying removes objects).
+        std::fs::write(&file, "").expect("empty");
+        assert!(!source.rescan().expect("rescan").changed);
+        assert!(source.rescan().expect("rescan").changed);
+        assert!(source.objects().is_empty());
+
+        // A removed file is gone at once.
+        std::fs::write(&file, SERVICE).expect("write");
+        source.rescan().expect("rescan");
+        source.rescan().expect("rescan");
+        assert_eq!(source.objects().len(), 1);
+        std::fs::remove_file(&file).expect("remove");
+        assert!(source.rescan().expect("rescan").changed);
+        assert!(source.objects().is_empty());
+    }
 }
