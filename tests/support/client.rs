@@ -511,3 +511,87 @@ impl rustls::client::danger::ServerCertVerifier for VerifyAs {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// One keep-alive connection (HTTP/1.1 or HTTP/2, as the client's ALPN says)
+/// carrying many requests and reading whole responses. HTTP/2 connections can
+/// be shared ([`KeepAlive::stream`]) to run requests concurrently.
+pub struct KeepAlive {
+    sender: KeepAliveSender,
+    alpn: Alpn,
+}
+
+enum KeepAliveSender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Client {
+    /// Opens one connection for many requests.
+    pub async fn keep_alive(&self) -> Result<KeepAlive, ClientError> {
+        let io = TokioIo::new(self.connect().await?);
+        let sender = match self.alpn {
+            Alpn::Http1 => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(err)?;
+                tokio::spawn(conn);
+                KeepAliveSender::H1(sender)
+            }
+            Alpn::Http2 => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(err)?;
+                tokio::spawn(conn);
+                KeepAliveSender::H2(sender)
+            }
+        };
+        Ok(KeepAlive {
+            sender,
+            alpn: self.alpn,
+        })
+    }
+}
+
+impl KeepAlive {
+    /// Another handle on the same HTTP/2 connection (`None` for HTTP/1.1).
+    pub fn stream(&self) -> Option<KeepAlive> {
+        match &self.sender {
+            KeepAliveSender::H2(s) => Some(KeepAlive {
+                sender: KeepAliveSender::H2(s.clone()),
+                alpn: self.alpn,
+            }),
+            KeepAliveSender::H1(_) => None,
+        }
+    }
+
+    /// GET `path` on `host` over this connection; reads the whole response.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<Response, ClientError> {
+        let req = match self.alpn {
+            Alpn::Http1 => Request::get(path).header(http::header::HOST, host),
+            Alpn::Http2 => Request::get(format!("https://{host}{path}")),
+        }
+        .body(Full::new(Bytes::new()))
+        .map_err(err)?;
+        let resp = match &mut self.sender {
+            KeepAliveSender::H1(s) => {
+                s.ready().await.map_err(err)?;
+                s.send_request(req).await.map_err(err)?
+            }
+            KeepAliveSender::H2(s) => {
+                s.ready().await.map_err(err)?;
+                s.send_request(req).await.map_err(err)?
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(err)?.to_bytes();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            version: parts.version,
+            handshake: None,
+            server_cert: None,
+        })
+    }
+}

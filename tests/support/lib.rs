@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod client;
+pub mod load;
 pub mod manifests;
 
 use std::future::Future;
