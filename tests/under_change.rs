@@ -310,7 +310,7 @@ async fn endpoint_churn_under_load_fails_nothing() {
     load.wait_requests(100).await;
     assert_eq!(c.hits(), c_hits, "web-c gets nothing after its removal");
     let connect_errors = h.metric("isthmus_upstream_connect_errors_total").await;
-    c.stop();
+    c.stop().await;
 
     let report = finish(load, "endpoint churn").await;
     report.assert_no_failures("endpoint churn (file discovery)");

@@ -566,8 +566,9 @@ impl CountingUpstream {
         self.counters.slow_in_flight.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and closes every connection (requests in flight are cut).
-    pub fn stop(&self) {
+    /// Stops accepting and closes every connection (requests in flight are
+    /// cut); when it returns, the port is free and the connections are closed.
+    pub async fn stop(&self) {
         let task = self
             .accept
             .lock()
@@ -575,13 +576,21 @@ impl CountingUpstream {
             .take();
         if let Some(task) = task {
             task.abort();
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for CountingUpstream {
     fn drop(&mut self) {
-        self.stop();
+        let task = self
+            .accept
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
     }
 }
 
