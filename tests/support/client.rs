@@ -194,6 +194,11 @@ impl Client {
         }
     }
 
+    /// A new connection with the handshake done, for tests that speak bytes.
+    pub async fn open(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        self.connect().await
+    }
+
     async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
         let tcp = TcpStream::connect(self.addr).await.map_err(err)?;
         tcp.set_nodelay(true).map_err(err)?;

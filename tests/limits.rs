@@ -1,0 +1,179 @@
+//! Connection limits: each is tripped through real mTLS sockets, answered as
+//! documented, counted in `isthmus_limits_exceeded_total`, and leaves every
+//! other client served.
+
+use std::time::{Duration, Instant};
+
+use isthmus::config::Config;
+use isthmus_tests::{eventually, manifests, Harness, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOST: &str = "podinfo.test.svc.cluster.local:9898";
+
+async fn gateway(adjust: impl FnOnce(&mut Config)) -> (Harness, Upstream) {
+    let up = Upstream::start("podinfo").await;
+    let h = Harness::start_with(
+        &[(
+            "podinfo.yaml",
+            manifests::exported_service("test", "podinfo", 9898, up.addr),
+        )],
+        |cfg| {
+            cfg.allowed_identities = vec!["*".into()];
+            adjust(cfg)
+        },
+    )
+    .await;
+    (h, up)
+}
+
+fn limit(name: &str) -> String {
+    format!("isthmus_limits_exceeded_total{{limit=\"{name}\"}}")
+}
+
+/// Reads until the gateway closes the connection; fails after `bound`.
+async fn read_to_close<S: AsyncReadExt + Unpin>(stream: &mut S, bound: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = async {
+        loop {
+            match stream.read_buf(&mut out).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(bound, read)
+        .await
+        .unwrap_or_else(|_| panic!("connection still open after {bound:?}"));
+    out
+}
+
+#[tokio::test]
+async fn slow_request_header_gets_408_and_others_are_served() {
+    let (h, _up) = gateway(|cfg| cfg.limits.request_header_timeout_ms = 500).await;
+    let client = h.client("peer-west");
+    let mut tls = client.open().await.expect("handshake");
+    let started = Instant::now();
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n").as_bytes())
+        .await
+        .expect("write");
+    // Slowloris: one more header line every 100 ms, never the empty line.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = tls.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if tls.write_all(b"x-slow: 1\r\n").await.is_err() {
+                    break;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "slow header still being read after 5 s (limit 500 ms)"
+        );
+    }
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "got {answer:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    h.wait_metric(&limit("request_header_timeout"), 1.0).await;
+
+    // A client that sends its header at once is unaffected, also on a
+    // keep-alive connection whose second request comes later than the limit
+    // would allow for one header (the clock starts at a request's first byte).
+    let mut ka = client.keep_alive().await.expect("connect");
+    assert_eq!(ka.get(HOST, "/").await.expect("first").status, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(ka.get(HOST, "/").await.expect("second").status, 200);
+    assert_eq!(h.metric(&limit("request_header_timeout")).await, 1.0);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (h, _up) = gateway(|cfg| cfg.limits.idle_timeout_ms = 300).await;
+    let client = h.client("peer-west");
+
+    // Silent from the start.
+    let mut silent = client.open().await.expect("handshake");
+    let started = Instant::now();
+    assert!(read_to_close(&mut silent, Duration::from_secs(5))
+        .await
+        .is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Idle after a request.
+    let mut tls = client.open().await.expect("handshake");
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let out = read_to_close(&mut tls, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "got {answer:?}");
+    h.wait_metric(&limit("idle_timeout"), 2.0).await;
+
+    // HTTP/2: pingora's h2 idle timeout, set from the same key.
+    let mut h2 = client.http2().open().await.expect("handshake");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    let started = Instant::now();
+    let frames = read_to_close(&mut h2, Duration::from_secs(5)).await;
+    assert!(!frames.is_empty(), "the server's SETTINGS came first");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Active clients are unaffected.
+    assert_eq!(client.status(HOST, "/").await, 200);
+}
+
+#[tokio::test]
+async fn max_connections_closes_new_connections_until_one_ends() {
+    let (h, _up) = gateway(|cfg| cfg.limits.max_connections = 2).await;
+    let client = h.client("peer-west");
+    let mut first = client.keep_alive().await.expect("first");
+    let mut second = client.keep_alive().await.expect("second");
+    // Both served, so both are counted.
+    assert_eq!(first.get(HOST, "/").await.expect("first").status, 200);
+    assert_eq!(second.get(HOST, "/").await.expect("second").status, 200);
+
+    assert!(
+        client.get(HOST, "/").await.is_err(),
+        "a third connection must be closed"
+    );
+    h.wait_metric(&limit("max_connections"), 1.0).await;
+    assert_eq!(first.get(HOST, "/").await.expect("still open").status, 200);
+
+    drop(second);
+    eventually("a closed connection frees its slot", || async {
+        client.get(HOST, "/").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn max_connections_per_identity_leaves_other_peers_alone() {
+    let (h, _up) = gateway(|cfg| cfg.limits.max_connections_per_identity = 1).await;
+    let west = h.client("peer-west");
+    let mut held = west.keep_alive().await.expect("first");
+    assert_eq!(held.get(HOST, "/").await.expect("first").status, 200);
+
+    let refused = west.get(HOST, "/").await;
+    assert!(
+        refused.is_err(),
+        "second connection of one identity: {refused:?}"
+    );
+    h.wait_metric(&limit("max_connections_per_identity"), 1.0)
+        .await;
+
+    // Another identity (DNS SAN) is counted separately.
+    assert_eq!(h.client("peer-dns").status(HOST, "/").await, 200);
+    assert_eq!(held.get(HOST, "/").await.expect("held").status, 200);
+
+    drop(held);
+    eventually("the identity's slot frees up", || async {
+        west.get(HOST, "/").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+}
