@@ -177,3 +177,50 @@ async fn max_connections_per_identity_leaves_other_peers_alone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn upstream_connect_timeout_answers_504_in_time() {
+    // An upstream whose accept queue is full: the kernel drops further SYNs,
+    // so a connection attempt neither succeeds nor is refused.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            queued.push(s);
+        }
+    }
+    let h = Harness::start_with(
+        &[(
+            "stuck.yaml",
+            manifests::exported_service("test", "podinfo", 9898, addr),
+        )],
+        |cfg| cfg.upstream.connect_timeout_ms = 300,
+    )
+    .await;
+    let started = Instant::now();
+    let r = h
+        .client("peer-west")
+        .get(HOST, "/")
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "connect timeout of 300 ms took {:?}",
+        started.elapsed()
+    );
+    h.wait_metric(
+        "isthmus_request_errors_total{reason=\"upstream_timeout\"}",
+        1.0,
+    )
+    .await;
+    assert!(h.metric("isthmus_upstream_connect_errors_total").await >= 1.0);
+    drop((listener, queued));
+}

@@ -15,7 +15,8 @@
 //! new one. A header section larger than `max_header_bytes` is refused by
 //! pingora itself; bytes read beyond that without an empty line are a
 //! request body (after a `100 Continue`), so the header clock stops there.
-//! HTTP/2 connections are not wrapped (pingora's `h2_idle_timeout` applies).
+//! After a `101 Switching Protocols` (WebSocket) no deadline applies. HTTP/2
+//! connections are not wrapped (pingora's `h2_idle_timeout` applies).
 
 use std::fmt;
 use std::future::Future;
@@ -59,6 +60,8 @@ enum Phase {
     Header { seen: usize, tail: [u8; 2] },
     /// Header complete: body, response, until the response is written.
     Request,
+    /// After a `101 Switching Protocols`: a tunnel, no deadlines.
+    Upgraded,
     /// The header timed out: writing the 408 (`sent` bytes so far).
     TimingOut { sent: usize },
     /// The connection is over (reads return end of stream).
@@ -200,6 +203,10 @@ impl AsyncWrite for WithDeadlines {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        if data.starts_with(b"HTTP/1.1 101 ") {
+            // An upgraded connection (WebSocket) carries no more requests.
+            this.phase = Phase::Upgraded;
+        }
         // A response is going out: the next byte read starts a new request.
         if matches!(this.phase, Phase::Request | Phase::Header { .. }) {
             this.phase = Phase::Idle;
