@@ -28,7 +28,8 @@ enum Want {
     /// counted in `isthmus_request_errors_total{reason}`.
     Gateway(u16, &'static str),
     /// pingora's HTTP/1 parser refuses the request before any gateway hook
-    /// runs: this status, no `x-isthmus-error`, not counted (README, Known gaps).
+    /// runs: this status, no `x-isthmus-error`; the gateway's stream wrapper
+    /// counts it as `isthmus_request_errors_total{reason="unparsable_request"}`.
     Parser(u16),
     /// The request is proxied and the podinfo upstream answers 200.
     Upstream,
@@ -201,6 +202,7 @@ impl Expected {
     fn all_samples() -> Vec<String> {
         let errors = [
             "bad_request",
+            "unparsable_request",
             "headers_too_large",
             "loop",
             "no_route",
@@ -289,6 +291,7 @@ async fn run(h: &Harness, case: &Case, expected: &mut Expected) {
                 Want::Parser(want) => {
                     assert_eq!(*status, want, "{name}: {}", describe(&x));
                     assert_eq!(error_header, None, "{name}: {head}");
+                    expected.bump(Expected::request_error("unparsable_request"));
                 }
                 Want::Upstream => {
                     assert_eq!(*status, 200, "{name}: {}", describe(&x));

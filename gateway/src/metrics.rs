@@ -17,7 +17,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `isthmus_request_duration_seconds{route}`.
     pub request_duration: HistogramVec,
-    /// `isthmus_request_errors_total{reason}`: every error answer the gateway gives.
+    /// `isthmus_request_errors_total{reason}`: every error answer the gateway
+    /// gives ([`ErrorKind`] labels), plus `unparsable_request` for HTTP/1
+    /// requests pingora's parser refuses before the gateway's hooks run.
     pub request_errors: IntCounterVec,
     /// `isthmus_tls_handshake_failures_total{reason}`.
     pub handshake_failures: IntCounterVec,

@@ -143,7 +143,10 @@ impl ProxyHttp for GatewayProxy {
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<PeerIdentity>())
-            .map(|p| p.0.clone());
+            .map(|p| {
+                p.request_seen();
+                p.0.clone()
+            });
         if let Some(h1) = session.as_downstream().as_http1() {
             let framing = request::check_framing(&h1.get_headers_raw_bytes(), h1.req_header());
             if let Err(kind) = framing {

@@ -15,6 +15,10 @@
 //! new one. A header section larger than `max_header_bytes` is refused by
 //! pingora itself; bytes read beyond that without an empty line are a
 //! request body (after a `100 Continue`), so the header clock stops there.
+//! The wrapper also counts what pingora's HTTP/1 parser refuses on its own
+//! (an error answer written for a request that never reached the gateway's
+//! hooks) as `isthmus_request_errors_total{reason="unparsable_request"}`.
+//!
 //! After a `101 Switching Protocols` (WebSocket) no deadline applies. HTTP/2
 //! connections are not wrapped (pingora's `h2_idle_timeout` applies).
 
@@ -37,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
+use crate::tls::PeerIdentity;
 
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -58,8 +63,9 @@ enum Phase {
     Idle,
     /// Reading a header section: `seen` bytes so far, `tail` the last bytes.
     Header { seen: usize, tail: [u8; 2] },
-    /// Header complete: body, response, until the response is written.
-    Request,
+    /// Header complete (`hooks` requests had reached the gateway's hooks
+    /// then): body, response, until the response is written.
+    Request { hooks: u64 },
     /// After a `101 Switching Protocols`: a tunnel, no deadlines.
     Upgraded,
     /// The header timed out: writing the 408 (`sent` bytes so far).
@@ -75,6 +81,8 @@ pub(super) struct WithDeadlines {
     phase: Phase,
     timer: Pin<Box<Sleep>>,
     metrics: Arc<Metrics>,
+    /// The TLS digest, whose extension holds the connection's [`PeerIdentity`].
+    digest: Option<Arc<SslDigest>>,
 }
 
 impl fmt::Debug for WithDeadlines {
@@ -87,13 +95,23 @@ impl fmt::Debug for WithDeadlines {
 
 impl WithDeadlines {
     pub(super) fn new(inner: Stream, limits: Deadlines, metrics: Arc<Metrics>) -> Self {
+        let digest = inner.get_ssl_digest();
         WithDeadlines {
             inner,
             limits,
             phase: Phase::Idle,
             timer: Box::pin(tokio::time::sleep(limits.idle)),
             metrics,
+            digest,
         }
+    }
+
+    /// Requests of this connection that reached the gateway's hooks.
+    fn hooks_seen(&self) -> u64 {
+        self.digest
+            .as_ref()
+            .and_then(|d| d.extension.get::<PeerIdentity>())
+            .map_or(0, PeerIdentity::requests_seen)
     }
 
     fn arm(&mut self, after: Duration) {
@@ -125,14 +143,18 @@ impl WithDeadlines {
         };
         for &b in data {
             if b == b'\n' && (tail[1] == b'\n' || (tail[1] == b'\r' && tail[0] == b'\n')) {
-                self.phase = Phase::Request;
+                self.phase = Phase::Request {
+                    hooks: self.hooks_seen(),
+                };
                 return;
             }
             *tail = [tail[1], b];
         }
         *seen += data.len();
         if *seen > self.limits.max_header_bytes {
-            self.phase = Phase::Request;
+            self.phase = Phase::Request {
+                hooks: self.hooks_seen(),
+            };
         }
     }
 
@@ -207,8 +229,19 @@ impl AsyncWrite for WithDeadlines {
             // An upgraded connection (WebSocket) carries no more requests.
             this.phase = Phase::Upgraded;
         }
+        let refused_by_parser = match this.phase {
+            Phase::Header { .. } => true,
+            Phase::Request { hooks } => hooks == this.hooks_seen(),
+            _ => false,
+        };
+        if refused_by_parser && data.starts_with(b"HTTP/1.1 4") {
+            this.metrics
+                .request_errors
+                .with_label_values(&["unparsable_request"])
+                .inc();
+        }
         // A response is going out: the next byte read starts a new request.
-        if matches!(this.phase, Phase::Request | Phase::Header { .. }) {
+        if matches!(this.phase, Phase::Request { .. } | Phase::Header { .. }) {
             this.phase = Phase::Idle;
             let idle = this.limits.idle;
             this.arm(idle);

@@ -1,18 +1,36 @@
 //! Peer identity: the URI SAN of a client certificate, else its first DNS SAN.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// The verified identity of the peer on one connection, stored in pingora's TLS
-/// digest extension by the handshake callback.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerIdentity(pub Arc<str>);
+/// digest extension by the handshake callback, with how many of the
+/// connection's requests reached the gateway's own hooks (requests pingora's
+/// parser refuses never do; the HTTP/1 stream wrapper counts those).
+#[derive(Debug)]
+pub struct PeerIdentity(pub Arc<str>, AtomicU64);
 
 impl PeerIdentity {
+    /// A connection's identity, no request seen yet.
+    pub fn new(id: Arc<str>) -> Self {
+        PeerIdentity(id, AtomicU64::new(0))
+    }
+
     /// The identity string, e.g. `spiffe://west.example/ns/default/sa/peer`.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Notes that a request on this connection reached the gateway's hooks.
+    pub fn request_seen(&self) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests on this connection that reached the gateway's hooks.
+    pub fn requests_seen(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
     }
 }
 

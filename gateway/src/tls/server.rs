@@ -371,7 +371,7 @@ impl TlsAccept for IdentityCallback {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let der = tls.peer_certificate_der()?;
         let id = identity_from_der(der).ok()?;
-        Some(Arc::new(PeerIdentity(id.into())))
+        Some(Arc::new(PeerIdentity::new(id.into())))
     }
 }
 
