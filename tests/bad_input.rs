@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use isthmus::tls::dev::{CertAuthority, LeafSpec, GATEWAY_IDENTITY};
+use isthmus::tls::dev::{LeafSpec, GATEWAY_IDENTITY};
 use isthmus_tests::client::RawExchange;
 use isthmus_tests::manifests::{exported_service, service, slice};
 use isthmus_tests::{Client, Harness, Upstream};
@@ -42,19 +42,6 @@ struct Case {
     want: Want,
 }
 
-/// Issues a client certificate under the harness CA as `certs/<name>.crt/.key`.
-fn issue(h: &Harness, name: &str, spec: &LeafSpec) {
-    let dir = h.certs();
-    let ca = CertAuthority::from_pem(
-        &std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt"),
-        &std::fs::read_to_string(dir.join("ca.key")).expect("ca.key"),
-    )
-    .expect("load CA");
-    let cert = ca.issue(spec).expect("issue");
-    std::fs::write(dir.join(format!("{name}.crt")), cert.cert_pem()).expect("write");
-    std::fs::write(dir.join(format!("{name}.key")), cert.key_pem()).expect("write");
-}
-
 /// A GET for `host` that asks the gateway to close afterwards.
 fn get(host: &str) -> Vec<u8> {
     format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
@@ -77,8 +64,8 @@ fn cases(h: &Harness) -> Vec<Case> {
 
     let mut server_only = LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/server");
     server_only.ekus = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    issue(h, "server-only", &server_only);
-    issue(h, "no-san", &LeafSpec::default());
+    h.issue_cert("server-only", &server_only);
+    h.issue_cert("no-san", &LeafSpec::default());
 
     let many_headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
     let too_many_for_parser: String = (0..300).map(|i| format!("x-h{i}: v\r\n")).collect();

@@ -1,7 +1,7 @@
 //! The mTLS handshake matrix through real sockets: who gets in, who is refused,
 //! and how the refusal is counted.
 
-use isthmus::tls::dev::{CertAuthority, LeafSpec};
+use isthmus::tls::dev::LeafSpec;
 use isthmus_tests::manifests::exported_service;
 use isthmus_tests::{Alpn, Client, Harness, Upstream};
 use rustls::AlertDescription;
@@ -10,19 +10,6 @@ const HOST: &str = "podinfo.test.svc.cluster.local:9898";
 
 async fn harness() -> (Harness, Upstream) {
     Harness::podinfo().await
-}
-
-/// Issues a client certificate under the harness CA and writes it as `certs/<name>.crt/.key`.
-fn issue(h: &Harness, name: &str, spec: &LeafSpec) {
-    let dir = h.certs();
-    let ca = CertAuthority::from_pem(
-        &std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt"),
-        &std::fs::read_to_string(dir.join("ca.key")).expect("ca.key"),
-    )
-    .expect("load CA");
-    let cert = ca.issue(spec).expect("issue");
-    std::fs::write(dir.join(format!("{name}.crt")), cert.cert_pem()).expect("write");
-    std::fs::write(dir.join(format!("{name}.key")), cert.key_pem()).expect("write");
 }
 
 #[tokio::test]
@@ -119,7 +106,7 @@ async fn server_only_and_sanless_certificates_are_refused() {
     let (h, _up) = harness().await;
     let mut server_only = LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/server");
     server_only.ekus = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    issue(&h, "server-only", &server_only);
+    h.issue_cert("server-only", &server_only);
     refused(
         &h,
         &h.client("server-only"),
@@ -128,7 +115,7 @@ async fn server_only_and_sanless_certificates_are_refused() {
     )
     .await;
 
-    issue(&h, "no-san", &LeafSpec::default());
+    h.issue_cert("no-san", &LeafSpec::default());
     refused(
         &h,
         &h.client("no-san"),
@@ -139,7 +126,7 @@ async fn server_only_and_sanless_certificates_are_refused() {
 
     let mut no_eku = LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/no-eku");
     no_eku.ekus.clear();
-    issue(&h, "no-eku", &no_eku);
+    h.issue_cert("no-eku", &no_eku);
     let resp = h
         .client("no-eku")
         .get(HOST, "/")

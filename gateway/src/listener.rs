@@ -18,6 +18,57 @@ use tracing::Instrument;
 
 use crate::metrics::{HandshakeFailure, Metrics};
 
+/// Implements pingora's identity, digest and peek traits for a stream
+/// wrapper by delegating to its `inner` stream.
+macro_rules! delegate_stream_digests {
+    ($ty:ty) => {
+        impl pingora_core::protocols::UniqueID for $ty {
+            fn id(&self) -> pingora_core::protocols::UniqueIDType {
+                self.inner.id()
+            }
+        }
+
+        impl pingora_core::protocols::GetTimingDigest for $ty {
+            fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+                self.inner.get_timing_digest()
+            }
+            fn get_read_pending_time(&self) -> std::time::Duration {
+                self.inner.get_read_pending_time()
+            }
+            fn get_write_pending_time(&self) -> std::time::Duration {
+                self.inner.get_write_pending_time()
+            }
+        }
+
+        impl pingora_core::protocols::GetProxyDigest for $ty {
+            fn get_proxy_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+                self.inner.get_proxy_digest()
+            }
+        }
+
+        impl pingora_core::protocols::GetSocketDigest for $ty {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
+                self.inner.get_socket_digest()
+            }
+            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
+                self.inner.set_socket_digest(digest)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl pingora_core::protocols::Peek for $ty {
+            async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+                self.inner.try_peek(buf).await
+            }
+        }
+    };
+}
+use delegate_stream_digests;
+
 mod coalesce;
 mod deadlines;
 use crate::tls::{traced_handshake, PeerIdentity};

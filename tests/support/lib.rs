@@ -149,6 +149,17 @@ impl Harness {
         self.dir.path().join("certs")
     }
 
+    /// Issues a client certificate under the harness CA as `certs/<name>.crt/.key`.
+    pub fn issue_cert(&self, name: &str, spec: &isthmus::tls::dev::LeafSpec) {
+        let dir = self.certs();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("dev CA file");
+        let ca = isthmus::tls::dev::CertAuthority::from_pem(&read("ca.crt"), &read("ca.key"))
+            .expect("load CA");
+        let cert = ca.issue(spec).expect("issue");
+        std::fs::write(dir.join(format!("{name}.crt")), cert.cert_pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), cert.key_pem()).expect("write");
+    }
+
     /// The watched manifest folder.
     pub fn manifests(&self) -> PathBuf {
         self.dir.path().join("manifests")

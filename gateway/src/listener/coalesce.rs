@@ -16,15 +16,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
-};
-use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType};
+use pingora_core::protocols::{Shutdown, Ssl};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Flush threshold: one full TLS record plus header bytes fits without a split.
@@ -124,44 +119,6 @@ impl Shutdown for Coalesced {
     }
 }
 
-impl UniqueID for Coalesced {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
 impl Ssl for Coalesced {}
 
-impl GetTimingDigest for Coalesced {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Coalesced {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for Coalesced {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
-
-#[async_trait]
-impl Peek for Coalesced {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
+super::delegate_stream_digests!(Coalesced);
