@@ -1,23 +1,29 @@
 //! Changes under load: endpoints come and go, Mappings are rewritten, the API
-//! server goes away and comes back, all while several mTLS keep-alive
+//! server goes away and comes back, the serving certificate and the trust
+//! anchors rotate, the gateway drains, all while several mTLS keep-alive
 //! connections (HTTP/1.1 and HTTP/2) send a few hundred requests per second.
 //! Not one request may fail: every answer must be the expected 200 from a live
-//! upstream. Every wait is on a condition (the published route table, upstream
-//! hit counters, metrics, finished load requests); only the load's total
+//! upstream (during a drain: every request sent before it began). Every wait
+//! is on a condition (the published route table, upstream hit counters,
+//! metrics, finished load requests, handshakes); only the load's total
 //! duration is a bounded time.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use isthmus::config::{Discovery, KubernetesDiscovery};
 use isthmus::discovery::crd::Mapping;
 use isthmus::routes::RouteTable;
+use isthmus::tls::dev::{CertAuthority, LeafSpec};
 use isthmus_tests::apiserver::ApiServer;
-use isthmus_tests::load::{CountingUpstream, Load, LoadConfig, Report, Target};
-use isthmus_tests::manifests::{mapping, service, slice, slice_many, typed};
+use isthmus_tests::load::{cert_label, CountingUpstream, Load, LoadConfig, Report, Target};
+use isthmus_tests::manifests::{exported_service, mapping, service, slice, slice_many, typed};
 use isthmus_tests::{eventually, Harness};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long each load runs at least (the only fixed duration in these tests).
 const LOAD_FOR: Duration = Duration::from_millis(2500);
@@ -25,6 +31,20 @@ const LOAD_FOR: Duration = Duration::from_millis(2500);
 const AFTER_LAST_CHANGE: u64 = 300;
 /// In-place rewrites of one manifest file under load (scenario 2, step 5).
 const IN_PLACE_REWRITES: usize = 150;
+/// Requests an HTTP/1.1 load worker sends on a connection before it opens a
+/// new one (a new TLS handshake), in the rotation scenario.
+const RECONNECT_EVERY: u32 = 5;
+/// New handshakes the rotation scenario waits for after each change.
+const HANDSHAKES_AFTER_CHANGE: u64 = 20;
+/// Grace period of the drain scenario (the drain must end long before it).
+const GRACE: Duration = Duration::from_secs(20);
+/// The drain scenario's slow requests: 2 s, sent before the drain begins.
+const SLOW: &str = "/delay/2";
+/// A Service of its own for them, so its upstream counts only them.
+const SLOW_HOST: &str = "slow.test.svc.cluster.local";
+/// Every fourth request of the drain scenario's load takes this long, so some
+/// are in flight on the load's connections whenever the drain begins.
+const LOAD_SLOW: &str = "/delay/0.1";
 
 const WEB: &str = "web.test.svc.cluster.local";
 const WEB_ROUTE: &str = "service/test/web:80";
@@ -220,6 +240,51 @@ async fn watch_errors(h: &Harness) -> f64 {
             .await;
     }
     sum
+}
+
+// ---------------------------------------------------------------------------
+// Certificate files and the admin port during a drain
+
+/// Replaces a file the way a Secret update or `mv` does: write aside, rename over.
+fn replace_file(path: &Path, content: &str) {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).expect("read")
+}
+
+/// The status of `GET /ready` on the admin port; `None` once it no longer
+/// answers (closed at the end of a drain).
+async fn ready_status(admin: SocketAddr) -> Option<u16> {
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+    tcp.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Polls `/ready` until the admin port stops answering, recording in `seen`
+/// the statuses it answered, each change once, in order.
+async fn readiness_until_closed(admin: SocketAddr, seen: Arc<Mutex<Vec<u16>>>) {
+    while let Some(status) = ready_status(admin).await {
+        {
+            let mut seen = seen.lock().expect("readiness log");
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -618,4 +683,323 @@ async fn api_server_outage_and_relist_under_load_fail_nothing() {
     let report = finish(load, "API-server outage").await;
     report.assert_no_failures("API-server outage and 410 relist");
     assert_eq!(b.hits(), b_hits, "web-b gets nothing after the relist");
+}
+
+/// The serving certificate and key rotate, then the trust anchors (old and a
+/// new CA, overlapping), then a bad key arrives and is refused, while HTTP/1.1
+/// workers keep opening new connections (a full TLS handshake every few
+/// requests) and HTTP/2 connections opened before the first change stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_and_trust_anchor_rotation_under_load_fails_nothing() {
+    let web = CountingUpstream::start("web").await;
+    let h = Harness::start_with(
+        &[("web.yaml", exported_service("test", "web", 80, web.addr))],
+        |cfg| {
+            // The default is 1 s; rotation is picked up within a tick.
+            cfg.tls.reload_interval_ms = 20;
+            // Every new connection a full handshake: the server presents its
+            // current certificate, signs with its current key and verifies the
+            // peer against its current trust anchors. (With resumption nearly
+            // every reconnect would resume a session instead; that resumed
+            // sessions do not outlive trust-anchor changes is tests/rotation.rs.)
+            cfg.tls.session_resumption = false;
+        },
+    )
+    .await;
+    let certs = h.certs();
+    let west = h.client("peer-west");
+    let original = west
+        .get(WEB, "/")
+        .await
+        .expect("request")
+        .server_cert
+        .expect("a server certificate");
+    let targets = || vec![Target::new(WEB, "/", &["web"])];
+    let load = Load::start(
+        &west,
+        targets(),
+        LoadConfig {
+            reconnect_every: Some(RECONNECT_EVERY),
+            ..LoadConfig::default()
+        },
+    )
+    .await;
+    wait_hits(&web, 0).await;
+    load.wait_handshakes(HANDSHAKES_AFTER_CHANGE).await;
+    let errors = "isthmus_tls_reloads_total{result=\"error\"}";
+    let reloads = "isthmus_tls_reloads_total{result=\"ok\"}";
+
+    // 1. A new serving certificate and key from the same CA, each file
+    //    replaced atomically (key first: a check that falls between the two
+    //    renames sees a key that does not match the certificate, refuses it and
+    //    keeps the old pair, then loads the new pair on the next tick).
+    let ca1 = CertAuthority::from_pem(&read(&certs.join("ca.crt")), &read(&certs.join("ca.key")))
+        .expect("CA");
+    let rotated = ca1.issue(&LeafSpec::gateway()).expect("issue");
+    let at_rotation = load.handshakes();
+    replace_file(&certs.join("gateway.key"), &rotated.key_pem());
+    replace_file(&certs.join("gateway.crt"), &rotated.cert_pem());
+    eventually(
+        "the load's new handshakes present the rotated certificate",
+        || {
+            let done = load.handshakes_with(rotated.der()) > 0;
+            async move { done }
+        },
+    )
+    .await;
+    // Once every handshake begun before is done, no new one presents the old
+    // certificate.
+    load.settle().await;
+    let with_original = load.handshakes_with(&original);
+    load.wait_handshakes(HANDSHAKES_AFTER_CHANGE).await;
+    assert_eq!(
+        load.handshakes_with(&original),
+        with_original,
+        "a new handshake presented the old certificate after the rotation"
+    );
+
+    // 2. Trust anchors with an overlap: the old CA and a new one. A peer of
+    //    the new CA is refused before and admitted after; peers of the old CA
+    //    keep handshaking.
+    let ca2 = CertAuthority::new("rotated CA").expect("CA");
+    let newcomer = ca2
+        .issue(&LeafSpec::peer_uri(
+            "spiffe://west.example/ns/default/sa/new",
+        ))
+        .expect("issue");
+    std::fs::write(certs.join("peer-new.crt"), newcomer.cert_pem()).expect("write");
+    std::fs::write(certs.join("peer-new.key"), newcomer.key_pem()).expect("write");
+    let newc = h.client("peer-new");
+    assert!(
+        newc.get(WEB, "/").await.is_err(),
+        "a peer of the new CA is refused before the bundle changes"
+    );
+    let at_bundle = load.handshakes();
+    replace_file(
+        &certs.join("ca.crt"),
+        &format!("{}{}", ca1.cert_pem(), ca2.cert_pem()),
+    );
+    eventually("a peer of the new CA is admitted", || async {
+        newc.get(WEB, "/").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let newcomers = Load::start(
+        &newc,
+        targets(),
+        LoadConfig {
+            h1_connections: 1,
+            h2_connections: 1,
+            h2_streams: 1,
+            reconnect_every: Some(RECONNECT_EVERY),
+            ..LoadConfig::default()
+        },
+    )
+    .await;
+    load.wait_handshakes(HANDSHAKES_AFTER_CHANGE).await;
+    newcomers.wait_handshakes(3).await;
+
+    // 3. A bad key: refused and counted; the rotated certificate, its key and
+    //    the two-CA bundle stay in force for every new handshake.
+    let refused = h.metric(errors).await;
+    let loaded = h.metric(reloads).await;
+    let at_bad_key = load.handshakes();
+    replace_file(
+        &certs.join("gateway.key"),
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    );
+    eventually("the bad key is refused", || async {
+        h.metric(errors).await > refused
+    })
+    .await;
+    let seen = load.server_certs();
+    load.wait_handshakes(HANDSHAKES_AFTER_CHANGE).await;
+    newcomers.wait_handshakes(3).await;
+    let now = load.server_certs();
+    let more =
+        |cert: &[u8]| now.get(cert).copied().unwrap_or(0) - seen.get(cert).copied().unwrap_or(0);
+    let more_total: u64 = now.values().sum::<u64>() - seen.values().sum::<u64>();
+    assert!(more_total >= HANDSHAKES_AFTER_CHANGE);
+    assert_eq!(
+        more(rotated.der()),
+        more_total,
+        "every handshake after the bad key presents the rotated certificate"
+    );
+    assert_eq!(h.metric(reloads).await, loaded, "nothing was loaded");
+
+    let report = finish(load, "rotation (peer of the old CA)").await;
+    let newcomers = newcomers.stop().await;
+    println!("rotation (peer of the new CA): {newcomers}");
+    report.assert_no_failures("certificate and trust-anchor rotation, old-CA peer");
+    newcomers.assert_no_failures("trust-anchor rotation, new-CA peer");
+    println!(
+        "rotation: {} new connections during the load (+{} for the new-CA peer): \
+         {} before the certificate rotation, {} from it to the bundle change, \
+         {} from that to the bad key, {} after it; \
+         {} with the original certificate {}, {} with the rotated one {}",
+        report.new_connections(),
+        newcomers.new_connections(),
+        at_rotation - report.initial_connections,
+        at_bundle - at_rotation,
+        at_bad_key - at_bundle,
+        report.handshakes - at_bad_key,
+        report.server_certs.get(&original).copied().unwrap_or(0),
+        cert_label(&original),
+        report.server_certs.get(rotated.der()).copied().unwrap_or(0),
+        cert_label(rotated.der()),
+    );
+    assert!(
+        report.server_certs.get(&original).copied().unwrap_or(0) > report.initial_connections,
+        "new handshakes before the rotation presented the original certificate"
+    );
+    assert!(
+        report.server_certs.get(rotated.der()).copied().unwrap_or(0) >= 3 * HANDSHAKES_AFTER_CHANGE,
+        "new handshakes after the rotation presented the rotated certificate"
+    );
+    assert_eq!(
+        report.resumed + newcomers.resumed,
+        0,
+        "only full handshakes"
+    );
+    assert_eq!(
+        report.server_certs.keys().len(),
+        2,
+        "only the original and the rotated certificate were ever served"
+    );
+    assert!(
+        report.by_protocol.get("h2").is_some_and(|(n, _)| *n > 0),
+        "HTTP/2 connections opened before the rotation kept serving"
+    );
+}
+
+/// SIGTERM under load: `Harness::shutdown` (what `main` runs on SIGTERM)
+/// while keep-alive HTTP/1.1 and HTTP/2 connections send requests and slow
+/// requests are in flight. Every request sent before the drain began is
+/// answered 200. Requests sent after it began may be turned away at the
+/// connection level, and the load counts those apart as client-visible but
+/// expected: on HTTP/1.1 the gateway closes a keep-alive connection once it
+/// has no request in progress (after answering the one in flight, if any),
+/// so a request written after the drain began meets a closed or reset
+/// connection, or is never sent because the client already saw the close;
+/// on HTTP/2 it sends GOAWAY, after which the client opens no new stream
+/// (the few it had queued are handed back unsent). Workers stop once the
+/// server closed their connection, as clients would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_load_answers_every_request_sent_before_it() {
+    let web = CountingUpstream::start("web").await;
+    let slow_up = CountingUpstream::start("slow").await;
+    let h = Harness::start(&[
+        ("web.yaml", exported_service("test", "web", 80, web.addr)),
+        (
+            "slow.yaml",
+            exported_service("test", "slow", 80, slow_up.addr),
+        ),
+    ])
+    .await;
+    let (gateway, admin) = (h.gateway.gateway_addr, h.gateway.admin_addr);
+    let client = h.client("peer-west");
+    let load = Load::start(
+        &client,
+        vec![
+            Target::new(WEB, "/", &["web"]),
+            Target::new(WEB, "/", &["web"]),
+            Target::new(WEB, "/", &["web"]),
+            Target::new(WEB, LOAD_SLOW, &["web"]),
+        ],
+        LoadConfig {
+            reopen_closed: false,
+            ..LoadConfig::default()
+        },
+    )
+    .await;
+    wait_hits(&web, 0).await;
+    load.wait_requests(AFTER_LAST_CHANGE).await;
+
+    // Slow requests in flight when the drain begins: on two HTTP/1.1
+    // keep-alive connections (one already used) and two streams of one
+    // HTTP/2 connection.
+    let mut reused = client.keep_alive().await.expect("h1 connection");
+    let first = reused.get(SLOW_HOST, "/").await.expect("h1 request");
+    assert_eq!(first.status, 200);
+    let fresh = client.keep_alive().await.expect("h1 connection");
+    let h2 = client.http2().keep_alive().await.expect("h2 connection");
+    let h2_second = h2.stream().expect("an HTTP/2 stream");
+    let mut slow = Vec::new();
+    for mut conn in [reused, fresh, h2, h2_second] {
+        slow.push(tokio::spawn(async move { conn.get(SLOW_HOST, SLOW).await }));
+    }
+    eventually("the slow requests are in flight at the upstream", || {
+        let done = slow_up.slow_in_flight() == slow.len();
+        async move { done }
+    })
+    .await;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let readiness = tokio::spawn(readiness_until_closed(admin, Arc::clone(&seen)));
+    eventually("/ready answers 200 before the drain", || {
+        let done = *seen.lock().expect("readiness log") == [200];
+        async move { done }
+    })
+    .await;
+    eventually("load requests are in flight at the upstream", || {
+        let done = web.slow_in_flight() >= 2;
+        async move { done }
+    })
+    .await;
+    load.mark_drain();
+    let started = Instant::now();
+    let drain = tokio::spawn(h.shutdown(GRACE));
+
+    eventually("the gateway port refuses new connections", || async {
+        tokio::net::TcpStream::connect(gateway).await.is_err()
+    })
+    .await;
+    assert!(
+        client.get(WEB, "/").await.is_err(),
+        "no new mTLS connection during the drain"
+    );
+    assert!(
+        !drain.is_finished() && slow_up.slow_in_flight() > 0,
+        "the port closed while the slow requests were still draining"
+    );
+
+    let left = drain.await.expect("drain task");
+    let took = started.elapsed();
+    assert_eq!(left, 0, "every connection finished within the grace period");
+    assert!(
+        took < GRACE / 4,
+        "the drain ended when the connections did, not at the {GRACE:?} grace: {took:?}"
+    );
+    for s in slow {
+        let r = s.await.expect("slow request task");
+        let r = r.unwrap_or_else(|e| panic!("a slow request in flight failed: {e}"));
+        assert_eq!(r.status, 200, "slow request: {}", r.body);
+    }
+    readiness.await.expect("readiness task");
+    assert_eq!(
+        *seen.lock().expect("readiness log"),
+        [200, 503],
+        "/ready: 200, then 503 through the drain until the admin port closed"
+    );
+    eventually(
+        "every load worker stopped once its connection closed",
+        || {
+            let done = load.all_stopped();
+            async move { done }
+        },
+    )
+    .await;
+
+    let report = load.stop().await;
+    println!("drain: {report}  drain took {took:?}");
+    report.assert_no_failures("drain under load");
+    let d = report.drain.as_ref().expect("drain marked");
+    assert!(d.before.0 > 0 && d.before.0 == d.before.1);
+    assert!(
+        d.in_flight_answered > 0,
+        "load requests in flight when the drain began were answered"
+    );
+    assert_eq!(
+        report.handshakes, report.initial_connections,
+        "the load opened no connection after its first ones"
+    );
 }
