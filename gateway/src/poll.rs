@@ -47,6 +47,11 @@ impl Stamp {
         }
     }
 
+    /// Whether the file was empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The stamp of a file, following symlinks (Kubernetes ConfigMap and Secret
     /// volumes swap a `..data` link); `None` when it cannot be read.
     pub fn of_path(path: &Path) -> Option<Self> {

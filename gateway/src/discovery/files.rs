@@ -19,6 +19,10 @@ use super::{Index, Object, ObjectKey, Publisher};
 use crate::metrics::Metrics;
 use crate::poll::{Stamp, Ticker};
 
+/// How long a changed file must stay empty before its objects are withdrawn
+/// (a non-empty changed file needs one unchanged poll).
+const EMPTY_FILE_QUIET: Duration = Duration::from_secs(2);
+
 /// Why one manifest file was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {reason}", path.display())]
@@ -40,7 +44,9 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, FileState>,
     /// Files seen changed in the last [`FileSource::rescan`] and not read yet,
     /// with the stamp they had then.
-    settling: BTreeMap<PathBuf, Stamp>,
+    settling: BTreeMap<PathBuf, (Stamp, Instant)>,
+    /// [`EMPTY_FILE_QUIET`] (shorter in tests).
+    empty_quiet: Duration,
 }
 
 /// What one scan found.
@@ -61,6 +67,7 @@ impl FileSource {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             settling: BTreeMap::new(),
+            empty_quiet: EMPTY_FILE_QUIET,
         }
     }
 
@@ -89,14 +96,31 @@ impl FileSource {
         let before = self.files.len();
         self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
         scan.changed |= self.files.len() != before;
-        let mut settling = BTreeMap::new();
+        let mut settling: BTreeMap<PathBuf, (Stamp, Instant)> = BTreeMap::new();
         for (path, stamp) in found {
             if self.files.get(&path).is_some_and(|s| s.stamp == stamp) {
                 continue;
             }
-            if settle && self.settling.get(&path) != Some(&stamp) {
-                settling.insert(path, stamp);
-                continue;
+            if settle {
+                // Since when this version has been seen (now, if it is new).
+                let since = match self.settling.get(&path) {
+                    Some((s, since)) if *s == stamp => *since,
+                    _ => Instant::now(),
+                };
+                // An in-place rewrite empties the file first; a writer that
+                // stalls right then leaves an empty file that looks quiet.
+                // Emptying a file on purpose is rare: it must stay empty longer.
+                let quiet = if stamp.is_empty() {
+                    self.empty_quiet
+                } else {
+                    Duration::ZERO
+                };
+                let settled = self.settling.get(&path).is_some_and(|(s, _)| *s == stamp)
+                    && since.elapsed() >= quiet;
+                if !settled {
+                    settling.insert(path, (stamp, since));
+                    continue;
+                }
             }
             let read = std::fs::read_to_string(&path);
             if settle {
@@ -104,7 +128,7 @@ impl FileSource {
                     Some(now) if now == stamp => {}
                     // Written to while we read it: try again once it is quiet.
                     Some(now) => {
-                        settling.insert(path, now);
+                        settling.insert(path, (now, Instant::now()));
                         continue;
                     }
                     // Gone meanwhile: the next scan no longer lists it.
@@ -359,10 +383,18 @@ mod tests {
         assert_eq!(scan.settling, 0);
         assert_eq!(source.objects().len(), 2);
 
-        // A file left empty is applied once it has stayed so (emptying removes objects).
+        // A file left empty is applied once it has stayed so for the longer
+        // quiet period (a stalled in-place rewrite looks like this at first).
+        source.empty_quiet = Duration::from_millis(50);
         std::fs::write(&file, "").expect("empty");
         assert!(!source.rescan().expect("rescan").changed);
-        assert!(source.rescan().expect("rescan").changed);
+        assert!(!source.rescan().expect("rescan").changed, "too soon");
+        assert_eq!(source.objects().len(), 2);
+        let started = Instant::now();
+        while !source.rescan().expect("rescan").changed {
+            assert!(started.elapsed() < Duration::from_secs(5), "never applied");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(source.objects().is_empty());
 
         // A removed file is gone at once.
