@@ -242,10 +242,15 @@ impl ProxyHttp for GatewayProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Draining: tell HTTP/1.1 clients this connection ends after this
+            // response, so none sends another request into the close.
+            session.set_keepalive(None);
+        }
         if let Some(b) = ctx.backend() {
             for (name, value) in &b.settings.add_response_headers {
                 upstream.insert_header(name.clone(), value.clone())?;
