@@ -81,6 +81,27 @@ async fn slow_request_header_gets_408_and_others_are_served() {
     assert!(started.elapsed() >= Duration::from_millis(500));
     h.wait_metric(&limit("request_header_timeout"), 1.0).await;
 
+    // A slow body is not a slow header: the clock stops at the empty line.
+    let mut slow_body = client.open().await.expect("handshake");
+    let started = Instant::now();
+    slow_body
+        .write_all(
+            format!(
+                "POST / HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 8\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        slow_body.write_all(b"x").await.expect("body byte");
+    }
+    assert!(started.elapsed() > Duration::from_millis(500));
+    let out = read_to_close(&mut slow_body, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "got {answer:?}");
+
     // A client that sends its header at once is unaffected, also on a
     // keep-alive connection whose second request comes later than the limit
     // would allow for one header (the clock starts at a request's first byte).

@@ -11,8 +11,8 @@
 //!   `408` and the connection ends.
 //!
 //! The end of a header section is the first empty line (`\n\n` or
-//! `\n\r\n`). A response write ends the request: the next bytes read start a
-//! new one. A header section larger than `max_header_bytes` is refused by
+//! `\n\r\n`). A final (not `1xx`) response write ends the request: the next
+//! bytes read start a new one. A header section larger than `max_header_bytes` is refused by
 //! pingora itself; bytes read beyond that without an empty line are a
 //! request body (after a `100 Continue`), so the header clock stops there.
 //! The wrapper also counts what pingora's HTTP/1 parser refuses on its own
@@ -224,6 +224,9 @@ impl AsyncWrite for WithDeadlines {
         if data.starts_with(b"HTTP/1.1 101 ") {
             // An upgraded connection (WebSocket) carries no more requests.
             this.phase = Phase::Upgraded;
+        } else if data.starts_with(b"HTTP/1.1 1") {
+            // `100 Continue` and friends: the request (its body) goes on.
+            return Poll::Ready(Ok(n));
         }
         let refused_by_parser = match this.phase {
             Phase::Header { .. } => true,
