@@ -43,6 +43,24 @@ pub struct Response {
 }
 
 impl Response {
+    /// Reads a whole hyper response.
+    async fn read(
+        resp: http::Response<hyper::body::Incoming>,
+        handshake: Option<rustls::HandshakeKind>,
+        server_cert: Option<Vec<u8>>,
+    ) -> Result<Response, ClientError> {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(err)?.to_bytes();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            version: parts.version,
+            handshake,
+            server_cert,
+        })
+    }
+
     /// The `upstream` field of a demo upstream's JSON answer.
     pub fn upstream(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
@@ -262,16 +280,7 @@ impl Client {
                 sender.send_request(req).await.map_err(err)?
             }
         };
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(err)?.to_bytes();
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            version: parts.version,
-            handshake,
-            server_cert,
-        })
+        Response::read(resp, handshake, server_cert).await
     }
 
     /// Opens one HTTP/2 connection for many requests (keep-alive polling).
@@ -588,15 +597,6 @@ impl KeepAlive {
                 s.send_request(req).await.map_err(err)?
             }
         };
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(err)?.to_bytes();
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            version: parts.version,
-            handshake: None,
-            server_cert: None,
-        })
+        Response::read(resp, None, None).await
     }
 }
