@@ -2,25 +2,12 @@
 //! handshakes use the new files, existing connections finish, a bad new file is
 //! refused and the previous material stays in force.
 
-use std::path::Path;
-
 use isthmus::tls::dev::{CertAuthority, LeafSpec};
 use isthmus_tests::manifests::exported_service;
-use isthmus_tests::{eventually, Harness, Upstream};
+use isthmus_tests::{eventually, replace_file, Harness, Upstream};
 use rustls::AlertDescription;
 
 const HOST: &str = "podinfo.test.svc.cluster.local:9898";
-
-/// Replaces a file the way a Secret update or `mv` does: write aside, rename over.
-fn replace_file(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).expect("read")
-}
 
 #[tokio::test]
 async fn serving_certificate_and_trust_anchors_rotate_without_restart() {
@@ -40,8 +27,7 @@ async fn serving_certificate_and_trust_anchors_rotate_without_restart() {
     assert_eq!(open.status(HOST, "/").await.expect("request"), 200);
 
     // 1. New serving certificate and key from the same CA.
-    let ca1 = CertAuthority::from_pem(&read(&certs.join("ca.crt")), &read(&certs.join("ca.key")))
-        .expect("CA");
+    let ca1 = h.ca();
     let rotated = ca1.issue(&LeafSpec::gateway()).expect("issue");
     replace_file(&certs.join("gateway.key"), &rotated.key_pem());
     replace_file(&certs.join("gateway.crt"), &rotated.cert_pem());
@@ -78,13 +64,11 @@ async fn serving_certificate_and_trust_anchors_rotate_without_restart() {
 
     // 3. Trust-anchor rotation with overlap: bundle of old and new CA.
     let ca2 = CertAuthority::new("rotated CA").expect("CA");
-    let newcomer = ca2
-        .issue(&LeafSpec::peer_uri(
-            "spiffe://west.example/ns/default/sa/new",
-        ))
-        .expect("issue");
-    std::fs::write(certs.join("peer-new.crt"), newcomer.cert_pem()).expect("write");
-    std::fs::write(certs.join("peer-new.key"), newcomer.key_pem()).expect("write");
+    h.issue_cert_by(
+        &ca2,
+        "peer-new",
+        &LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/new"),
+    );
     let newc = h.client("peer-new");
     replace_file(
         &certs.join("ca.crt"),

@@ -9,7 +9,6 @@
 //! duration is a bounded time.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use isthmus::tls::dev::{CertAuthority, LeafSpec};
 use isthmus_tests::apiserver::ApiServer;
 use isthmus_tests::load::{cert_label, CountingUpstream, Load, LoadConfig, Report, Target};
 use isthmus_tests::manifests::{exported_service, mapping, service, slice, slice_many, typed};
-use isthmus_tests::{eventually, Harness};
+use isthmus_tests::{eventually, replace_file, Harness};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,21 +243,6 @@ async fn watch_errors(h: &Harness) -> f64 {
 
 // ---------------------------------------------------------------------------
 // Certificate files and the admin port during a drain
-
-/// Replaces a file the way a Secret update or `mv` does: write aside, rename over.
-fn replace_file(path: &Path, content: &str) {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("file name");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).expect("read")
-}
 
 /// The status of `GET /ready` on the admin port; `None` once it no longer
 /// answers (closed at the end of a drain).
@@ -733,8 +717,7 @@ async fn certificate_and_trust_anchor_rotation_under_load_fails_nothing() {
     //    replaced atomically (key first: a check that falls between the two
     //    renames sees a key that does not match the certificate, refuses it and
     //    keeps the old pair, then loads the new pair on the next tick).
-    let ca1 = CertAuthority::from_pem(&read(&certs.join("ca.crt")), &read(&certs.join("ca.key")))
-        .expect("CA");
+    let ca1 = h.ca();
     let rotated = ca1.issue(&LeafSpec::gateway()).expect("issue");
     let at_rotation = load.handshakes();
     replace_file(&certs.join("gateway.key"), &rotated.key_pem());
@@ -762,13 +745,11 @@ async fn certificate_and_trust_anchor_rotation_under_load_fails_nothing() {
     //    the new CA is refused before and admitted after; peers of the old CA
     //    keep handshaking.
     let ca2 = CertAuthority::new("rotated CA").expect("CA");
-    let newcomer = ca2
-        .issue(&LeafSpec::peer_uri(
-            "spiffe://west.example/ns/default/sa/new",
-        ))
-        .expect("issue");
-    std::fs::write(certs.join("peer-new.crt"), newcomer.cert_pem()).expect("write");
-    std::fs::write(certs.join("peer-new.key"), newcomer.key_pem()).expect("write");
+    h.issue_cert_by(
+        &ca2,
+        "peer-new",
+        &LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/new"),
+    );
     let newc = h.client("peer-new");
     assert!(
         newc.get(WEB, "/").await.is_err(),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use isthmus::config::Config;
 use isthmus::gateway::Gateway;
+use isthmus::tls::dev::{CertAuthority, LeafSpec};
 use tempfile::TempDir;
 
 pub use client::{Alpn, Client, ClientError, H2Session, Response};
@@ -149,13 +150,21 @@ impl Harness {
         self.dir.path().join("certs")
     }
 
+    /// The harness's development CA (`certs/ca.crt` and `ca.key`).
+    pub fn ca(&self) -> CertAuthority {
+        let read = |f: &str| std::fs::read_to_string(self.certs().join(f)).expect("dev CA file");
+        CertAuthority::from_pem(&read("ca.crt"), &read("ca.key")).expect("load CA")
+    }
+
     /// Issues a client certificate under the harness CA as `certs/<name>.crt/.key`.
-    pub fn issue_cert(&self, name: &str, spec: &isthmus::tls::dev::LeafSpec) {
-        let dir = self.certs();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("dev CA file");
-        let ca = isthmus::tls::dev::CertAuthority::from_pem(&read("ca.crt"), &read("ca.key"))
-            .expect("load CA");
+    pub fn issue_cert(&self, name: &str, spec: &LeafSpec) {
+        self.issue_cert_by(&self.ca(), name, spec);
+    }
+
+    /// Issues a certificate under `ca` as `certs/<name>.crt/.key`.
+    pub fn issue_cert_by(&self, ca: &CertAuthority, name: &str, spec: &LeafSpec) {
         let cert = ca.issue(spec).expect("issue");
+        let dir = self.certs();
         std::fs::write(dir.join(format!("{name}.crt")), cert.cert_pem()).expect("write");
         std::fs::write(dir.join(format!("{name}.key")), cert.key_pem()).expect("write");
     }
@@ -167,9 +176,7 @@ impl Harness {
 
     /// Writes (or replaces) a manifest file atomically (write + rename).
     pub fn write_manifest(&self, name: &str, yaml: &str) {
-        let tmp = self.dir.path().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml).expect("write manifest");
-        std::fs::rename(&tmp, self.manifests().join(name)).expect("rename manifest");
+        replace_file(&self.manifests().join(name), yaml);
     }
 
     /// An HTTP/1.1 client presenting `certs/<name>.crt` (e.g. `peer-west`).
@@ -226,4 +233,16 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 /// Path to a file under the workspace root.
 pub fn workspace_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Replaces a file the way a Secret update or `mv` does: write a dot-file
+/// beside it (which the file source skips), then rename it over.
+pub fn replace_file(path: &Path, content: &str) {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use isthmus::tls::dev::{CertAuthority, LeafSpec};
 use isthmus_tests::apiserver::ApiServer;
 use isthmus_tests::manifests::{mapping, service, slice, typed};
-use isthmus_tests::Upstream;
+use isthmus_tests::{replace_file, Upstream};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -64,13 +64,6 @@ fn soak_mapping(name: &str, service: &str, weight: Option<u32>, extra: &str) -> 
 }
 
 type Mapping = isthmus::discovery::crd::Mapping;
-
-/// Writes a file atomically (the gateway never reads half of it).
-fn write_atomic(path: &Path, data: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
 
 struct Changes {
     api: ApiServer,
@@ -139,17 +132,17 @@ impl Changes {
                 let leaf = self.ca.issue(&LeafSpec::gateway()).expect("leaf");
                 // Key first: for a moment the pair mismatches and the gateway
                 // must refuse it and keep the old one.
-                write_atomic(&self.certs.join("gateway.key"), &leaf.key_pem());
-                write_atomic(&self.certs.join("gateway.crt"), &leaf.cert_pem());
+                replace_file(&self.certs.join("gateway.key"), &leaf.key_pem());
+                replace_file(&self.certs.join("gateway.crt"), &leaf.cert_pem());
                 "dead endpoint removed; serving certificate rotated"
             }
             8 => {
                 let bundle = format!("{}{}", self.ca_pem, self.other_ca.cert_pem());
-                write_atomic(&self.certs.join("ca.crt"), &bundle);
+                replace_file(&self.certs.join("ca.crt"), &bundle);
                 "trust anchors: second CA added (overlap)"
             }
             9 => {
-                write_atomic(&self.certs.join("ca.crt"), &self.ca_pem);
+                replace_file(&self.certs.join("ca.crt"), &self.ca_pem);
                 api.stop().await;
                 "trust anchors: back to one CA; API server down"
             }
