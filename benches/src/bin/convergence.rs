@@ -14,42 +14,15 @@
 //! `CONVERGENCE_GATEWAY` picks another binary (heap profiles need one built
 //! with `--no-default-features`, i.e. without mimalloc).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use isthmus_benches::{write_report, GatewayProcess};
 use isthmus_tests::apiserver::ApiServer;
 use isthmus_tests::manifests::{service, slice, slice_many, typed};
 use isthmus_tests::{Alpn, Client, Upstream};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // SIGTERM (so MIMALLOC_SHOW_STATS=1 can print at exit), then make sure.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -140,27 +113,16 @@ async fn main() {
                 isthmus.display()
             )
         });
-    let pid = child.id();
-    let _gateway = Gateway(child);
+    let gateway = GatewayProcess(child);
+    let pid = gateway.pid();
     let admin: std::net::SocketAddr = "127.0.0.1:15191".parse().expect("addr");
-    loop {
-        if tokio::net::TcpStream::connect(admin).await.is_ok()
-            && isthmus_tests::client::plain_get(admin, "/ready").await.0 == 200
-        {
-            break;
-        }
-        assert!(
-            sync_start.elapsed() < Duration::from_secs(120),
-            "gateway not ready after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    gateway.wait_ready(admin, Duration::from_secs(120)).await;
     let sync = sync_start.elapsed();
-    let rss_synced = rss_kib(pid, "VmRSS:");
+    let rss_synced = gateway.status_kib("VmRSS:");
     if std::env::var_os("CONVERGENCE_SMAPS").is_some() {
         let rollup =
             std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        eprintln!("threads: {}", rss_kib(pid, "Threads:"));
+        eprintln!("threads: {}", gateway.status_kib("Threads:"));
         eprintln!(
             "{}",
             rollup
@@ -214,8 +176,8 @@ async fn main() {
         samples.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     samples.sort_by(f64::total_cmp);
-    let rss = rss_kib(pid, "VmRSS:");
-    let hwm = rss_kib(pid, "VmHWM:");
+    let rss = gateway.status_kib("VmRSS:");
+    let hwm = gateway.status_kib("VmHWM:");
     let report = serde_json::json!({
         "services": services + probes,
         "endpoints": services * 3 + probes,
@@ -232,17 +194,6 @@ async fn main() {
             "peak": hwm as f64 / 1024.0,
         },
     });
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
-    // Only the documented full-size run replaces the recorded result.
-    let out = if services == 10_000 && probes == 200 {
-        root.join("benches/results/convergence.json")
-    } else {
-        work.path().join("convergence.json")
-    };
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&report).expect("json") + "\n",
-    )
-    .expect("write results");
-    eprintln!("wrote {}", out.display());
+    let full_size = services == 10_000 && probes == 200;
+    write_report(&report, "convergence.json", full_size, work.path());
 }

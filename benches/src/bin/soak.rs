@@ -15,10 +15,11 @@
 //! (defaults 600, 30, 8). `OHA` overrides the oha path.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isthmus::tls::dev::{CertAuthority, LeafSpec};
+use isthmus_benches::{write_report, GatewayProcess};
 use isthmus_tests::apiserver::ApiServer;
 use isthmus_tests::manifests::{mapping, service, slice, typed};
 use isthmus_tests::{replace_file, Upstream};
@@ -29,25 +30,6 @@ const GATEWAY: &str = "127.0.0.1:16143";
 const ADMIN: &str = "127.0.0.1:16191";
 const HOST: &str = "soak.example";
 const RATE: u32 = 300;
-
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 /// The Mapping that routes the load's host, split over `app` and `app2`.
 fn soak_mapping(name: &str, service: &str, weight: Option<u32>, extra: &str) -> Mapping {
@@ -291,19 +273,10 @@ async fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("target/release/isthmus (cargo build --release)");
-    let pid = child.id();
-    let _gateway = Gateway(child);
-    let admin = ADMIN.parse().expect("addr");
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(admin).await.is_err()
-        || isthmus_tests::client::plain_get(admin, "/ready").await.0 != 200
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "gateway not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gateway = GatewayProcess(child);
+    gateway
+        .wait_ready(ADMIN.parse().expect("addr"), Duration::from_secs(30))
+        .await;
 
     // Changes on their own task, one every `step` seconds.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -337,7 +310,7 @@ async fn main() {
         let w = tokio::task::spawn_blocking(move || run_oha(&oha, &certs, window))
             .await
             .expect("oha task");
-        let now = rss_mib(pid);
+        let now = gateway.rss_mib();
         eprintln!(
             "window {i:>2}: {} ok, {} failed, p99 {:.2} ms, RSS {now:.1} MiB {}",
             w.ok,
@@ -371,18 +344,7 @@ async fn main() {
         "windows": windows,
         "changes": changes_log,
     });
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
-    let out = if seconds >= 600 {
-        root.join("benches/results/soak.json")
-    } else {
-        work.path().join("soak.json")
-    };
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&report).expect("json") + "\n",
-    )
-    .expect("write results");
-    eprintln!("wrote {}", out.display());
+    write_report(&report, "soak.json", seconds >= 600, work.path());
     assert_eq!(total_failures, 0, "failed requests during the soak");
     assert!(
         (last - first).abs() / first <= 0.10,
