@@ -504,14 +504,11 @@ impl Index {
                         .unwrap_or_else(|| self.cfg.allowed.clone()),
                 );
                 let (label, eps) = resolver.resolve(&m.service);
-                let covered = m.service.port.is_some_and(|p| {
-                    self.service_routes.get(&m.service.key).is_some_and(|rs| {
-                        rs.iter().any(|r| {
-                            r.hosts.iter().any(
-                                |h| matches!(h, HostMatch::Exact(_, PortMatch::Port(q)) if *q == p),
-                            )
-                        })
-                    })
+                // The same Service port as a Service route: one backend, not two.
+                let covered = self.service_routes.get(&m.service.key).is_some_and(|rs| {
+                    rs.iter()
+                        .flat_map(|r| &r.target.backends)
+                        .any(|b| b.service == label)
                 });
                 if !covered {
                     mapping_only_backends.insert(label.clone());

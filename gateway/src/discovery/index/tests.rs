@@ -580,6 +580,24 @@ fn unchanged_services_keep_their_routes_and_changed_ones_are_rebuilt() {
     assert!(!Arc::ptr_eq(&route_arc(&t1, b), &route_arc(&t2, b)));
     assert_eq!(route_for(&t2, b, "/").map(|r| r.1.len()), Some(2));
     assert_eq!(t2.endpoint_count(), 3);
+    assert_eq!(t2.service_count(), 2);
+
+    // A Mapping to a Service port that has its own route shares its backend;
+    // one naming the Service without a port is a backend of its own.
+    index
+        .apply(&mk_mapping(
+            "test",
+            "m1",
+            spec("m1.example", "/", "a.test:80"),
+        ))
+        .expect("valid");
+    assert_eq!(index.build().service_count(), 2);
+    index
+        .apply(&mk_mapping("test", "m2", spec("m2.example", "/", "a.test")))
+        .expect("valid");
+    assert_eq!(index.build().service_count(), 3);
+    index.delete(ObjectKind::Mapping, &ObjectKey::new("test", "m1"));
+    index.delete(ObjectKind::Mapping, &ObjectKey::new("test", "m2"));
 
     // Re-applying identical objects (a relist) changes nothing.
     index.replace(
