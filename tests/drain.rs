@@ -21,8 +21,9 @@ async fn drain_finishes_in_flight_requests_and_closes_idle_connections() {
         let c = c.clone();
         async move { c.get(HOST, "/delay/1").await }
     });
-    eventually("both connections open", || async {
+    eventually("both connections open, the request in flight", || async {
         h.metric("isthmus_open_connections").await == 2.0
+            && h.metric("isthmus_requests_in_flight").await == 1.0
     })
     .await;
 
@@ -60,7 +61,7 @@ async fn drain_gives_up_after_the_grace_period() {
         async move { c.get(HOST, "/delay/30").await }
     });
     eventually("request in flight", || async {
-        h.metric("isthmus_open_connections").await == 1.0
+        h.metric("isthmus_requests_in_flight").await == 1.0
     })
     .await;
     let started = Instant::now();

@@ -75,7 +75,7 @@ pub struct Config {
     /// Upstream defaults, overridable per Mapping.
     #[serde(default)]
     pub upstream: Upstream,
-    /// Worker threads of the data plane runtime; 0 means one per core.
+    /// Serving threads (shards, one runtime each); 0 means one per core.
     #[serde(default)]
     pub threads: usize,
 }

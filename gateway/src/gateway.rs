@@ -15,7 +15,9 @@ use tracing::Instrument;
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, Discovery};
 use crate::discovery::{self, files::FileSource, Index, Publisher};
-use crate::listener::{ConnectionLimits, Connections, Deadlines, GatewayListener};
+use crate::listener::{
+    ConnectionConfig, ConnectionLimits, Connections, Deadlines, GatewayListener, ShardThreads,
+};
 use crate::metrics::Metrics;
 use crate::proxy::{GatewayProxy, RequestLimits};
 use crate::routes::{self, PassiveHealth, SharedRoutes};
@@ -102,6 +104,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     accept: JoinHandle<()>,
+    shards: ShardThreads,
     admin: JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
 }
@@ -224,21 +227,26 @@ impl Gateway {
             },
         );
         let server_conf = Arc::new(ServerConf::default());
-        let mut app = pingora_proxy::http_proxy(&server_conf, proxy);
         let idle = Duration::from_millis(cfg.limits.idle_timeout_ms);
-        let mut options = HttpServerOptions::default();
-        options.h2_idle_timeout = Some(idle);
-        app.server_options = Some(options);
+        let shard_count = match cfg.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let apps = (0..shard_count)
+            .map(|_| {
+                let mut app = pingora_proxy::http_proxy(&server_conf, proxy.clone());
+                let mut options = HttpServerOptions::default();
+                options.h2_idle_timeout = Some(idle);
+                app.server_options = Some(options);
+                app
+            })
+            .collect();
         let acceptor = Arc::new(tls.acceptor(cfg.tls.session_resumption));
-        let listener = GatewayListener {
-            listener: gateway_listener,
+        let connection = ConnectionConfig::new(
             acceptor,
-            app: Arc::new(app),
-            metrics: metrics.clone(),
-            handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
-            connections: connections.clone(),
-            limits: ConnectionLimits {
-                max_connections: cfg.limits.max_connections,
+            metrics.clone(),
+            Duration::from_millis(cfg.limits.handshake_timeout_ms),
+            ConnectionLimits {
                 max_per_identity: cfg.limits.max_connections_per_identity,
                 deadlines: Deadlines {
                     idle,
@@ -246,6 +254,16 @@ impl Gateway {
                     max_header_bytes: cfg.limits.max_request_header_bytes,
                 },
             },
+            shutdown_rx.clone(),
+        );
+        let (dispatch, shards) =
+            crate::listener::start_shards(apps, connection).map_err(StartError::Thread)?;
+        let listener = GatewayListener {
+            listener: gateway_listener,
+            dispatch,
+            metrics: metrics.clone(),
+            connections: connections.clone(),
+            max_connections: cfg.limits.max_connections,
         };
         let accept = tokio::spawn(
             listener
@@ -274,6 +292,7 @@ impl Gateway {
             shutdown,
             tasks,
             accept,
+            shards,
             admin,
             admin_stop,
         })
@@ -297,6 +316,7 @@ impl Gateway {
                 "grace period over; closing remaining connections"
             ),
         }
+        self.shards.stop().await;
         for t in self.tasks {
             let _ = t.await;
         }

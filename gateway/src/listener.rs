@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::l4::listener::Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
+use pingora_core::protocols::{Ssl, Stream, ALPN};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tracing::Instrument;
 
 use crate::metrics::{HandshakeFailure, Metrics};
 
@@ -71,34 +69,75 @@ use delegate_stream_digests;
 
 mod coalesce;
 mod deadlines;
+pub mod shards;
 use crate::tls::{traced_handshake, PeerIdentity};
 use coalesce::Coalesced;
 pub use deadlines::Deadlines;
 use deadlines::WithDeadlines;
+use shards::Accepted;
+pub use shards::{Dispatch, ShardThreads};
 
-/// Everything the accept loop needs.
-pub struct GatewayListener<A> {
+/// The accept loop: takes TCP connections off the gateway socket, enforces
+/// `max_connections` and hands each one to a serving shard.
+pub struct GatewayListener {
     /// The bound gateway socket.
     pub listener: TcpListener,
+    /// The shards' inboxes.
+    pub dispatch: Dispatch,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Open connections, shared with the drain.
+    pub connections: Arc<Connections>,
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+}
+
+/// What serving one connection takes, whichever shard it lands on.
+pub struct ConnectionConfig {
     /// The rustls acceptor with the identity callback.
     pub acceptor: Arc<Acceptor>,
-    /// The pingora HTTP app (our `GatewayProxy` inside pingora's `HttpProxy`).
-    pub app: Arc<A>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Time allowed to complete a handshake.
     pub handshake_timeout: Duration,
-    /// Open connections, shared with the drain.
-    pub connections: Arc<Connections>,
     /// Connection limits.
     pub limits: ConnectionLimits,
+    /// Flips to `true` when the gateway drains.
+    pub shutdown: watch::Receiver<bool>,
+    per_identity: Arc<PerIdentity>,
+}
+
+impl ConnectionConfig {
+    /// The configuration with a fresh per-identity count.
+    pub fn new(
+        acceptor: Arc<Acceptor>,
+        metrics: Arc<Metrics>,
+        handshake_timeout: Duration,
+        limits: ConnectionLimits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        ConnectionConfig {
+            acceptor,
+            metrics,
+            handshake_timeout,
+            limits,
+            shutdown,
+            per_identity: Arc::default(),
+        }
+    }
+}
+
+/// Starts one serving shard (thread) per app; see [`shards`].
+pub fn start_shards<A: ServerApp + Send + Sync + 'static>(
+    apps: Vec<A>,
+    config: ConnectionConfig,
+) -> std::io::Result<(Dispatch, ShardThreads)> {
+    shards::start(apps, Arc::new(config))
 }
 
 /// Limits on downstream connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
-    /// Connections open at once.
-    pub max_connections: usize,
     /// Connections per peer identity.
     pub max_per_identity: usize,
     /// HTTP/1 idle and request-header deadlines.
@@ -182,17 +221,15 @@ impl Drop for ConnectionGuard {
     }
 }
 
-impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
+impl GatewayListener {
     /// Accepts connections until `shutdown` flips, then closes the listening
-    /// socket and tells pingora to end idle keep-alive connections; in-flight
-    /// requests finish (HTTP/1 without keep-alive, HTTP/2 with GOAWAY).
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let listener = Listener::from(self.listener);
-        let per_identity = Arc::new(PerIdentity::default());
-        let mut stop = shutdown.clone();
+    /// socket; the shards then tell pingora to end idle keep-alive
+    /// connections while in-flight requests finish (HTTP/1 without
+    /// keep-alive, HTTP/2 with GOAWAY).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
                     Ok(s) => s,
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
@@ -201,9 +238,9 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
                         continue;
                     }
                 },
-                _ = stop.changed() => break,
+                _ = shutdown.changed() => break,
             };
-            if self.connections.open() >= self.limits.max_connections {
+            if self.connections.open() >= self.max_connections {
                 self.metrics
                     .limits_exceeded
                     .with_label_values(&["max_connections"])
@@ -212,42 +249,28 @@ impl<A: ServerApp + Send + Sync + 'static> GatewayListener<A> {
                 continue;
             }
             let guard = ConnectionGuard::new(self.metrics.clone(), self.connections.clone());
-            let conn = Connection {
-                acceptor: self.acceptor.clone(),
-                app: self.app.clone(),
-                metrics: self.metrics.clone(),
-                handshake_timeout: self.handshake_timeout,
-                limits: self.limits,
-                per_identity: per_identity.clone(),
-                shutdown: shutdown.clone(),
-            };
-            let client = stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().cloned())
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            tokio::spawn(
-                async move {
-                    let _guard = guard;
-                    conn.serve(stream).await;
+            // Leaves this runtime's reactor; the shard registers it with its own.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot hand over an accepted connection");
+                    continue;
                 }
-                .instrument(tracing::debug_span!("conn", client = %client)),
-            );
+            };
+            self.dispatch.send(Accepted {
+                stream,
+                peer,
+                guard,
+            });
         }
-        drop(listener);
-        self.app.cleanup().await;
+        // Dropping `self` closes the socket and the shards' inboxes.
     }
 }
 
-/// What one accepted connection needs.
+/// One accepted connection on its shard.
 struct Connection<A> {
-    acceptor: Arc<Acceptor>,
+    config: Arc<ConnectionConfig>,
     app: Arc<A>,
-    metrics: Arc<Metrics>,
-    handshake_timeout: Duration,
-    limits: ConnectionLimits,
-    per_identity: Arc<PerIdentity>,
-    shutdown: watch::Receiver<bool>,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
@@ -257,11 +280,12 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let (stream, coalesce) = Coalesced::new(stream);
-        let handshake = traced_handshake(self.acceptor.tls_handshake(stream));
-        let tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+        let handshake = traced_handshake(self.config.acceptor.tls_handshake(stream));
+        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err((reason, e))) => {
-                self.metrics
+                self.config
+                    .metrics
                     .handshake_failures
                     .with_label_values(&[reason.label()])
                     .inc();
@@ -269,7 +293,8 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                 return;
             }
             Err(_) => {
-                self.metrics
+                self.config
+                    .metrics
                     .handshake_failures
                     .with_label_values(&[HandshakeFailure::Timeout.label()])
                     .inc();
@@ -282,10 +307,15 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             .get_ssl_digest()
             .and_then(|d| d.extension.get::<PeerIdentity>().map(|p| p.0.clone()));
         let _counted = match identity {
-            Some(id) => match self.per_identity.admit(&id, self.limits.max_per_identity) {
+            Some(id) => match self
+                .config
+                .per_identity
+                .admit(&id, self.config.limits.max_per_identity)
+            {
                 Some(guard) => Some(guard),
                 None => {
-                    self.metrics
+                    self.config
+                        .metrics
                         .limits_exceeded
                         .with_label_values(&["max_connections_per_identity"])
                         .inc();
@@ -302,12 +332,12 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             let tls: Stream = Box::new(tls);
             Some(Box::new(WithDeadlines::new(
                 tls,
-                self.limits.deadlines,
-                self.metrics.clone(),
+                self.config.limits.deadlines,
+                self.config.metrics.clone(),
             )))
         };
         while let Some(s) = next {
-            next = self.app.process_new(s, &self.shutdown).await;
+            next = self.app.process_new(s, &self.config.shutdown).await;
         }
     }
 }

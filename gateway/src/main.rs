@@ -121,14 +121,10 @@ fn run(
             tracing::info!(dir = %dir.display(), "wrote development certificates");
         }
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if cfg.threads > 0 {
-        rt.worker_threads(cfg.threads);
-    }
-    let rt = rt
+    // The control runtime: accept loop, admin port, certificate reloads,
+    // signals. Requests are served on the shards' own threads (`threads`).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("isthmus")
-        .on_thread_park(isthmus::memory::release_freed_when_idle)
         .build()?;
     rt.block_on(async {
         if let Some(addr) = demo_upstream {

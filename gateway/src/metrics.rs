@@ -27,6 +27,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// `isthmus_open_connections`.
     pub open_connections: IntGauge,
+    /// `isthmus_requests_in_flight`: requests read and not yet answered in full.
+    pub requests_in_flight: IntGauge,
     /// `isthmus_upstream_connect_errors_total`.
     pub upstream_connect_errors: IntCounter,
     /// `isthmus_limits_exceeded_total{limit}`: connections ended by a limit
@@ -223,6 +225,11 @@ impl Metrics {
                 "Downstream connections currently open",
             )
             .expect("valid metric"),
+            requests_in_flight: IntGauge::new(
+                "isthmus_requests_in_flight",
+                "Requests read from downstream and not yet answered in full",
+            )
+            .expect("valid metric"),
             upstream_connect_errors: IntCounter::new(
                 "isthmus_upstream_connect_errors_total",
                 "Failed connection attempts to upstream endpoints",
@@ -310,6 +317,7 @@ impl Metrics {
             Box::new(self.handshake_failures.clone()),
             Box::new(self.tls_reloads.clone()),
             Box::new(self.open_connections.clone()),
+            Box::new(self.requests_in_flight.clone()),
             Box::new(self.upstream_connect_errors.clone()),
             Box::new(self.limits_exceeded.clone()),
             Box::new(self.endpoint_ejections.clone()),

@@ -41,7 +41,9 @@ pub struct RequestLimits {
     pub max_headers: usize,
 }
 
-/// The gateway's `ProxyHttp` implementation.
+/// The gateway's `ProxyHttp` implementation. Clones share the route table,
+/// metrics and endpoint health (one per serving shard).
+#[derive(Clone)]
 pub struct GatewayProxy {
     routes: SharedRoutes,
     metrics: Arc<Metrics>,
@@ -93,6 +95,23 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     connect_failures: u32,
     error: Option<ErrorKind>,
+    _active: ActiveRequest,
+}
+
+/// Counts a request in `isthmus_requests_in_flight` until its context is dropped.
+struct ActiveRequest(prometheus::IntGauge);
+
+impl ActiveRequest {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        ActiveRequest(gauge.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl RequestCtx {
@@ -135,6 +154,7 @@ impl ProxyHttp for GatewayProxy {
             in_flight: None,
             connect_failures: 0,
             error: None,
+            _active: ActiveRequest::new(&self.metrics.requests_in_flight),
         }
     }
 
