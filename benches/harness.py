@@ -270,7 +270,10 @@ def run_oha(oha, certs, port, args, path, seconds):
     return json.loads(out.stdout)
 
 
-def measure(proc, oha, certs, scenario, seconds):
+def measure(proc, upstream, oha, certs, scenario, seconds):
+    """One oha run against `proc`. Besides the system's own numbers, records the
+    CPU the load generator and the upstream spent per request: the machine's
+    cores are shared, so that sets a ceiling on what any gateway can reach."""
     name, args, path = scenario
     peak = [0]
     done = threading.Event()
@@ -281,12 +284,13 @@ def measure(proc, oha, certs, scenario, seconds):
             done.wait(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
-    cpu0 = proc.cpu_seconds()
+    cpu0, up0, oha0 = proc.cpu_seconds(), upstream.cpu_seconds(), children_cpu_seconds()
     t.start()
     res = run_oha(oha, certs, PORTS[proc.name], args, path, seconds)
     done.set()
     t.join()
     cpu = proc.cpu_seconds() - cpu0
+    load_cpu = upstream.cpu_seconds() - up0 + children_cpu_seconds() - oha0
     summary = res.get("summary", {})
     wall = summary.get("total") or seconds
     codes = {int(k): v for k, v in res.get("statusCodeDistribution", {}).items()}
@@ -305,7 +309,15 @@ def measure(proc, oha, certs, scenario, seconds):
         "p999_ms": ms("p99.9"),
         "cpu_s_per_10k": cpu / ok * 10_000 if ok else None,
         "peak_rss_mib": peak[0] / 2**20,
+        "load_cpu_us_per_req": load_cpu / ok * 1e6 if ok else None,
     }
+
+
+def children_cpu_seconds():
+    """CPU used by finished child processes (the oha runs) so far."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def median(runs, key):
@@ -341,7 +353,26 @@ def markdown(report):
         r = sc["ratios"]
         lines.append(f"| {sc['name']} | {fmt(r['rps_vs_nginx'], 2)} | {fmt(r['rps_vs_haproxy'], 2)} | {fmt(r['p99_vs_nginx'], 2)} | "
                      f"{fmt(r['p99_vs_haproxy'], 2)} | {fmt(r['cpu_vs_nginx'], 2)} | {fmt(r['cpu_vs_haproxy'], 2)} |")
+    lines += ["", "Ceiling: oha and the upstream run on the same cores. Their CPU per request (in nginx's runs) bounds "
+              "what any gateway could reach here, even one that used no CPU at all.", "",
+              "| scenario | oha + upstream CPU µs / req | req/s with a free gateway | that / nginx's req/s |",
+              "|---|---:|---:|---:|"]
+    for sc in report["scenarios"]:
+        c = sc.get("ceiling") or {}
+        lines.append(f"| {sc['name']} | {fmt(c.get('load_cpu_us_per_req'))} | {fmt(c.get('rps_if_gateway_free'), 0)} | "
+                     f"{fmt(c.get('vs_nginx'), 2)} |")
     return "\n".join(lines) + "\n"
+
+
+def ceiling(nginx, cores):
+    """What no gateway can beat here: oha and the upstream share the cores, so
+    even a gateway that used no CPU at all would top out at cores divided by
+    their CPU per request (taken from nginx's runs)."""
+    load = nginx.get("load_cpu_us_per_req")
+    if not load:
+        return None
+    rps = cores * 1e6 / load
+    return {"load_cpu_us_per_req": load, "rps_if_gateway_free": rps, "vs_nginx": ratio(rps, nginx["rps"])}
 
 
 def update_readme(table):
@@ -395,7 +426,7 @@ def main():
                 order = SYSTEMS[rep % 3:] + SYSTEMS[:rep % 3]
                 for s in order:
                     run_oha(args.oha, certs, PORTS[s], sc[1], sc[2], 1)  # warm-up
-                    m = measure(procs[s], args.oha, certs, sc, args.seconds)
+                    m = measure(procs[s], upstream, args.oha, certs, sc, args.seconds)
                     runs[sc[0]][s].append(m)
                     log(f"rep {rep + 1} {sc[0]:<28} {s:<8} {m['rps']:>9,.0f} req/s  p99 {m['p99_ms']:.2f} ms  errors {m['errors']}")
     finally:
@@ -416,7 +447,8 @@ def main():
     for sc in scenarios:
         systems = {}
         for s in SYSTEMS:
-            keys = ["rps", "p50_ms", "p99_ms", "p999_ms", "errors", "cpu_s_per_10k", "peak_rss_mib"]
+            keys = ["rps", "p50_ms", "p99_ms", "p999_ms", "errors", "cpu_s_per_10k", "peak_rss_mib",
+                    "load_cpu_us_per_req"]
             systems[s] = {k: median(runs[sc[0]][s], k) for k in keys}
             systems[s]["runs"] = runs[sc[0]][s]
         i, n, h = systems["isthmus"], systems["nginx"], systems["haproxy"]
@@ -429,6 +461,7 @@ def main():
                 "cpu_vs_nginx": ratio(i["cpu_s_per_10k"], n["cpu_s_per_10k"]),
                 "cpu_vs_haproxy": ratio(i["cpu_s_per_10k"], h["cpu_s_per_10k"]),
             },
+            "ceiling": ceiling(n, os.cpu_count()),
         })
     table = markdown(report)
     # Subset runs (--only) are for quick comparisons: they stay in the raw folder.
