@@ -1,6 +1,7 @@
-//! The first stage of the request path: accept TCP, complete the mTLS
-//! handshake (client certificate required), then hand the connection to the
-//! pingora HTTP app (HTTP/1.1 or HTTP/2 by ALPN).
+//! The first stage of the request path: accept TCP (on the control thread),
+//! hand the connection to a serving shard ([`shards`]), and there complete the
+//! mTLS handshake (client certificate required) and give the connection to
+//! the shard's pingora HTTP app (HTTP/1.1 or HTTP/2 by ALPN).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
