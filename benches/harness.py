@@ -15,6 +15,7 @@ import os
 import pathlib
 import platform
 import re
+import resource
 import signal
 import ssl
 import statistics
@@ -315,7 +316,6 @@ def measure(proc, upstream, oha, certs, scenario, seconds):
 
 def children_cpu_seconds():
     """CPU used by finished child processes (the oha runs) so far."""
-    import resource
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
 
