@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
+pub mod mirror;
 pub mod poll;
 pub mod proxy;
 pub mod routes;

@@ -1,4 +1,4 @@
-//! The `isthmus` command line: `run`, `check`, `certs dev`, `crds`.
+//! The `isthmus` command line: `run`, `check`, `certs dev`, `crds`, `mirror`, `link`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,8 +56,61 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Print the Mapping CustomResourceDefinition (YAML).
-    Crds,
+    /// Print the CustomResourceDefinitions (YAML): all, or one kind.
+    Crds {
+        /// `mapping` or `link`; all when omitted.
+        kind: Option<String>,
+    },
+    /// Run the mirror controller: keep `<svc>-<cluster>` mirrors of each Link's
+    /// exported remote Services in this cluster.
+    Mirror {
+        /// Kubeconfig of this cluster (default: in-cluster, then $KUBECONFIG).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Namespace of the Links, their Secrets and the Lease.
+        #[arg(long, default_value = "isthmus")]
+        namespace: String,
+        /// Admin address (`/metrics`, `/ready`, `/live`).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4191")]
+        admin: SocketAddr,
+        /// This replica's name in the Lease (default: $POD_NAME, else host name and pid).
+        #[arg(long)]
+        identity: Option<String>,
+    },
+    /// Print the Secret and Link that link this cluster (the target) from
+    /// another: `isthmus link --cluster-name east | kubectl --context west apply -f -`.
+    Link(LinkArgs),
+}
+
+#[derive(clap::Args)]
+struct LinkArgs {
+    /// The target cluster's name (the Link's name and the mirrors' suffix).
+    #[arg(long)]
+    cluster_name: String,
+    /// Kubeconfig of the target cluster (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Context in that kubeconfig.
+    #[arg(long)]
+    context: Option<String>,
+    /// Namespace of the gateway Service and the remote-access ServiceAccount.
+    #[arg(long, default_value = "isthmus")]
+    gateway_namespace: String,
+    /// The gateway Service.
+    #[arg(long, default_value = "isthmus-gateway")]
+    gateway_name: String,
+    /// Gateway addresses (comma-separated IPs or DNS names) instead of the load balancer's.
+    #[arg(long, value_name = "A,B")]
+    gateway_addresses: Option<String>,
+    /// API server URL written into the credentials (default: the kubeconfig's).
+    #[arg(long, value_name = "URL")]
+    api_server_address: Option<String>,
+    /// The target cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Namespace of the Secret and Link in the calling cluster.
+    #[arg(long, default_value = "isthmus")]
+    namespace: String,
 }
 
 #[derive(Subcommand)]
@@ -92,9 +145,14 @@ fn main() -> ExitCode {
         } => dev::write_dev_certs(&dir)
             .map(|()| println!("wrote development certificates to {}", dir.display()))
             .map_err(Into::into),
-        Command::Crds => serde_yaml::to_string(&isthmus::discovery::crd::Mapping::crd())
-            .map(|y| print!("{y}"))
-            .map_err(Into::into),
+        Command::Crds { kind } => crds(kind.as_deref()),
+        Command::Mirror {
+            kubeconfig,
+            namespace,
+            admin,
+            identity,
+        } => mirror(kubeconfig, namespace, admin, identity),
+        Command::Link(args) => link(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +161,144 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn crds(kind: Option<&str>) -> anyhow::Result<()> {
+    use isthmus::discovery::crd::Mapping;
+    use isthmus::mirror::link::Link;
+    let all = [("mapping", Mapping::crd()), ("link", Link::crd())];
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|(k, _)| kind.is_none_or(|want| want.eq_ignore_ascii_case(k)))
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "unknown kind {:?}: mapping or link",
+            kind.unwrap_or_default()
+        );
+    }
+    let docs: Result<Vec<String>, _> = chosen
+        .iter()
+        .map(|(_, c)| serde_yaml::to_string(c))
+        .collect();
+    print!("{}", docs?.join("---\n"));
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn mirror(
+    kubeconfig: Option<PathBuf>,
+    namespace: String,
+    admin: SocketAddr,
+    identity: Option<String>,
+) -> anyhow::Result<()> {
+    use isthmus::mirror::{self, metrics::MirrorMetrics, probe::SystemResolver};
+    let identity = identity
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+    runtime()?.block_on(async move {
+        let client = discovery::kube::client(kubeconfig.as_deref()).await?;
+        let metrics = MirrorMetrics::new();
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (mirror admin)"))?;
+        mirror::log_admin(listener.local_addr()?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(mirror::serve_admin(listener, metrics.clone(), stop_rx));
+        let controller = mirror::Mirror::start(mirror::MirrorOptions {
+            client,
+            namespace,
+            identity,
+            lease: mirror::LeaseTiming::default(),
+            resolver: std::sync::Arc::new(SystemResolver),
+            metrics,
+        });
+        wait_for_signal().await?;
+        tracing::info!("stopping the mirror controller");
+        controller.shutdown().await;
+        stop_tx.send_replace(true);
+        Ok(())
+    })
+}
+
+fn link(args: LinkArgs) -> anyhow::Result<()> {
+    use isthmus::mirror::linkgen::{self, ApiServer, LinkOptions};
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    isthmus::mirror::validate::dns_label(&args.cluster_name)
+        .map_err(|e| anyhow::anyhow!("--cluster-name {:?}: {e}", args.cluster_name))?;
+    runtime()?.block_on(async move {
+        let kc = match &args.kubeconfig {
+            Some(p) => Kubeconfig::read_from(p)
+                .map_err(|e| anyhow::anyhow!("cannot read kubeconfig {}: {e}", p.display()))?,
+            None => Kubeconfig::read()
+                .map_err(|e| anyhow::anyhow!("no kubeconfig ($KUBECONFIG, ~/.kube/config): {e}"))?,
+        };
+        let options = KubeConfigOptions {
+            context: args.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options)
+            .await
+            .map_err(|e| anyhow::anyhow!("kubeconfig: {e}"))?;
+        let server = ApiServer {
+            url: config
+                .cluster_url
+                .to_string()
+                .trim_end_matches('/')
+                .to_string(),
+            ca_pem: kube_ca_pem(&kc, args.context.as_deref()),
+            insecure: config.accept_invalid_certs,
+        };
+        let client = kube::Client::try_from(config)?;
+        let opts = LinkOptions {
+            cluster_name: args.cluster_name,
+            cluster_domain: args.cluster_domain,
+            gateway_namespace: args.gateway_namespace,
+            gateway_name: args.gateway_name,
+            gateway_addresses: args.gateway_addresses,
+            api_server_address: args.api_server_address,
+            namespace: args.namespace,
+        };
+        let yaml = linkgen::generate(&client, &server, &opts)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        print!("{yaml}");
+        Ok(())
+    })
+}
+
+/// The CA bundle the kubeconfig names for its (current or given) context.
+fn kube_ca_pem(kc: &kube::config::Kubeconfig, context: Option<&str>) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let ctx_name = context
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone())?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)?
+        .context
+        .as_ref()?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)?
+        .cluster
+        .as_ref()?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        return base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .ok();
+    }
+    std::fs::read(cluster.certificate_authority.as_ref()?).ok()
 }
 
 fn run(
