@@ -37,6 +37,7 @@
 //! survive. Counters ([`ApiServer::watch_count`], [`ApiServer::list_count`], ...)
 //! let tests wait on conditions instead of sleeping.
 
+mod discovery;
 mod handler;
 mod patch;
 mod resources;
@@ -73,6 +74,10 @@ pub struct Options {
     /// Live events buffered per watch before a slow watch is dropped so that
     /// its client resumes from history (default 16384).
     pub event_buffer: usize,
+    /// When set, every request must carry `Authorization: Bearer <token>`; any
+    /// other gets `401 Unauthorized` (default: no authentication). Change it at
+    /// run time with [`ApiServer::set_token`].
+    pub require_token: Option<String>,
 }
 
 impl Default for Options {
@@ -80,6 +85,7 @@ impl Default for Options {
         Options {
             bookmark_interval: Duration::from_secs(1),
             event_buffer: 16_384,
+            require_token: None,
         }
     }
 }
@@ -121,6 +127,8 @@ struct Shared {
     epoch: tokio::sync::watch::Sender<u64>,
     bookmark_ms: AtomicU64,
     log: Mutex<VecDeque<String>>,
+    /// The bearer token required of every request, if any.
+    token: Mutex<Option<String>>,
 }
 
 /// Counters, per resource where tests may care which one.
@@ -132,12 +140,20 @@ struct Stats {
     status_patches: AtomicUsize,
     bookmarks: AtomicUsize,
     lagged: AtomicUsize,
+    unauthorized: AtomicUsize,
     connections: Arc<AtomicUsize>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn bookmark_interval(&self) -> Duration {
@@ -192,6 +208,7 @@ impl ApiServer {
             epoch: tokio::sync::watch::channel(0).0,
             bookmark_ms: AtomicU64::new(duration_ms(opts.bookmark_interval)),
             log: Mutex::new(VecDeque::new()),
+            token: Mutex::new(opts.require_token),
         });
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -218,21 +235,18 @@ impl ApiServer {
         format!("http://{}", self.inner.addr)
     }
 
-    /// A kubeconfig with one cluster (this server, plain HTTP), one user with no
-    /// credentials, and one current context whose namespace is `default`.
+    /// A kubeconfig with one cluster (this server, plain HTTP), one user, and one
+    /// current context whose namespace is `default`. The user carries the token
+    /// currently required ([`Options::require_token`], [`set_token`](Self::set_token)),
+    /// or no credentials when none is.
     pub fn kubeconfig_yaml(&self) -> String {
-        format!(
-            "apiVersion: v1\n\
-             kind: Config\n\
-             clusters:\n\
-             - name: isthmus-double\n  cluster:\n    server: {url}\n\
-             users:\n\
-             - name: isthmus-double\n  user: {{}}\n\
-             contexts:\n\
-             - name: isthmus-double\n  context:\n    cluster: isthmus-double\n    user: isthmus-double\n    namespace: default\n\
-             current-context: isthmus-double\n",
-            url = self.url()
-        )
+        kubeconfig_yaml(&self.url(), self.inner.shared.token().as_deref())
+    }
+
+    /// [`kubeconfig_yaml`](Self::kubeconfig_yaml) whose user presents `token`
+    /// (whether or not the server accepts it).
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        kubeconfig_yaml(&self.url(), Some(token))
     }
 
     /// Writes [`kubeconfig_yaml`](Self::kubeconfig_yaml) to `dir/kubeconfig` and returns that path.
@@ -244,18 +258,38 @@ impl ApiServer {
 
     /// A kube-rs client configured from [`kubeconfig_yaml`](Self::kubeconfig_yaml).
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
-            .expect("the double's kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("the double's kubeconfig loads");
-        kube::Client::try_from(config).expect("a client for the double")
+        client_from(&self.kubeconfig_yaml()).await
+    }
+
+    /// A kube-rs client presenting `token`, from
+    /// [`kubeconfig_yaml_with_token`](Self::kubeconfig_yaml_with_token).
+    pub async fn client_with_token(&self, token: &str) -> kube::Client {
+        client_from(&self.kubeconfig_yaml_with_token(token)).await
+    }
+
+    /// Changes the bearer token required from the next request on (`None`: no
+    /// authentication), e.g. to revoke a client's credentials. As on a real API
+    /// server, watches already open are not ended; [`drop_watches`](Self::drop_watches)
+    /// makes their clients come back and meet the new token.
+    pub fn set_token(&self, token: Option<&str>) {
+        *self
+            .inner
+            .shared
+            .token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = token.map(str::to_string);
+    }
+
+    /// Requests refused with `401 Unauthorized` so far.
+    pub fn unauthorized_requests(&self) -> usize {
+        self.inner.shared.stats.unauthorized.load(Ordering::SeqCst)
     }
 
     /// Creates or replaces an object, as `kubectl apply` of the full object would:
     /// emits ADDED or MODIFIED (nothing when it is unchanged). Server-owned
     /// metadata is stamped; `.status` is kept when the object carries none. The
-    /// namespace defaults to `default`. Returns the stored resourceVersion.
+    /// namespace defaults to `default` (cluster-scoped objects have none). Returns
+    /// the stored resourceVersion.
     pub fn apply<K>(&self, obj: &K) -> u64
     where
         K: Resource<DynamicType = ()> + Serialize,
@@ -286,7 +320,28 @@ impl ApiServer {
         last
     }
 
-    /// Deletes an object, emitting DELETED; false when there was none.
+    /// [`apply`](Self::apply) of a JSON object, for types without a Rust struct
+    /// (`"links"`, `"Gateway"`, `"split.smi-spec.io/v1alpha2/trafficsplits"`: see
+    /// [`get_json`](Self::get_json) for the names). Returns the stored resourceVersion.
+    pub fn apply_json(&self, plural_or_kind: &str, obj: Value) -> u64 {
+        let res = resources::find_by_name(plural_or_kind)
+            .unwrap_or_else(|| panic!("the double does not serve {plural_or_kind:?}"));
+        let stored = self
+            .inner
+            .shared
+            .store()
+            .upsert(res, obj)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the double refused an applied {plural_or_kind}: {}",
+                    e.message
+                )
+            });
+        store::object_rv(&stored)
+    }
+
+    /// Deletes an object (namespace `""` for cluster-scoped types), emitting
+    /// DELETED; false when there was none.
     pub fn delete<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
         self.inner
             .shared
@@ -295,7 +350,7 @@ impl ApiServer {
             .is_ok()
     }
 
-    /// The stored object, typed.
+    /// The stored object, typed (namespace `""` for cluster-scoped types).
     pub fn get<K>(&self, namespace: &str, name: &str) -> Option<K>
     where
         K: Resource<DynamicType = ()> + DeserializeOwned,
@@ -308,7 +363,10 @@ impl ApiServer {
         Some(serde_json::from_value((*obj).clone()).expect("a stored object deserializes"))
     }
 
-    /// The stored object as JSON, by plural or kind (`"mappings"`, `"Mapping"`).
+    /// The stored object as JSON, by plural or kind (`"mappings"`, `"Mapping"`; the
+    /// first version served), or `apiVersion/plural` for one version
+    /// (`"split.smi-spec.io/v1alpha3/trafficsplits"`). Namespace `""` for
+    /// cluster-scoped types.
     pub fn get_json(&self, plural_or_kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let res = resources::find_by_name(plural_or_kind)
             .unwrap_or_else(|| panic!("the double does not serve {plural_or_kind:?}"));
@@ -447,6 +505,36 @@ impl ApiServer {
             .unwrap_or_else(PoisonError::into_inner);
         log.iter().cloned().collect()
     }
+}
+
+/// A kubeconfig for `url` whose user presents `token` (none: no credentials).
+fn kubeconfig_yaml(url: &str, token: Option<&str>) -> String {
+    let user = match token {
+        // A JSON string is a YAML string: any token is quoted safely.
+        Some(token) => format!("\n    token: {}", Value::from(token)),
+        None => " {}".to_string(),
+    };
+    format!(
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: isthmus-double\n  cluster:\n    server: {url}\n\
+         users:\n\
+         - name: isthmus-double\n  user:{user}\n\
+         contexts:\n\
+         - name: isthmus-double\n  context:\n    cluster: isthmus-double\n    user: isthmus-double\n    namespace: default\n\
+         current-context: isthmus-double\n"
+    )
+}
+
+/// A kube-rs client from a kubeconfig document.
+async fn client_from(kubeconfig_yaml: &str) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml)
+        .expect("the double's kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("the double's kubeconfig loads");
+    kube::Client::try_from(config).expect("a client for the double")
 }
 
 /// The table index of `K`; panics for a type the double does not serve.
