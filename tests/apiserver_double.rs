@@ -1524,4 +1524,49 @@ async fn kubectl_apply_creates_a_link_and_its_secret_then_is_unchanged() {
     );
     assert_eq!(server.resource_version(), rv, "nothing was written");
     assert_eq!(writes(&server), before, "no write requests");
+
+    // A changed manifest: strategic merge PATCH for the Secret, merge PATCH for the
+    // Link, and a cluster-scoped Namespace created.
+    let changed = manifest
+        .replace("targetClusterName: west", "targetClusterName: west-2")
+        .replace(
+            &format!("kubeconfig: {encoded}"),
+            &format!("kubeconfig: {encoded}\n  extra: b25l"),
+        )
+        + "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: isthmus-multicluster\n";
+    let (ok, stdout, stderr) =
+        run_kubectl(&kubectl, dir.path(), &kubeconfig, &apply, &changed).await;
+    assert!(ok, "third kubectl apply failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("secret/cluster-credentials-west configured"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("link.isthmus.dev/west configured"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("namespace/isthmus-multicluster created"),
+        "{stdout}"
+    );
+    let secret = server
+        .get::<Secret>("default", "cluster-credentials-west")
+        .expect("secret stored");
+    let data = secret.data.expect("data");
+    assert_eq!(
+        (data["kubeconfig"].0.as_slice(), data["extra"].0.as_slice()),
+        (remote.as_bytes(), &b"one"[..])
+    );
+    let link = server.get_json("links", "default", "west").expect("link");
+    assert_eq!(link["spec"]["targetClusterName"], "west-2");
+    assert_eq!(link["metadata"]["generation"], 2);
+    assert!(server
+        .get::<Namespace>("", "isthmus-multicluster")
+        .is_some());
+    let patches: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH "))
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
 }

@@ -1,15 +1,42 @@
 //! A protocol-faithful Kubernetes API-server double for tests.
 //!
 //! [`ApiServer`] is a real HTTP/1.1 server on `127.0.0.1` that kube-rs's own
-//! `kube::Client` and `kube::runtime::watcher()` talk to unmodified. It serves
-//! three namespaced resources from one table (`apiserver/resources.rs`):
-//! core `v1` `services`, `discovery.k8s.io/v1` `endpointslices`, and
-//! `isthmus.dev/v1alpha1` `mappings` (with a `/status` subresource).
+//! `kube::Client` and `kube::runtime::watcher()`, and the real `kubectl`, talk to
+//! unmodified. Everything it serves comes from one table (`apiserver/resources.rs`):
+//!
+//! | group/version | resources |
+//! |---|---|
+//! | core `v1` | `services` (+`/status`), `secrets`, `serviceaccounts`, `namespaces` (cluster-scoped, +`/status`) |
+//! | `discovery.k8s.io/v1` | `endpointslices` |
+//! | `coordination.k8s.io/v1` | `leases` |
+//! | `isthmus.dev/v1alpha1` | `mappings` (+`/status`), `links` (+`/status`) |
+//! | `split.smi-spec.io/v1alpha1`..`v1alpha4` | `trafficsplits` (one storage per version) |
+//! | `gateway.networking.k8s.io/v1` | `gatewayclasses` (cluster-scoped, +`/status`), `gateways` (+`/status`), `httproutes` (+`/status`) |
+//!
+//! `isthmus.dev`, `split.smi-spec.io` and `gateway.networking.k8s.io` types behave as
+//! custom resources (LIST items carry `apiVersion`/`kind`; strategic merge patch is
+//! refused with 415). The `trafficsplits` versions are a simplification: a real API
+//! server keeps one storage and converts between versions, the double keeps each
+//! version apart (an object created at `v1alpha2` is not seen at `v1alpha4`).
 //!
 //! What it does like a real API server:
+//! - namespaced paths (`/api/v1/namespaces/{ns}/{plural}[/{name}[/status]]`,
+//!   `/apis/{g}/{v}/namespaces/{ns}/...`, and `/{plural}` across namespaces) and
+//!   cluster-scoped paths (`/api/v1/{plural}[/{name}[/status]]`,
+//!   `/apis/{g}/{v}/{plural}[/{name}[/status]]`); `/api/v1/namespaces/{name}` is the
+//!   Namespace object and `/api/v1/namespaces/{ns}/{plural}` a namespaced collection
+//!   (told apart by segment count and the table's scope); a path of the wrong scope,
+//!   or a `/status` the type lacks, is 404. Cluster-scoped objects are stored under
+//!   the empty namespace and carry no `metadata.namespace` (a body's is cleared);
 //! - one global resourceVersion counter (as etcd's revision) stamped on every
 //!   write; creates set `uid`, `generation: 1` and `creationTimestamp`; spec
-//!   changes bump `generation`; no-op writes change nothing;
+//!   changes bump `generation`; no-op writes change nothing; a PUT or PATCH body
+//!   carrying a stale `metadata.resourceVersion` gets 409 `Conflict` (optimistic
+//!   concurrency, e.g. for Lease-based leader election);
+//! - defaulting and conversion where clients see it: a Secret's `stringData` is
+//!   folded into `data` (base64) and `type` defaults to `Opaque`; a Namespace gets
+//!   `status.phase: Active`; an API create ignores `.status` of a type with a status
+//!   subresource;
 //! - LIST with `limit`/`continue` pagination served from a consistent snapshot
 //!   (every page carries the first page's resourceVersion), `labelSelector`
 //!   (`k=v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`), `fieldSelector` on
@@ -23,19 +50,52 @@
 //!   410 `Expired` `Status`;
 //! - GET, POST, PUT, PATCH (merge, JSON patch, server-side apply as a JSON
 //!   merge, strategic merge for built-ins as a merge) and DELETE, on objects and
-//!   `/status`; failures as `Status` bodies (404, 405, 409, 410, 415, 422).
+//!   `/status`; failures as `Status` bodies (400, 401, 404, 405, 409, 410, 415, 422);
+//! - optional bearer-token authentication ([`Options::require_token`],
+//!   [`ApiServer::set_token`] to revoke or rotate at run time): any request
+//!   without `Authorization: Bearer <token>` gets 401 with a `Status` whose reason
+//!   is `Unauthorized`; the kubeconfig helpers carry the current token;
+//! - discovery (unaggregated): `/api` (`APIVersions`), `/api/v1` and
+//!   `/apis/{g}/{v}` (`APIResourceList`: name, singularName, namespaced, kind,
+//!   verbs, shortNames, and `{plural}/status` entries), `/apis` (`APIGroupList`,
+//!   versions in Kubernetes priority order, the highest preferred) and
+//!   `/apis/{g}` (`APIGroup`); `/version`. A request for aggregated discovery
+//!   (`Accept: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,...`)
+//!   is answered with the legacy document as plain `application/json`, which
+//!   kubectl and kube-rs accept as a fallback.
 //!
-//! What it does not do: authentication, discovery documents (`/api`, `/apis`),
-//! cluster-scoped resources, finalizers or graceful deletion, managedFields and
-//! field ownership, `dryRun`, YAML bodies, HTTP/2, and `watch` on one object by
-//! path (use `fieldSelector=metadata.name=...`, as kube-rs does).
+//! `kubectl` (verified with v1.33.1, the version the gcloud dispatcher picks for
+//! this server's `v1.33.0` `/version`) works with the kubeconfig from
+//! [`ApiServer::kubeconfig`]:
+//! `kubectl --kubeconfig K --cache-dir D apply --validate=false -f FILE` creates
+//! (GET 404, then POST), re-applies as `unchanged` (no write), and applies changes
+//! as client-side apply does (strategic merge PATCH for built-ins, JSON merge PATCH
+//! for custom types, with the `kubectl.kubernetes.io/last-applied-configuration`
+//! annotation); `kubectl get` works too (plain lists, no server-side Table).
+//! `--validate=false` (or `=ignore`) is required: the double serves no OpenAPI,
+//! and kubectl's default `--validate=strict` (like `=warn`) refuses to apply when
+//! `/openapi/v3` and `/openapi/v2` are 404 ("failed to download openapi") and also
+//! when they are empty documents (it then wants a protobuf v2 schema). `--cache-dir`
+//! is optional; a fresh one per test keeps kubectl's discovery cache from leaking.
 //!
-//! Tests drive it through the control API: [`ApiServer::apply`] and
-//! [`ApiServer::delete`] change state as a controller elsewhere would, and the
+//! What it does not do: OpenAPI documents (`/openapi/v2`, `/openapi/v3` are 404),
+//! aggregated discovery, server-side Table output, authorization (any
+//! authenticated request may do anything), namespace lifecycle (objects may be
+//! created in namespaces that do not exist; deleting a Namespace deletes only it,
+//! immediately), version conversion, validation against schemas (`fieldValidation`
+//! is accepted and ignored), finalizers or graceful deletion, `deletecollection`,
+//! managedFields and field ownership, `dryRun`, YAML or protobuf bodies, HTTP/2,
+//! TLS, and `watch` on one object by path (use `fieldSelector=metadata.name=...`,
+//! as kube-rs does).
+//!
+//! Tests drive it through the control API: [`ApiServer::apply`],
+//! [`ApiServer::apply_json`] and [`ApiServer::delete`] change state as a
+//! controller elsewhere would (namespace `""` for cluster-scoped types), and the
 //! fault hooks ([`ApiServer::drop_watches`], [`ApiServer::compact`],
-//! [`ApiServer::stop`]/[`ApiServer::restart`]) reproduce what clients must
-//! survive. Counters ([`ApiServer::watch_count`], [`ApiServer::list_count`], ...)
-//! let tests wait on conditions instead of sleeping.
+//! [`ApiServer::stop`]/[`ApiServer::restart`], [`ApiServer::set_token`]) reproduce
+//! what clients must survive. Counters ([`ApiServer::watch_count`],
+//! [`ApiServer::list_count`], [`ApiServer::unauthorized_requests`], ...) let tests
+//! wait on conditions instead of sleeping.
 
 mod discovery;
 mod handler;
