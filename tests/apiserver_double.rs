@@ -1195,6 +1195,21 @@ async fn secret_round_trip() {
         .await
         .expect("create");
     assert_eq!(plain.type_.as_deref(), Some("Opaque"), "type defaults");
+    let bad = http::Request::post("/api/v1/namespaces/default/secrets")
+        .header("Content-Type", "application/json")
+        .body(
+            serde_json::to_vec(&json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "bad"}, "data": {"a": "not base64!"},
+            }))
+            .expect("json"),
+        )
+        .expect("request");
+    assert_eq!(
+        api_code(server.client().await.request::<Secret>(bad).await),
+        (400, "BadRequest".into()),
+        "data must be base64"
+    );
     api.delete("creds", &DeleteParams::default())
         .await
         .expect("delete");
@@ -1560,13 +1575,33 @@ async fn kubectl_apply_creates_a_link_and_its_secret_then_is_unchanged() {
     let link = server.get_json("links", "default", "west").expect("link");
     assert_eq!(link["spec"]["targetClusterName"], "west-2");
     assert_eq!(link["metadata"]["generation"], 2);
-    assert!(server
-        .get::<Namespace>("", "isthmus-multicluster")
-        .is_some());
+    assert!(
+        server
+            .get::<Namespace>("ignored", "isthmus-multicluster")
+            .is_some(),
+        "stored cluster-scoped"
+    );
     let patches: Vec<String> = server
         .requests()
         .into_iter()
         .filter(|r| r.starts_with("PATCH "))
         .collect();
     assert_eq!(patches.len(), 2, "{patches:?}");
+
+    let delete = ["delete", "-f", "-"];
+    let (ok, stdout, stderr) =
+        run_kubectl(&kubectl, dir.path(), &kubeconfig, &delete, &changed).await;
+    assert!(ok, "kubectl delete failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("link.isthmus.dev \"west\" deleted"),
+        "{stdout}"
+    );
+    assert_eq!(
+        (
+            server.count::<Secret>(),
+            server.count::<Namespace>(),
+            server.get_json("links", "default", "west")
+        ),
+        (0, 0, None)
+    );
 }

@@ -54,7 +54,9 @@
 //! - optional bearer-token authentication ([`Options::require_token`],
 //!   [`ApiServer::set_token`] to revoke or rotate at run time): any request
 //!   without `Authorization: Bearer <token>` gets 401 with a `Status` whose reason
-//!   is `Unauthorized`; the kubeconfig helpers carry the current token;
+//!   is `Unauthorized` (`/version` included: a server with `--anonymous-auth=false`);
+//!   open watches are not cut when the token changes; the kubeconfig helpers carry
+//!   the current token;
 //! - discovery (unaggregated): `/api` (`APIVersions`), `/api/v1` and
 //!   `/apis/{g}/{v}` (`APIResourceList`: name, singularName, namespaced, kind,
 //!   verbs, shortNames, and `{plural}/status` entries), `/apis` (`APIGroupList`,
@@ -71,7 +73,8 @@
 //! (GET 404, then POST), re-applies as `unchanged` (no write), and applies changes
 //! as client-side apply does (strategic merge PATCH for built-ins, JSON merge PATCH
 //! for custom types, with the `kubectl.kubernetes.io/last-applied-configuration`
-//! annotation); `kubectl get` works too (plain lists, no server-side Table).
+//! annotation); `apply --server-side`, `get` (plain lists, no server-side Table)
+//! and `delete` (which then polls until the object is gone) work too.
 //! `--validate=false` (or `=ignore`) is required: the double serves no OpenAPI,
 //! and kubectl's default `--validate=strict` (like `=warn`) refuses to apply when
 //! `/openapi/v3` and `/openapi/v2` are 404 ("failed to download openapi") and also
@@ -90,7 +93,7 @@
 //!
 //! Tests drive it through the control API: [`ApiServer::apply`],
 //! [`ApiServer::apply_json`] and [`ApiServer::delete`] change state as a
-//! controller elsewhere would (namespace `""` for cluster-scoped types), and the
+//! controller elsewhere would (the namespace is ignored for cluster-scoped types), and the
 //! fault hooks ([`ApiServer::drop_watches`], [`ApiServer::compact`],
 //! [`ApiServer::stop`]/[`ApiServer::restart`], [`ApiServer::set_token`]) reproduce
 //! what clients must survive. Counters ([`ApiServer::watch_count`],
@@ -400,37 +403,43 @@ impl ApiServer {
         store::object_rv(&stored)
     }
 
-    /// Deletes an object (namespace `""` for cluster-scoped types), emitting
+    /// Deletes an object (namespace ignored for cluster-scoped types), emitting
     /// DELETED; false when there was none.
     pub fn delete<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
+        let res = resource_of::<K>();
         self.inner
             .shared
             .store()
-            .delete(resource_of::<K>(), namespace, name)
+            .delete(res, key_namespace(res, namespace), name)
             .is_ok()
     }
 
-    /// The stored object, typed (namespace `""` for cluster-scoped types).
+    /// The stored object, typed (the namespace is ignored for cluster-scoped types).
     pub fn get<K>(&self, namespace: &str, name: &str) -> Option<K>
     where
         K: Resource<DynamicType = ()> + DeserializeOwned,
     {
+        let res = resource_of::<K>();
         let obj = self
             .inner
             .shared
             .store()
-            .get(resource_of::<K>(), namespace, name)?;
+            .get(res, key_namespace(res, namespace), name)?;
         Some(serde_json::from_value((*obj).clone()).expect("a stored object deserializes"))
     }
 
     /// The stored object as JSON, by plural or kind (`"mappings"`, `"Mapping"`; the
     /// first version served), or `apiVersion/plural` for one version
-    /// (`"split.smi-spec.io/v1alpha3/trafficsplits"`). Namespace `""` for
-    /// cluster-scoped types.
+    /// (`"split.smi-spec.io/v1alpha3/trafficsplits"`). The namespace is
+    /// ignored for cluster-scoped types.
     pub fn get_json(&self, plural_or_kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let res = resources::find_by_name(plural_or_kind)
             .unwrap_or_else(|| panic!("the double does not serve {plural_or_kind:?}"));
-        let obj = self.inner.shared.store().get(res, namespace, name)?;
+        let obj = self
+            .inner
+            .shared
+            .store()
+            .get(res, key_namespace(res, namespace), name)?;
         Some((*obj).clone())
     }
 
@@ -595,6 +604,16 @@ async fn client_from(kubeconfig_yaml: &str) -> kube::Client {
         .await
         .expect("the double's kubeconfig loads");
     kube::Client::try_from(config).expect("a client for the double")
+}
+
+/// The namespace objects of `res` are stored under: `""` for cluster-scoped types
+/// (whatever the caller passed), `namespace` otherwise.
+fn key_namespace(res: usize, namespace: &str) -> &str {
+    if resources::RESOURCES[res].cluster_scoped {
+        ""
+    } else {
+        namespace
+    }
 }
 
 /// The table index of `K`; panics for a type the double does not serve.

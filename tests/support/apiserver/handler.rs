@@ -47,7 +47,8 @@ pub(crate) async fn handle(
 }
 
 /// With a required token, anything but `Authorization: Bearer <that token>` is
-/// answered `401 Unauthorized`, as a real API server answers bad credentials.
+/// answered `401 Unauthorized`, as a real API server answers bad credentials (and,
+/// with `--anonymous-auth=false`, missing ones).
 fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(want) = shared.token() else {
         return Ok(());
@@ -56,8 +57,9 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<(), ApiError
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if presented == Some(want.as_str()) {
         Ok(())
     } else {

@@ -562,9 +562,52 @@ fn normalize(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
         metadata_mut(obj).remove("namespace");
     }
     if rt.group.is_empty() && rt.kind == "Secret" {
+        check_secret_data(obj)?;
         fold_string_data(obj)?;
     }
     Ok(())
+}
+
+/// Refuses a Secret whose `data` values are not base64 strings, with the 400 a
+/// real API server answers when it cannot decode the body.
+fn check_secret_data(obj: &Value) -> Result<(), ApiError> {
+    let Some(data) = obj.get("data").filter(|d| !d.is_null()) else {
+        return Ok(());
+    };
+    let refuse = |why: String| {
+        ApiError::bad_request(format!(
+            "Secret in version \"v1\" cannot be handled as a Secret: {why}"
+        ))
+    };
+    let data = data
+        .as_object()
+        .ok_or_else(|| refuse("data must be an object".into()))?;
+    for (key, value) in data {
+        let text = value
+            .as_str()
+            .ok_or_else(|| refuse(format!("data.{key} must be a base64 string")))?;
+        if let Some(at) = base64_error(text) {
+            return Err(refuse(format!("illegal base64 data at input byte {at}")));
+        }
+    }
+    Ok(())
+}
+
+/// Where standard padded base64 (as Go's `encoding/json` decodes `[]byte`) is
+/// invalid, if it is; CR and LF are skipped, as Go skips them.
+fn base64_error(text: &str) -> Option<usize> {
+    let mut len = 0;
+    let mut padding = 0;
+    for (i, b) in text.bytes().enumerate() {
+        match b {
+            b'\r' | b'\n' => continue,
+            b'=' => padding += 1,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' if padding == 0 => {}
+            _ => return Some(i),
+        }
+        len += 1;
+    }
+    (len % 4 != 0 || padding > 2).then_some(text.len())
 }
 
 /// Fields a real API server defaults on create: a Secret's `type` (`Opaque`) and a
