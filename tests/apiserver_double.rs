@@ -1605,3 +1605,41 @@ async fn kubectl_apply_creates_a_link_and_its_secret_then_is_unchanged() {
         (0, 0, None)
     );
 }
+
+#[tokio::test]
+async fn revoked_token_fails_the_watcher_once_its_watch_ends() {
+    let server = ApiServer::start_with(Options {
+        require_token: Some("first".into()),
+        ..Options::default()
+    })
+    .await;
+    server.apply(&service("default", "a"));
+    let mut events = watch(
+        Api::<Service>::all(server.client().await),
+        watcher::Config::default(),
+    );
+    assert_eq!(
+        take(&mut events, 3).await,
+        ["Init", "InitApply(default/a)", "InitDone"]
+    );
+    until_watching(&server, &mut events).await;
+
+    // Revoking does not cut the open watch: it still sees events.
+    server.set_token(Some("second"));
+    server.apply(&service("default", "b"));
+    assert_eq!(describe(&next_event(&mut events).await), "Apply(default/b)");
+
+    // Once the watch ends, re-watching with the old token is refused.
+    let refused = server.unauthorized_requests();
+    server.drop_watches();
+    match next_item(&mut events).await {
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) => {
+            assert_eq!((status.code, status.reason.as_str()), (401, "Unauthorized"));
+        }
+        other => panic!(
+            "expected a 401 re-watch, got {:?}",
+            other.map(|e| describe(&e))
+        ),
+    }
+    assert!(server.unauthorized_requests() > refused);
+}
