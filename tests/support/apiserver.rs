@@ -1,15 +1,42 @@
 //! A protocol-faithful Kubernetes API-server double for tests.
 //!
 //! [`ApiServer`] is a real HTTP/1.1 server on `127.0.0.1` that kube-rs's own
-//! `kube::Client` and `kube::runtime::watcher()` talk to unmodified. It serves
-//! three namespaced resources from one table (`apiserver/resources.rs`):
-//! core `v1` `services`, `discovery.k8s.io/v1` `endpointslices`, and
-//! `isthmus.dev/v1alpha1` `mappings` (with a `/status` subresource).
+//! `kube::Client` and `kube::runtime::watcher()`, and the real `kubectl`, talk to
+//! unmodified. Everything it serves comes from one table (`apiserver/resources.rs`):
+//!
+//! | group/version | resources |
+//! |---|---|
+//! | core `v1` | `services` (+`/status`), `secrets`, `serviceaccounts`, `namespaces` (cluster-scoped, +`/status`) |
+//! | `discovery.k8s.io/v1` | `endpointslices` |
+//! | `coordination.k8s.io/v1` | `leases` |
+//! | `isthmus.dev/v1alpha1` | `mappings` (+`/status`), `links` (+`/status`) |
+//! | `split.smi-spec.io/v1alpha1`..`v1alpha4` | `trafficsplits` (one storage per version) |
+//! | `gateway.networking.k8s.io/v1` | `gatewayclasses` (cluster-scoped, +`/status`), `gateways` (+`/status`), `httproutes` (+`/status`) |
+//!
+//! `isthmus.dev`, `split.smi-spec.io` and `gateway.networking.k8s.io` types behave as
+//! custom resources (LIST items carry `apiVersion`/`kind`; strategic merge patch is
+//! refused with 415). The `trafficsplits` versions are a simplification: a real API
+//! server keeps one storage and converts between versions, the double keeps each
+//! version apart (an object created at `v1alpha2` is not seen at `v1alpha4`).
 //!
 //! What it does like a real API server:
+//! - namespaced paths (`/api/v1/namespaces/{ns}/{plural}[/{name}[/status]]`,
+//!   `/apis/{g}/{v}/namespaces/{ns}/...`, and `/{plural}` across namespaces) and
+//!   cluster-scoped paths (`/api/v1/{plural}[/{name}[/status]]`,
+//!   `/apis/{g}/{v}/{plural}[/{name}[/status]]`); `/api/v1/namespaces/{name}` is the
+//!   Namespace object and `/api/v1/namespaces/{ns}/{plural}` a namespaced collection
+//!   (told apart by segment count and the table's scope); a path of the wrong scope,
+//!   or a `/status` the type lacks, is 404. Cluster-scoped objects are stored under
+//!   the empty namespace and carry no `metadata.namespace` (a body's is cleared);
 //! - one global resourceVersion counter (as etcd's revision) stamped on every
 //!   write; creates set `uid`, `generation: 1` and `creationTimestamp`; spec
-//!   changes bump `generation`; no-op writes change nothing;
+//!   changes bump `generation`; no-op writes change nothing; a PUT or PATCH body
+//!   carrying a stale `metadata.resourceVersion` gets 409 `Conflict` (optimistic
+//!   concurrency, e.g. for Lease-based leader election);
+//! - defaulting and conversion where clients see it: a Secret's `stringData` is
+//!   folded into `data` (base64) and `type` defaults to `Opaque`; a Namespace gets
+//!   `status.phase: Active`; an API create ignores `.status` of a type with a status
+//!   subresource;
 //! - LIST with `limit`/`continue` pagination served from a consistent snapshot
 //!   (every page carries the first page's resourceVersion), `labelSelector`
 //!   (`k=v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`), `fieldSelector` on
@@ -23,20 +50,57 @@
 //!   410 `Expired` `Status`;
 //! - GET, POST, PUT, PATCH (merge, JSON patch, server-side apply as a JSON
 //!   merge, strategic merge for built-ins as a merge) and DELETE, on objects and
-//!   `/status`; failures as `Status` bodies (404, 405, 409, 410, 415, 422).
+//!   `/status`; failures as `Status` bodies (400, 401, 404, 405, 409, 410, 415, 422);
+//! - optional bearer-token authentication ([`Options::require_token`],
+//!   [`ApiServer::set_token`] to revoke or rotate at run time): any request
+//!   without `Authorization: Bearer <token>` gets 401 with a `Status` whose reason
+//!   is `Unauthorized` (`/version` included: a server with `--anonymous-auth=false`);
+//!   open watches are not cut when the token changes; the kubeconfig helpers carry
+//!   the current token;
+//! - discovery (unaggregated): `/api` (`APIVersions`), `/api/v1` and
+//!   `/apis/{g}/{v}` (`APIResourceList`: name, singularName, namespaced, kind,
+//!   verbs, shortNames, and `{plural}/status` entries), `/apis` (`APIGroupList`,
+//!   versions in Kubernetes priority order, the highest preferred) and
+//!   `/apis/{g}` (`APIGroup`); `/version`. A request for aggregated discovery
+//!   (`Accept: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,...`)
+//!   is answered with the legacy document as plain `application/json`, which
+//!   kubectl and kube-rs accept as a fallback.
 //!
-//! What it does not do: authentication, discovery documents (`/api`, `/apis`),
-//! cluster-scoped resources, finalizers or graceful deletion, managedFields and
-//! field ownership, `dryRun`, YAML bodies, HTTP/2, and `watch` on one object by
-//! path (use `fieldSelector=metadata.name=...`, as kube-rs does).
+//! `kubectl` (verified with v1.33.1, the version the gcloud dispatcher picks for
+//! this server's `v1.33.0` `/version`) works with the kubeconfig from
+//! [`ApiServer::kubeconfig`]:
+//! `kubectl --kubeconfig K --cache-dir D apply --validate=false -f FILE` creates
+//! (GET 404, then POST), re-applies as `unchanged` (no write), and applies changes
+//! as client-side apply does (strategic merge PATCH for built-ins, JSON merge PATCH
+//! for custom types, with the `kubectl.kubernetes.io/last-applied-configuration`
+//! annotation); `apply --server-side`, `get` (plain lists, no server-side Table)
+//! and `delete` (which then polls until the object is gone) work too.
+//! `--validate=false` (or `=ignore`) is required: the double serves no OpenAPI,
+//! and kubectl's default `--validate=strict` (like `=warn`) refuses to apply when
+//! `/openapi/v3` and `/openapi/v2` are 404 ("failed to download openapi") and also
+//! when they are empty documents (it then wants a protobuf v2 schema). `--cache-dir`
+//! is optional; a fresh one per test keeps kubectl's discovery cache from leaking.
 //!
-//! Tests drive it through the control API: [`ApiServer::apply`] and
-//! [`ApiServer::delete`] change state as a controller elsewhere would, and the
+//! What it does not do: OpenAPI documents (`/openapi/v2`, `/openapi/v3` are 404),
+//! aggregated discovery, server-side Table output, authorization (any
+//! authenticated request may do anything), namespace lifecycle (objects may be
+//! created in namespaces that do not exist; deleting a Namespace deletes only it,
+//! immediately), version conversion, validation against schemas (`fieldValidation`
+//! is accepted and ignored), finalizers or graceful deletion, `deletecollection`,
+//! managedFields and field ownership, `dryRun`, YAML or protobuf bodies, HTTP/2,
+//! TLS, and `watch` on one object by path (use `fieldSelector=metadata.name=...`,
+//! as kube-rs does).
+//!
+//! Tests drive it through the control API: [`ApiServer::apply`],
+//! [`ApiServer::apply_json`] and [`ApiServer::delete`] change state as a
+//! controller elsewhere would (the namespace is ignored for cluster-scoped types), and the
 //! fault hooks ([`ApiServer::drop_watches`], [`ApiServer::compact`],
-//! [`ApiServer::stop`]/[`ApiServer::restart`]) reproduce what clients must
-//! survive. Counters ([`ApiServer::watch_count`], [`ApiServer::list_count`], ...)
-//! let tests wait on conditions instead of sleeping.
+//! [`ApiServer::stop`]/[`ApiServer::restart`], [`ApiServer::set_token`]) reproduce
+//! what clients must survive. Counters ([`ApiServer::watch_count`],
+//! [`ApiServer::list_count`], [`ApiServer::unauthorized_requests`], ...) let tests
+//! wait on conditions instead of sleeping.
 
+mod discovery;
 mod handler;
 mod patch;
 mod resources;
@@ -73,6 +137,10 @@ pub struct Options {
     /// Live events buffered per watch before a slow watch is dropped so that
     /// its client resumes from history (default 16384).
     pub event_buffer: usize,
+    /// When set, every request must carry `Authorization: Bearer <token>`; any
+    /// other gets `401 Unauthorized` (default: no authentication). Change it at
+    /// run time with [`ApiServer::set_token`].
+    pub require_token: Option<String>,
 }
 
 impl Default for Options {
@@ -80,6 +148,7 @@ impl Default for Options {
         Options {
             bookmark_interval: Duration::from_secs(1),
             event_buffer: 16_384,
+            require_token: None,
         }
     }
 }
@@ -121,6 +190,8 @@ struct Shared {
     epoch: tokio::sync::watch::Sender<u64>,
     bookmark_ms: AtomicU64,
     log: Mutex<VecDeque<String>>,
+    /// The bearer token required of every request, if any.
+    token: Mutex<Option<String>>,
 }
 
 /// Counters, per resource where tests may care which one.
@@ -132,12 +203,20 @@ struct Stats {
     status_patches: AtomicUsize,
     bookmarks: AtomicUsize,
     lagged: AtomicUsize,
+    unauthorized: AtomicUsize,
     connections: Arc<AtomicUsize>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn bookmark_interval(&self) -> Duration {
@@ -192,6 +271,7 @@ impl ApiServer {
             epoch: tokio::sync::watch::channel(0).0,
             bookmark_ms: AtomicU64::new(duration_ms(opts.bookmark_interval)),
             log: Mutex::new(VecDeque::new()),
+            token: Mutex::new(opts.require_token),
         });
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -218,21 +298,18 @@ impl ApiServer {
         format!("http://{}", self.inner.addr)
     }
 
-    /// A kubeconfig with one cluster (this server, plain HTTP), one user with no
-    /// credentials, and one current context whose namespace is `default`.
+    /// A kubeconfig with one cluster (this server, plain HTTP), one user, and one
+    /// current context whose namespace is `default`. The user carries the token
+    /// currently required ([`Options::require_token`], [`set_token`](Self::set_token)),
+    /// or no credentials when none is.
     pub fn kubeconfig_yaml(&self) -> String {
-        format!(
-            "apiVersion: v1\n\
-             kind: Config\n\
-             clusters:\n\
-             - name: isthmus-double\n  cluster:\n    server: {url}\n\
-             users:\n\
-             - name: isthmus-double\n  user: {{}}\n\
-             contexts:\n\
-             - name: isthmus-double\n  context:\n    cluster: isthmus-double\n    user: isthmus-double\n    namespace: default\n\
-             current-context: isthmus-double\n",
-            url = self.url()
-        )
+        kubeconfig_yaml(&self.url(), self.inner.shared.token().as_deref())
+    }
+
+    /// [`kubeconfig_yaml`](Self::kubeconfig_yaml) whose user presents `token`
+    /// (whether or not the server accepts it).
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        kubeconfig_yaml(&self.url(), Some(token))
     }
 
     /// Writes [`kubeconfig_yaml`](Self::kubeconfig_yaml) to `dir/kubeconfig` and returns that path.
@@ -244,18 +321,38 @@ impl ApiServer {
 
     /// A kube-rs client configured from [`kubeconfig_yaml`](Self::kubeconfig_yaml).
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
-            .expect("the double's kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("the double's kubeconfig loads");
-        kube::Client::try_from(config).expect("a client for the double")
+        client_from(&self.kubeconfig_yaml()).await
+    }
+
+    /// A kube-rs client presenting `token`, from
+    /// [`kubeconfig_yaml_with_token`](Self::kubeconfig_yaml_with_token).
+    pub async fn client_with_token(&self, token: &str) -> kube::Client {
+        client_from(&self.kubeconfig_yaml_with_token(token)).await
+    }
+
+    /// Changes the bearer token required from the next request on (`None`: no
+    /// authentication), e.g. to revoke a client's credentials. As on a real API
+    /// server, watches already open are not ended; [`drop_watches`](Self::drop_watches)
+    /// makes their clients come back and meet the new token.
+    pub fn set_token(&self, token: Option<&str>) {
+        *self
+            .inner
+            .shared
+            .token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = token.map(str::to_string);
+    }
+
+    /// Requests refused with `401 Unauthorized` so far.
+    pub fn unauthorized_requests(&self) -> usize {
+        self.inner.shared.stats.unauthorized.load(Ordering::SeqCst)
     }
 
     /// Creates or replaces an object, as `kubectl apply` of the full object would:
     /// emits ADDED or MODIFIED (nothing when it is unchanged). Server-owned
     /// metadata is stamped; `.status` is kept when the object carries none. The
-    /// namespace defaults to `default`. Returns the stored resourceVersion.
+    /// namespace defaults to `default` (cluster-scoped objects have none). Returns
+    /// the stored resourceVersion.
     pub fn apply<K>(&self, obj: &K) -> u64
     where
         K: Resource<DynamicType = ()> + Serialize,
@@ -286,33 +383,63 @@ impl ApiServer {
         last
     }
 
-    /// Deletes an object, emitting DELETED; false when there was none.
+    /// [`apply`](Self::apply) of a JSON object, for types without a Rust struct
+    /// (`"links"`, `"Gateway"`, `"split.smi-spec.io/v1alpha2/trafficsplits"`: see
+    /// [`get_json`](Self::get_json) for the names). Returns the stored resourceVersion.
+    pub fn apply_json(&self, plural_or_kind: &str, obj: Value) -> u64 {
+        let res = resources::find_by_name(plural_or_kind)
+            .unwrap_or_else(|| panic!("the double does not serve {plural_or_kind:?}"));
+        let stored = self
+            .inner
+            .shared
+            .store()
+            .upsert(res, obj)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the double refused an applied {plural_or_kind}: {}",
+                    e.message
+                )
+            });
+        store::object_rv(&stored)
+    }
+
+    /// Deletes an object (namespace ignored for cluster-scoped types), emitting
+    /// DELETED; false when there was none.
     pub fn delete<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
+        let res = resource_of::<K>();
         self.inner
             .shared
             .store()
-            .delete(resource_of::<K>(), namespace, name)
+            .delete(res, key_namespace(res, namespace), name)
             .is_ok()
     }
 
-    /// The stored object, typed.
+    /// The stored object, typed (the namespace is ignored for cluster-scoped types).
     pub fn get<K>(&self, namespace: &str, name: &str) -> Option<K>
     where
         K: Resource<DynamicType = ()> + DeserializeOwned,
     {
+        let res = resource_of::<K>();
         let obj = self
             .inner
             .shared
             .store()
-            .get(resource_of::<K>(), namespace, name)?;
+            .get(res, key_namespace(res, namespace), name)?;
         Some(serde_json::from_value((*obj).clone()).expect("a stored object deserializes"))
     }
 
-    /// The stored object as JSON, by plural or kind (`"mappings"`, `"Mapping"`).
+    /// The stored object as JSON, by plural or kind (`"mappings"`, `"Mapping"`; the
+    /// first version served), or `apiVersion/plural` for one version
+    /// (`"split.smi-spec.io/v1alpha3/trafficsplits"`). The namespace is
+    /// ignored for cluster-scoped types.
     pub fn get_json(&self, plural_or_kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let res = resources::find_by_name(plural_or_kind)
             .unwrap_or_else(|| panic!("the double does not serve {plural_or_kind:?}"));
-        let obj = self.inner.shared.store().get(res, namespace, name)?;
+        let obj = self
+            .inner
+            .shared
+            .store()
+            .get(res, key_namespace(res, namespace), name)?;
         Some((*obj).clone())
     }
 
@@ -446,6 +573,46 @@ impl ApiServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         log.iter().cloned().collect()
+    }
+}
+
+/// A kubeconfig for `url` whose user presents `token` (none: no credentials).
+fn kubeconfig_yaml(url: &str, token: Option<&str>) -> String {
+    let user = match token {
+        // A JSON string is a YAML string: any token is quoted safely.
+        Some(token) => format!("\n    token: {}", Value::from(token)),
+        None => " {}".to_string(),
+    };
+    format!(
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: isthmus-double\n  cluster:\n    server: {url}\n\
+         users:\n\
+         - name: isthmus-double\n  user:{user}\n\
+         contexts:\n\
+         - name: isthmus-double\n  context:\n    cluster: isthmus-double\n    user: isthmus-double\n    namespace: default\n\
+         current-context: isthmus-double\n"
+    )
+}
+
+/// A kube-rs client from a kubeconfig document.
+async fn client_from(kubeconfig_yaml: &str) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml)
+        .expect("the double's kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("the double's kubeconfig loads");
+    kube::Client::try_from(config).expect("a client for the double")
+}
+
+/// The namespace objects of `res` are stored under: `""` for cluster-scoped types
+/// (whatever the caller passed), `namespace` otherwise.
+fn key_namespace(res: usize, namespace: &str) -> &str {
+    if resources::RESOURCES[res].cluster_scoped {
+        ""
+    } else {
+        namespace
     }
 }
 

@@ -17,6 +17,7 @@ use hyper::body::{Frame, Incoming};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 
+use super::discovery;
 use super::patch::PatchKind;
 use super::resources::{self, ResourceType, RESOURCES};
 use super::selector::Selector;
@@ -36,14 +37,41 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     shared.record(req.method(), req.uri());
+    if let Err(e) = authenticate(&shared, &req) {
+        shared.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        return Ok(json_response(e.code, &e.to_status()));
+    }
     Ok(route(&shared, req)
         .await
         .unwrap_or_else(|e| json_response(e.code, &e.to_status())))
 }
 
+/// With a required token, anything but `Authorization: Bearer <that token>` is
+/// answered `401 Unauthorized`, as a real API server answers bad credentials (and,
+/// with `--anonymous-auth=false`, missing ones).
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(want) = shared.token() else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    if presented == Some(want.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(401, "Unauthorized", "Unauthorized"))
+    }
+}
+
 /// What a path names.
 struct Target {
     res: usize,
+    /// The namespace in the path: `None` for cluster-scoped types and for lists and
+    /// watches across all namespaces.
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
@@ -54,7 +82,21 @@ impl Target {
         &RESOURCES[self.res]
     }
 
-    /// Parses `/api/v1/...` and `/apis/{group}/{version}/...` paths.
+    /// The namespace objects are addressed in: the empty namespace for cluster-scoped
+    /// types, the path's namespace otherwise (`None` for an all-namespaces path).
+    fn object_namespace(&self) -> Option<&str> {
+        if self.rt().cluster_scoped {
+            Some("")
+        } else {
+            self.namespace.as_deref()
+        }
+    }
+
+    /// Parses `/api/v1/...` and `/apis/{group}/{version}/...` paths, namespaced
+    /// (`namespaces/{ns}/{plural}[/{name}[/status]]`) and cluster-scoped
+    /// (`{plural}[/{name}[/status]]`). Segment count and the table's scope decide
+    /// between `/api/v1/namespaces/{ns}/{plural}` (namespaced objects) and
+    /// `/api/v1/namespaces/{name}/status` (a Namespace's status subresource).
     fn parse(path: &str) -> Option<Target> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (group, version, rest) = match segments.as_slice() {
@@ -62,25 +104,51 @@ impl Target {
             ["apis", group, version, rest @ ..] => (*group, *version, rest),
             _ => return None,
         };
-        let (namespace, plural, name, status) = match rest {
-            [plural] => (None, *plural, None, false),
-            ["namespaces", ns, plural] => (Some(*ns), *plural, None, false),
-            ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), false),
-            ["namespaces", ns, plural, name, "status"] => (Some(*ns), *plural, Some(*name), true),
-            _ => return None,
+        let namespaced = |plural: &str| {
+            resources::find(group, version, plural).filter(|&r| !RESOURCES[r].cluster_scoped)
         };
-        Some(Target {
-            res: resources::find(group, version, plural)?,
+        let cluster = |plural: &str| {
+            resources::find(group, version, plural).filter(|&r| RESOURCES[r].cluster_scoped)
+        };
+        let target = |res, namespace: Option<&str>, name: Option<&str>, status| Target {
+            res,
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
             status,
-        })
+        };
+        let parsed = match rest {
+            [plural] => target(resources::find(group, version, plural)?, None, None, false),
+            [plural, name] => target(cluster(plural)?, None, Some(*name), false),
+            ["namespaces", ns, plural] if namespaced(plural).is_some() => {
+                target(namespaced(plural)?, Some(*ns), None, false)
+            }
+            [plural, name, "status"] => target(cluster(plural)?, None, Some(*name), true),
+            ["namespaces", ns, plural, name] => {
+                target(namespaced(plural)?, Some(*ns), Some(*name), false)
+            }
+            ["namespaces", ns, plural, name, "status"] => {
+                target(namespaced(plural)?, Some(*ns), Some(*name), true)
+            }
+            _ => return None,
+        };
+        // A subresource the type does not have is not found, as on a real server.
+        (!parsed.status || parsed.rt().status_subresource).then_some(parsed)
     }
 }
 
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     if req.uri().path() == "/version" {
         return Ok(json_response(200, &version()));
+    }
+    if req.method() == Method::GET {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        if let Some(doc) = discovery::document(req.uri().path(), host) {
+            return Ok(json_response(200, &doc));
+        }
     }
     let target = Target::parse(req.uri().path()).ok_or_else(|| {
         ApiError::new(
@@ -102,7 +170,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let (namespace, name) = (target.namespace.as_deref(), target.name.as_deref());
+    let (namespace, name) = (target.object_namespace(), target.name.as_deref());
     match (&method, namespace, name) {
         (&Method::GET, _, None) if query.flag("watch") => watch(shared, &target, &query),
         (&Method::GET, _, None) => list(shared, &target, &query),

@@ -351,8 +351,9 @@ impl Store {
         })
     }
 
-    /// Creates an object in `namespace`. `strict` refuses a set resourceVersion (as POST does);
-    /// otherwise it is ignored.
+    /// Creates an object in `namespace`. `strict` (an API create) refuses a set
+    /// resourceVersion and drops `.status` of a type with a status subresource, as
+    /// POST does; otherwise (the control API) both are taken as given.
     pub(crate) fn create(
         &mut self,
         res: usize,
@@ -363,6 +364,10 @@ impl Store {
         let rt = &RESOURCES[res];
         normalize(rt, &mut obj)?;
         check_identity(&obj, namespace, None)?;
+        if strict && rt.status_subresource {
+            // A create through the API ignores `.status` when it is a subresource.
+            set_or_remove(&mut obj, "status", None);
+        }
         let meta = metadata_mut(&mut obj);
         let rv_set = meta
             .get("resourceVersion")
@@ -398,10 +403,13 @@ impl Store {
         self.next_uid += 1;
         meta.remove("resourceVersion");
         meta.insert("name".into(), name.clone().into());
-        meta.insert("namespace".into(), namespace.into());
+        if !namespace.is_empty() {
+            meta.insert("namespace".into(), namespace.into());
+        }
         meta.insert("uid".into(), uid.into());
         meta.insert("generation".into(), 1.into());
         meta.insert("creationTimestamp".into(), rfc3339_now().into());
+        create_defaults(rt, &mut obj);
         let key = (namespace.to_string(), name);
         Ok(self.commit(res, key, EventType::Added, obj, None))
     }
@@ -438,11 +446,11 @@ impl Store {
         normalize(&RESOURCES[res], &mut obj)?;
         let meta = metadata_mut(&mut obj);
         meta.remove("resourceVersion");
-        let namespace = meta
-            .get("namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string();
+        let namespace = match meta.get("namespace").and_then(Value::as_str) {
+            _ if RESOURCES[res].cluster_scoped => String::new(),
+            Some(ns) if !ns.is_empty() => ns.to_string(),
+            _ => "default".to_string(),
+        };
         let name = meta
             .get("name")
             .and_then(Value::as_str)
@@ -476,10 +484,12 @@ impl Store {
         let Some(prev) = self.get(res, namespace, name) else {
             if kind == PatchKind::Apply && scope != Scope::Status {
                 let mut obj = body.clone();
+                normalize(rt, &mut obj)?;
                 metadata_mut(&mut obj)
                     .entry("name")
                     .or_insert_with(|| name.into());
-                return self.create(res, namespace, obj, false);
+                metadata_mut(&mut obj).remove("resourceVersion");
+                return self.create(res, namespace, obj, true);
             }
             return Err(ApiError::not_found(rt, name));
         };
@@ -543,8 +553,136 @@ pub(crate) fn object_rv(obj: &Value) -> u64 {
 }
 
 /// Makes `obj` an object with this type's `apiVersion`/`kind` and a `metadata` map;
-/// a top-level `"status": null` is dropped.
+/// a top-level `"status": null` is dropped, a cluster-scoped object loses any
+/// `metadata.namespace` (as a real API server clears it), and a Secret's
+/// `stringData` is folded into `data` (base64), as the real conversion does.
 fn normalize(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    normalize_shape(rt, obj)?;
+    if rt.cluster_scoped {
+        metadata_mut(obj).remove("namespace");
+    }
+    if rt.group.is_empty() && rt.kind == "Secret" {
+        check_secret_data(obj)?;
+        fold_string_data(obj)?;
+    }
+    Ok(())
+}
+
+/// Refuses a Secret whose `data` values are not base64 strings, with the 400 a
+/// real API server answers when it cannot decode the body.
+fn check_secret_data(obj: &Value) -> Result<(), ApiError> {
+    let Some(data) = obj.get("data").filter(|d| !d.is_null()) else {
+        return Ok(());
+    };
+    let refuse = |why: String| {
+        ApiError::bad_request(format!(
+            "Secret in version \"v1\" cannot be handled as a Secret: {why}"
+        ))
+    };
+    let data = data
+        .as_object()
+        .ok_or_else(|| refuse("data must be an object".into()))?;
+    for (key, value) in data {
+        let text = value
+            .as_str()
+            .ok_or_else(|| refuse(format!("data.{key} must be a base64 string")))?;
+        if let Some(at) = base64_error(text) {
+            return Err(refuse(format!("illegal base64 data at input byte {at}")));
+        }
+    }
+    Ok(())
+}
+
+/// Where standard padded base64 (as Go's `encoding/json` decodes `[]byte`) is
+/// invalid, if it is; CR and LF are skipped, as Go skips them.
+fn base64_error(text: &str) -> Option<usize> {
+    let mut len = 0;
+    let mut padding = 0;
+    for (i, b) in text.bytes().enumerate() {
+        match b {
+            b'\r' | b'\n' => continue,
+            b'=' => padding += 1,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' if padding == 0 => {}
+            _ => return Some(i),
+        }
+        len += 1;
+    }
+    (len % 4 != 0 || padding > 2).then_some(text.len())
+}
+
+/// Fields a real API server defaults on create: a Secret's `type` (`Opaque`) and a
+/// Namespace's `status.phase` (`Active`; the double has no namespace lifecycle).
+fn create_defaults(rt: &ResourceType, obj: &mut Value) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    match (rt.group, rt.kind) {
+        ("", "Secret") => {
+            map.entry("type").or_insert_with(|| "Opaque".into());
+        }
+        ("", "Namespace") => {
+            let status = map.entry("status").or_insert_with(|| json!({}));
+            if let Some(status) = status.as_object_mut() {
+                status.entry("phase").or_insert_with(|| "Active".into());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Moves a Secret's `stringData` into `data`, base64-encoded (`stringData` wins).
+fn fold_string_data(obj: &mut Value) -> Result<(), ApiError> {
+    let Some(map) = obj.as_object_mut() else {
+        return Ok(());
+    };
+    let Some(string_data) = map.remove("stringData") else {
+        return Ok(());
+    };
+    let string_data = match string_data {
+        Value::Null => return Ok(()),
+        Value::Object(m) => m,
+        _ => return Err(ApiError::bad_request("stringData must be an object")),
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if data.is_null() {
+        *data = json!({});
+    }
+    let data = data
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("data must be an object"))?;
+    for (k, v) in string_data {
+        let text = v
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request(format!("stringData.{k} must be a string")))?;
+        data.insert(k, base64(text.as_bytes()).into());
+    }
+    Ok(())
+}
+
+/// Standard base64 with padding.
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The shape checks of [`normalize`].
+fn normalize_shape(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     let map = obj
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
