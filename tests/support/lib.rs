@@ -246,3 +246,19 @@ pub fn replace_file(path: &Path, content: &str) {
     std::fs::write(&tmp, content).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// [`eventually`] with a deadline of the caller's choosing.
+pub async fn eventually_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
