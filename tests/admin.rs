@@ -170,3 +170,37 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         idle_since.elapsed()
     );
 }
+
+/// A blocking HTTP/1.1 GET with std sockets: the status, or `None` after 10 s.
+fn blocking_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).ok()?;
+    out.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test]
+async fn admin_and_probe_answer_while_the_control_thread_is_blocked() {
+    let h = Harness::start(&[]).await;
+    let (admin, probe) = (h.gateway.admin_addr, h.gateway.probe_addr);
+    // This test's runtime is the gateway's control runtime (the gateway accept
+    // loop runs on it). Block its only thread while another thread asks the
+    // admin and probe ports: they answer only if they run elsewhere.
+    let answers = std::thread::spawn(move || {
+        [
+            blocking_status(admin, "/ready"),
+            blocking_status(admin, "/metrics"),
+            blocking_status(probe, "/ready"),
+        ]
+    })
+    .join()
+    .expect("probing thread");
+    assert_eq!(answers, [Some(200), Some(200), Some(200)]);
+}

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use isthmus_tests::{client::plain_get, eventually, Alpn, Client, Harness};
+use isthmus::tls::dev::LeafSpec;
+use isthmus_tests::{client::plain_get, eventually, replace_file, Alpn, Client, Harness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -246,4 +247,52 @@ async fn garbage_closes_the_connection_and_the_port_keeps_serving() {
     let c = tls_client(&h, None, Alpn::Http1);
     assert_eq!(c.status(PROBE_HOST, "/ready").await, 200);
     assert_eq!(plain_get(h.gateway.admin_addr, "/ready").await.0, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_probe_cap_are_closed_at_accept() {
+    let h = Harness::start_with(&[], |cfg| cfg.limits.probe_max_connections = 1).await;
+    let probe = h.gateway.probe_addr;
+    let tcp = TcpStream::connect(probe).await.expect("connect");
+    let (mut held, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let get = || {
+        Request::get("/ready")
+            .header(http::header::HOST, PROBE_HOST)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let resp = held.send_request(get()).await.expect("first probe");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
+
+    let over = raw_until_closed(
+        probe,
+        b"GET /ready HTTP/1.1\r\nHost: probe-east:4191\r\n\r\n",
+    )
+    .await
+    .expect("the connection over the cap is closed");
+    assert_eq!(over, "", "no answer over the cap");
+    held.ready().await.expect("held connection still open");
+    let resp = held.send_request(get()).await.expect("held probe");
+    assert_eq!(resp.status(), 200, "the held connection still answers");
+}
+
+#[tokio::test]
+async fn tls_follows_certificate_rotation() {
+    let h = Harness::start_with(&[], |cfg| cfg.tls.reload_interval_ms = 20).await;
+    let c = tls_client(&h, None, Alpn::Http1);
+    let before = c.get(PROBE_HOST, "/ready").await.expect("TLS probe");
+    let rotated = h.ca().issue(&LeafSpec::gateway()).expect("issue");
+    assert_ne!(before.server_cert.as_deref(), Some(rotated.der()));
+    replace_file(&h.certs().join("gateway.key"), &rotated.key_pem());
+    replace_file(&h.certs().join("gateway.crt"), &rotated.cert_pem());
+    eventually("the probe port presents the new certificate", || async {
+        c.get(PROBE_HOST, "/ready")
+            .await
+            .is_ok_and(|r| r.status == 200 && r.server_cert.as_deref() == Some(rotated.der()))
+    })
+    .await;
 }
