@@ -1,24 +1,25 @@
 //! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text) and
-//! `/routes` (JSON of the current table).
+//! `/routes` (JSON of the current table); and beside it the [`probe`] port.
 //!
-//! Served on the data-plane runtime from shared state only, so a reload never
-//! blocks it.
+//! Both are served from shared state only, so a reload never blocks them, on
+//! their own thread (see [`crate::gateway`]) so admin work never runs where
+//! gateway connections are accepted, and both are bounded ([`ServeLimits`]).
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::routes::SharedRoutes;
+
+pub mod probe;
+mod server;
+pub use server::{accept_backoff, ServeLimits};
 
 /// What `/ready` reports: certificates loaded, discovery synced, not draining.
 #[derive(Debug, Default)]
@@ -110,32 +111,42 @@ pub fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<
                 serde_json::to_vec_pretty(&state.routes.load().describe()).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        _ => not_found(),
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
+/// The 404 answer of both ports.
+fn not_found() -> Response<Full<Bytes>> {
+    text(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` flips, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: ServeLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let metrics = state.metrics.clone();
+    server::accept_loop(
+        listener,
+        server::Port::Admin,
+        limits,
+        metrics,
+        shutdown,
+        move |stream| {
+            let state = state.clone();
+            async move {
+                if server::first_byte(&stream, limits.header_timeout)
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = handle(&state, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+                let answer = move |method: &Method, path: &str| handle(&state, method, path);
+                server::serve_http(stream, limits, answer).await;
+            }
+        },
+    )
+    .await;
 }

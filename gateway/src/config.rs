@@ -90,6 +90,11 @@ pub struct Listen {
     /// The plain-HTTP admin port (`/ready`, `/live`, `/metrics`, `/routes`).
     #[serde(default = "default_admin_addr")]
     pub admin: SocketAddr,
+    /// The probe port: only `/ready` and `/live`, plaintext or TLS (client
+    /// certificate optional), whatever the Host. The one the LoadBalancer exposes
+    /// for peers' probes.
+    #[serde(default = "default_probe_addr")]
+    pub probe: SocketAddr,
 }
 
 impl Default for Listen {
@@ -97,6 +102,7 @@ impl Default for Listen {
         Listen {
             gateway: default_gateway_addr(),
             admin: default_admin_addr(),
+            probe: default_probe_addr(),
         }
     }
 }
@@ -228,6 +234,21 @@ pub struct Limits {
     /// after the handshake.
     #[serde(default = "default_max_connections_per_identity")]
     pub max_connections_per_identity: usize,
+    /// Connections open at once on the admin port; new ones are closed at accept beyond.
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
+    /// Connections open at once on the probe port; new ones are closed at accept beyond.
+    #[serde(default = "default_probe_max_connections")]
+    pub probe_max_connections: usize,
+    /// Admin and probe ports: time allowed for a request's header section (HTTP/1;
+    /// counted from when the connection waits for it, so it also ends idle
+    /// keep-alive connections), and for the probe port's first byte and TLS handshake.
+    #[serde(default = "default_admin_header_timeout_ms")]
+    pub admin_header_timeout_ms: u64,
+    /// Admin and probe ports: a connection with no bytes in either direction for
+    /// this long is closed (HTTP/1 and HTTP/2).
+    #[serde(default = "default_admin_idle_timeout_ms")]
+    pub admin_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -241,6 +262,10 @@ impl Default for Limits {
             idle_timeout_ms: default_downstream_idle_timeout_ms(),
             max_connections: default_max_connections(),
             max_connections_per_identity: default_max_connections_per_identity(),
+            admin_max_connections: default_admin_max_connections(),
+            probe_max_connections: default_probe_max_connections(),
+            admin_header_timeout_ms: default_admin_header_timeout_ms(),
+            admin_idle_timeout_ms: default_admin_idle_timeout_ms(),
         }
     }
 }
@@ -296,6 +321,9 @@ fn default_gateway_addr() -> SocketAddr {
 fn default_admin_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4191))
 }
+fn default_probe_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4192))
+}
 fn default_poll_ms() -> u64 {
     250
 }
@@ -322,6 +350,18 @@ fn default_max_connections() -> usize {
 }
 fn default_max_connections_per_identity() -> usize {
     2_000
+}
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_probe_max_connections() -> usize {
+    16
+}
+fn default_admin_header_timeout_ms() -> u64 {
+    5_000
+}
+fn default_admin_idle_timeout_ms() -> u64 {
+    30_000
 }
 fn default_eject_after_failures() -> u32 {
     3
@@ -429,6 +469,16 @@ impl Config {
             (
                 "max_connections_per_identity",
                 self.limits.max_connections_per_identity,
+            ),
+            ("admin_max_connections", self.limits.admin_max_connections),
+            ("probe_max_connections", self.limits.probe_max_connections),
+            (
+                "admin_header_timeout_ms",
+                self.limits.admin_header_timeout_ms as usize,
+            ),
+            (
+                "admin_idle_timeout_ms",
+                self.limits.admin_idle_timeout_ms as usize,
             ),
         ];
         if self.upstream.eject_after_failures == 0 {

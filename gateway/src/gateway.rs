@@ -1,5 +1,5 @@
 //! Assembly: one constructor builds the whole gateway (TLS, discovery, proxy,
-//! admin) from a [`Config`], for `main` and the tests alike.
+//! admin and probe ports) from a [`Config`], for `main` and the tests alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::admin::{self, AdminState, Readiness};
+use crate::admin::{self, AdminState, Readiness, ServeLimits};
 use crate::config::{Config, Discovery};
 use crate::discovery::{self, files::FileSource, Index, Publisher};
 use crate::listener::{
@@ -34,7 +34,7 @@ pub enum StartError {
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// `gateway` or `admin`.
+        /// `gateway`, `admin` or `probe`.
         what: &'static str,
         /// The OS error.
         error: std::io::Error,
@@ -51,19 +51,24 @@ pub enum StartError {
     /// The Kubernetes client could not be built.
     #[error(transparent)]
     Kube(#[from] discovery::kube::KubeError),
-    /// The discovery thread could not be started.
-    #[error("cannot start the discovery thread: {0}")]
+    /// A thread (discovery, admin, serving shards) could not be started.
+    #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }
 
-/// Runs a discovery source on its own thread with a single-threaded runtime.
+/// Runs `make()` on a thread of its own (`isthmus-<name>`) with a
+/// single-threaded runtime, so its work never queues behind (or delays) the
+/// accept loop and proxied requests. Used for:
 ///
-/// Discovery parses every watched object and rebuilds whole route tables; on
-/// its own thread that work never queues behind (or delays) proxied requests,
-/// and the memory it churns stays in one allocator heap that
-/// [`crate::memory::release_freed`] can hand back to the OS after each publish.
-/// The returned handle completes when the source returns (on shutdown).
-fn spawn_discovery<F, Fut>(make: F) -> Result<JoinHandle<()>, StartError>
+/// - discovery, which parses every watched object and rebuilds whole route
+///   tables, and whose churned memory stays in one allocator heap that
+///   [`crate::memory::release_freed`] can hand back to the OS after each publish;
+/// - the admin and probe ports, so a flood of admin or probe connections never
+///   runs on the thread that accepts gateway connections.
+///
+/// The returned handle completes when the future returns (on shutdown); tasks
+/// it spawned end with its runtime.
+fn spawn_thread<F, Fut>(name: &str, make: F) -> Result<JoinHandle<()>, StartError>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
@@ -74,7 +79,7 @@ where
         .map_err(StartError::Thread)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
-        .name("isthmus-discovery".into())
+        .name(format!("isthmus-{name}"))
         .spawn(move || {
             runtime.block_on(make());
             drop(done_tx);
@@ -91,6 +96,8 @@ pub struct Gateway {
     pub gateway_addr: SocketAddr,
     /// The bound admin address.
     pub admin_addr: SocketAddr,
+    /// The bound probe address (`/ready` and `/live`, plaintext or TLS).
+    pub probe_addr: SocketAddr,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// The published routes.
@@ -159,7 +166,7 @@ impl Gateway {
                 tracing::info!(dir = %files.dir().display(), routes = routes.load().route_count(), "file discovery synced");
                 let (metrics, interval, stop) =
                     (metrics.clone(), files.poll_interval(), shutdown_rx.clone());
-                tasks.push(spawn_discovery(move || {
+                tasks.push(spawn_thread("discovery", move || {
                     discovery::files::run(source, index, publisher, metrics, interval, stop)
                         .instrument(tracing::info_span!("discovery", source = "files"))
                 })?);
@@ -175,7 +182,7 @@ impl Gateway {
                 // The client is built on the discovery thread (its connection
                 // tasks live there); its errors come back here.
                 let (client_tx, client_rx) = tokio::sync::oneshot::channel();
-                tasks.push(spawn_discovery(move || async move {
+                tasks.push(spawn_thread("discovery", move || async move {
                     let client = match discovery::kube::client(kubeconfig.as_deref()).await {
                         Ok(c) => c,
                         Err(e) => {
@@ -206,12 +213,14 @@ impl Gateway {
         };
         let gateway_listener = bind(cfg.listen.gateway, "gateway").await?;
         let admin_listener = bind(cfg.listen.admin, "admin").await?;
+        let probe_listener = bind(cfg.listen.probe, "probe").await?;
         let local = |l: &TcpListener, addr: SocketAddr, what| {
             l.local_addr()
                 .map_err(|error| StartError::Bind { addr, what, error })
         };
         let gateway_addr = local(&gateway_listener, cfg.listen.gateway, "gateway")?;
         let admin_addr = local(&admin_listener, cfg.listen.admin, "admin")?;
+        let probe_addr = local(&probe_listener, cfg.listen.probe, "probe")?;
 
         let proxy = GatewayProxy::new(
             routes.clone(),
@@ -276,14 +285,56 @@ impl Gateway {
             routes: routes.clone(),
         };
         let (admin_stop, admin_stop_rx) = watch::channel(false);
-        let admin = tokio::spawn(
-            admin::serve(admin_listener, admin_state, admin_stop_rx)
-                .instrument(tracing::info_span!("admin", addr = %admin_addr)),
+        let limits = |max_connections| ServeLimits {
+            max_connections,
+            header_timeout: Duration::from_millis(cfg.limits.admin_header_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.limits.admin_idle_timeout_ms),
+        };
+        let (admin_limits, probe_limits) = (
+            limits(cfg.limits.admin_max_connections),
+            limits(cfg.limits.probe_max_connections),
         );
-        tracing::info!(%gateway_addr, %admin_addr, identity = %own_identity, "isthmus gateway serving");
+        let probe_tls = tls.probe_config();
+        // The listeners leave this runtime's reactor and join the admin thread's.
+        let into_std = |l: TcpListener, addr: SocketAddr, what| {
+            l.into_std()
+                .map_err(|error| StartError::Bind { addr, what, error })
+        };
+        let admin_listener = into_std(admin_listener, admin_addr, "admin")?;
+        let probe_listener = into_std(probe_listener, probe_addr, "probe")?;
+        let admin = spawn_thread("admin", move || async move {
+            let (admin_listener, probe_listener) = match (
+                TcpListener::from_std(admin_listener),
+                TcpListener::from_std(probe_listener),
+            ) {
+                (Ok(a), Ok(p)) => (a, p),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot serve the admin and probe ports");
+                    return;
+                }
+            };
+            let admin = admin::serve(
+                admin_listener,
+                admin_state.clone(),
+                admin_limits,
+                admin_stop_rx.clone(),
+            )
+            .instrument(tracing::info_span!("admin", addr = %admin_addr));
+            let probe = admin::probe::serve(
+                probe_listener,
+                probe_tls,
+                admin_state,
+                probe_limits,
+                admin_stop_rx,
+            )
+            .instrument(tracing::info_span!("probe", addr = %probe_addr));
+            tokio::join!(admin, probe);
+        })?;
+        tracing::info!(%gateway_addr, %admin_addr, %probe_addr, identity = %own_identity, "isthmus gateway serving");
         Ok(Gateway {
             gateway_addr,
             admin_addr,
+            probe_addr,
             metrics,
             routes,
             readiness,

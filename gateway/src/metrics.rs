@@ -33,7 +33,8 @@ pub struct Metrics {
     pub upstream_connect_errors: IntCounter,
     /// `isthmus_limits_exceeded_total{limit}`: connections ended by a limit
     /// (`max_connections`, `max_connections_per_identity`,
-    /// `request_header_timeout`, `idle_timeout`).
+    /// `request_header_timeout`, `idle_timeout`; on the admin and probe ports
+    /// `admin_max_connections`, `probe_max_connections`).
     pub limits_exceeded: IntCounterVec,
     /// `isthmus_endpoint_ejections_total`: endpoints taken out of rotation
     /// after consecutive connect failures (passive health).

@@ -151,7 +151,8 @@ fn sigterm_drains_and_exits_zero() {
     std::fs::write(
         &config,
         text.replace("127.0.0.1:4143", "127.0.0.1:0")
-            .replace("127.0.0.1:4191", "127.0.0.1:0"),
+            .replace("127.0.0.1:4191", "127.0.0.1:0")
+            .replace("127.0.0.1:4192", "127.0.0.1:0"),
     )
     .expect("write");
     let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
@@ -190,7 +191,8 @@ fn run_fails_loudly_when_the_port_is_taken() {
         &config,
         original
             .replace("127.0.0.1:4143", &format!("127.0.0.1:{port}"))
-            .replace("127.0.0.1:4191", "127.0.0.1:0"),
+            .replace("127.0.0.1:4191", "127.0.0.1:0")
+            .replace("127.0.0.1:4192", "127.0.0.1:0"),
     )
     .expect("write");
     let o = isthmus(&["run", "--config", config.to_str().expect("utf8")]);

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
 fn render() -> Vec<serde_yaml::Value> {
@@ -146,6 +147,40 @@ fn kustomize_renders_every_object_into_its_type() {
     assert_eq!(svc_spec.type_.as_deref(), Some("LoadBalancer"));
     let ports: Vec<i32> = svc_spec.ports.iter().flatten().map(|p| p.port).collect();
     assert_eq!(ports, [4143, 4191]);
+    // The LoadBalancer exposes the gateway and the probe listener, never the
+    // admin port (/metrics, /routes).
+    let target = |t: &Option<IntOrString>| match t {
+        Some(IntOrString::String(name)) => name.clone(),
+        Some(IntOrString::Int(port)) => port.to_string(),
+        None => "<none>".into(),
+    };
+    let exposed: Vec<(String, String)> = svc_spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), target(&p.target_port)))
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        exposed,
+        [pair("mc-gateway", "gateway"), pair("mc-probe", "probe")],
+        "the LoadBalancer must expose exactly the gateway and probe ports"
+    );
+    let container_ports: BTreeMap<String, i32> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(container_ports.get("gateway"), Some(&4143));
+    assert_eq!(container_ports.get("probe"), Some(&4192));
+    assert_eq!(container_ports.get("admin"), Some(&4191));
+    for (_, t) in &exposed {
+        assert!(
+            t != "admin" && t != "4191",
+            "admin port published on the LoadBalancer: {exposed:?}"
+        );
+    }
     let ann = svc.metadata.annotations.expect("annotations");
     assert_eq!(
         ann.get("mirror.linkerd.io/probe-port").map(String::as_str),
@@ -184,4 +219,9 @@ fn kustomize_renders_every_object_into_its_type() {
     )
     .expect("valid config");
     assert!(matches!(cfg.discovery, Discovery::Kubernetes(_)));
+    assert_eq!(
+        cfg.listen.probe.port(),
+        4192,
+        "the probe listener is where the Deployment's `probe` port points"
+    );
 }

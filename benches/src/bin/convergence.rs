@@ -83,7 +83,7 @@ async fn main() {
     std::fs::write(work.path().join("kubeconfig"), api.kubeconfig_yaml()).expect("kubeconfig");
     std::fs::write(
         work.path().join("isthmus.yaml"),
-        "listen: {gateway: \"127.0.0.1:15143\", admin: \"127.0.0.1:15191\"}\n\
+        "listen: {gateway: \"127.0.0.1:15143\", admin: \"127.0.0.1:15191\", probe: \"127.0.0.1:15192\"}\n\
          tls: {cert: certs/gateway.crt, key: certs/gateway.key, trust_anchors: certs/ca.crt}\n\
          allowed_identities: [\"*\"]\n\
          discovery: {kubernetes: {kubeconfig: kubeconfig}}\n",

@@ -28,6 +28,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 const GATEWAY: &str = "127.0.0.1:16143";
 const ADMIN: &str = "127.0.0.1:16191";
+const PROBE: &str = "127.0.0.1:16192";
 const HOST: &str = "soak.example";
 const RATE: u32 = 300;
 
@@ -259,7 +260,7 @@ async fn main() {
     std::fs::write(
         work.path().join("isthmus.yaml"),
         format!(
-            "listen: {{gateway: \"{GATEWAY}\", admin: \"{ADMIN}\"}}\n\
+            "listen: {{gateway: \"{GATEWAY}\", admin: \"{ADMIN}\", probe: \"{PROBE}\"}}\n\
              tls: {{cert: certs/gateway.crt, key: certs/gateway.key, trust_anchors: certs/ca.crt, reload_interval_ms: 200}}\n\
              allowed_identities: [\"*\"]\n\
              discovery: {{kubernetes: {{kubeconfig: kubeconfig}}}}\n"

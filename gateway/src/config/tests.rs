@@ -21,6 +21,11 @@ fn defaults_and_relative_paths() {
     assert!(cfg.allowed_identities.is_empty(), "default is deny all");
     assert_eq!(cfg.listen.gateway.port(), 4143);
     assert_eq!(cfg.listen.admin.port(), 4191);
+    assert_eq!(cfg.listen.probe.port(), 4192);
+    assert_eq!(cfg.limits.admin_max_connections, 64);
+    assert_eq!(cfg.limits.probe_max_connections, 16);
+    assert_eq!(cfg.limits.admin_header_timeout_ms, 5_000);
+    assert_eq!(cfg.limits.admin_idle_timeout_ms, 30_000);
     assert_eq!(cfg.tls.cert, Path::new("/etc/isthmus/certs/gateway.crt"));
     match &cfg.discovery {
         Discovery::Files(f) => assert_eq!(f.dir(), Path::new("/etc/isthmus/manifests")),
@@ -71,4 +76,24 @@ fn kubernetes_source_and_detailed_files() {
 fn missing_discovery_is_an_error() {
     let err = parse("tls: {cert: a, key: b, trust_anchors: c}\n").unwrap_err();
     assert!(err.to_string().contains("discovery"), "{err}");
+}
+
+#[test]
+fn zero_admin_limits_are_refused_by_name() {
+    let err = parse(&format!(
+        "{MINIMAL}\nlimits: {{admin_max_connections: 0}}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("limits.admin_max_connections"),
+        "{err}"
+    );
+    let err = parse(&format!(
+        "{MINIMAL}\nlimits: {{admin_header_timeout_ms: 0}}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("limits.admin_header_timeout_ms"),
+        "{err}"
+    );
 }

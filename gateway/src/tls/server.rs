@@ -276,6 +276,27 @@ impl TlsServer {
     }
 }
 
+impl TlsServer {
+    /// The probe port's rustls config: the same (swappable) serving certificate
+    /// and trust anchors as the gateway port, but a client certificate is
+    /// optional; one that is presented must verify like on the gateway port.
+    /// No session resumption (a probe handshake is cheap, and its sessions stay
+    /// out of the gateway's cache). ALPN h2 and http/1.1.
+    pub fn probe_config(&self) -> Arc<ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        #[allow(clippy::expect_used)]
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_client_cert_verifier(Arc::new(OptionalPeer(self.verifier.clone())))
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Arc::new(config)
+    }
+}
+
 #[derive(Debug)]
 struct CertResolver(ArcSwap<CertifiedKey>);
 
@@ -356,6 +377,57 @@ impl ClientCertVerifier for PeerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.load().1.supported_verify_schemes()
+    }
+}
+
+/// [`PeerVerifier`] with the client certificate optional (the probe port): no
+/// certificate is fine, a presented one must verify against the current trust
+/// anchors.
+#[derive(Debug)]
+struct OptionalPeer(Arc<PeerVerifier>);
+
+impl ClientCertVerifier for OptionalPeer {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
