@@ -359,6 +359,7 @@ async fn dead_gateway_marks_mirrors_not_ready_then_recovers() {
     })
     .await;
     let took = stopped.elapsed();
+    eprintln!("gateway stopped -> mirror not ready after {took:?} (budget {budget:?})");
     assert!(
         took <= budget,
         "not ready after {took:?}, budget {budget:?}"
@@ -659,12 +660,11 @@ async fn bad_links_are_reported_and_others_keep_mirroring() {
     })
     .await;
     let kept = mirror_svc(&west, "taken-east").expect("local Service");
-    assert!(kept
+    assert!(!kept
         .metadata
         .labels
         .unwrap_or_default()
-        .get("mirror.linkerd.io/mirrored-service")
-        .is_none());
+        .contains_key("mirror.linkerd.io/mirrored-service"));
     assert_eq!(
         kept.spec.and_then(|s| s.ports).map(|p| p[0].port),
         Some(1234)

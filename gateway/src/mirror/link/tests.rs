@@ -31,7 +31,8 @@ fn defaults_follow_linkerd() {
 
 #[test]
 fn bad_fields_are_named() {
-    let cases: Vec<(Box<dyn Fn(&mut LinkSpec)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut LinkSpec)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|s| s.target_cluster_name = "East_1".into()),
             "targetClusterName",
