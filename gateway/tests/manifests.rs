@@ -7,9 +7,9 @@ use std::process::Command;
 
 use isthmus::config::{Config, Discovery};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 
@@ -32,65 +32,126 @@ fn render() -> Vec<serde_yaml::Value> {
         .collect()
 }
 
-fn typed<T: serde::de::DeserializeOwned>(
-    docs: &BTreeMap<String, serde_yaml::Value>,
-    kind: &str,
-) -> T {
-    let v = docs
-        .get(kind)
-        .unwrap_or_else(|| panic!("no {kind} rendered"));
-    serde_yaml::from_value(v.clone()).unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
+/// The rendered objects by `(kind, name)`; a duplicate is an error.
+struct Rendered(BTreeMap<(String, String), serde_yaml::Value>);
+
+impl Rendered {
+    fn new() -> Rendered {
+        let mut docs = BTreeMap::new();
+        for d in render() {
+            let kind = d["kind"].as_str().expect("kind").to_string();
+            let name = d["metadata"]["name"].as_str().expect("name").to_string();
+            let dup = docs.insert((kind.clone(), name.clone()), d);
+            assert!(dup.is_none(), "{kind} {name} rendered twice");
+        }
+        Rendered(docs)
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, kind: &str, name: &str) -> T {
+        let v = self
+            .0
+            .get(&(kind.to_string(), name.to_string()))
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"));
+        serde_yaml::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("{kind} {name} does not parse: {e}"))
+    }
+
+    fn all<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Vec<T> {
+        self.0
+            .iter()
+            .filter(|((k, _), _)| k == kind)
+            .map(|((k, n), v)| {
+                serde_yaml::from_value(v.clone())
+                    .unwrap_or_else(|e| panic!("{k} {n} does not parse: {e}"))
+            })
+            .collect()
+    }
 }
 
-#[test]
-fn kustomize_renders_every_object_into_its_type() {
-    let docs: BTreeMap<String, serde_yaml::Value> = render()
-        .into_iter()
-        .map(|d| (d["kind"].as_str().expect("kind").to_string(), d))
-        .collect();
-    let kinds: Vec<&str> = docs.keys().map(String::as_str).collect();
-    assert_eq!(
-        kinds,
-        [
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "ConfigMap",
-            "CustomResourceDefinition",
-            "Deployment",
-            "Namespace",
-            "PodDisruptionBudget",
-            "Service",
-            "ServiceAccount"
-        ]
-    );
-    let _: Namespace = typed(&docs, "Namespace");
-    let _: ServiceAccount = typed(&docs, "ServiceAccount");
-    let mut crds: Vec<String> = render()
-        .into_iter()
-        .filter(|d| d["kind"].as_str() == Some("CustomResourceDefinition"))
-        .map(|d| {
-            let crd: CustomResourceDefinition = serde_yaml::from_value(d).expect("CRD parses");
-            crd.metadata.name.unwrap_or_default()
-        })
-        .collect();
-    crds.sort();
-    assert_eq!(crds, ["links.isthmus.dev", "mappings.isthmus.dev"]);
-
-    // Least privilege: read three kinds, patch Mapping status, nothing else.
-    let role: ClusterRole = typed(&docs, "ClusterRole");
+/// Every grant of `rules` as `group/resource:verb`, with `[names]` when restricted, sorted.
+fn grants(rules: &[PolicyRule]) -> Vec<String> {
     let mut granted = Vec::new();
-    for r in role.rules.unwrap_or_default() {
+    for r in rules {
+        let names = match r.resource_names.as_deref() {
+            Some(n) if !n.is_empty() => format!("[{}]", n.join(",")),
+            _ => String::new(),
+        };
         for g in r.api_groups.iter().flatten() {
             for res in r.resources.iter().flatten() {
                 for v in &r.verbs {
-                    granted.push(format!("{g}/{res}:{v}"));
+                    granted.push(format!("{g}/{res}:{v}{names}"));
                 }
             }
         }
     }
     granted.sort();
+    granted
+}
+
+fn cluster_role_grants(docs: &Rendered, name: &str) -> Vec<String> {
+    let role: ClusterRole = docs.get("ClusterRole", name);
+    grants(&role.rules.unwrap_or_default())
+}
+
+#[test]
+fn kustomize_renders_every_object_into_its_type() {
+    let docs = Rendered::new();
+    let objects: Vec<String> = docs.0.keys().map(|(k, n)| format!("{k}/{n}")).collect();
     assert_eq!(
-        granted,
+        objects,
+        [
+            "ClusterRole/isthmus-gateway",
+            "ClusterRole/isthmus-mirror-remote-access",
+            "ClusterRoleBinding/isthmus-gateway",
+            "ClusterRoleBinding/isthmus-mirror-remote-access",
+            "ConfigMap/isthmus-gateway",
+            "CustomResourceDefinition/links.isthmus.dev",
+            "CustomResourceDefinition/mappings.isthmus.dev",
+            "Deployment/isthmus-gateway",
+            "Namespace/isthmus",
+            "PodDisruptionBudget/isthmus-gateway",
+            "Secret/isthmus-mirror-remote-access",
+            "Service/isthmus-gateway",
+            "ServiceAccount/isthmus-gateway",
+            "ServiceAccount/isthmus-mirror-remote-access",
+        ]
+    );
+    // Every object parses into its type.
+    let _: Vec<Namespace> = docs.all("Namespace");
+    let _: Vec<ServiceAccount> = docs.all("ServiceAccount");
+    let _: Vec<Secret> = docs.all("Secret");
+    let _: Vec<ClusterRole> = docs.all("ClusterRole");
+    let _: Vec<ClusterRoleBinding> = docs.all("ClusterRoleBinding");
+    let _: Vec<Deployment> = docs.all("Deployment");
+    let crds: Vec<CustomResourceDefinition> = docs.all("CustomResourceDefinition");
+    for crd in &crds {
+        assert_eq!(crd.spec.group, "isthmus.dev");
+    }
+    let link: CustomResourceDefinition = docs.get("CustomResourceDefinition", "links.isthmus.dev");
+    assert_eq!(link.spec.names.kind, "Link");
+    assert!(
+        link.spec.versions[0]
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some(),
+        "Link status subresource"
+    );
+    for ns in docs
+        .0
+        .values()
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+    {
+        assert_eq!(ns, "isthmus", "every namespaced object is in isthmus");
+    }
+}
+
+#[test]
+fn gateway_objects() {
+    let docs = Rendered::new();
+    // Least privilege: read three kinds, patch Mapping status, nothing else.
+    assert_eq!(
+        cluster_role_grants(&docs, "isthmus-gateway"),
         [
             "/services:get",
             "/services:list",
@@ -104,10 +165,10 @@ fn kustomize_renders_every_object_into_its_type() {
             "isthmus.dev/mappings:watch",
         ]
     );
-    let binding: ClusterRoleBinding = typed(&docs, "ClusterRoleBinding");
+    let binding: ClusterRoleBinding = docs.get("ClusterRoleBinding", "isthmus-gateway");
     assert_eq!(binding.role_ref.name, "isthmus-gateway");
 
-    let deploy: Deployment = typed(&docs, "Deployment");
+    let deploy: Deployment = docs.get("Deployment", "isthmus-gateway");
     let spec = deploy.spec.expect("spec");
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.expect("pod spec");
@@ -147,9 +208,9 @@ fn kustomize_renders_every_object_into_its_type() {
         "TLS secret mounted: {mounts:?}"
     );
 
-    let _: PodDisruptionBudget = typed(&docs, "PodDisruptionBudget");
+    let _: PodDisruptionBudget = docs.get("PodDisruptionBudget", "isthmus-gateway");
 
-    let svc: Service = typed(&docs, "Service");
+    let svc: Service = docs.get("Service", "isthmus-gateway");
     let svc_spec = svc.spec.expect("spec");
     assert_eq!(svc_spec.type_.as_deref(), Some("LoadBalancer"));
     let ports: Vec<i32> = svc_spec.ports.iter().flatten().map(|p| p.port).collect();
@@ -179,7 +240,7 @@ fn kustomize_renders_every_object_into_its_type() {
     );
 
     // The shipped config is valid and uses Kubernetes discovery.
-    let cm: ConfigMap = typed(&docs, "ConfigMap");
+    let cm: ConfigMap = docs.get("ConfigMap", "isthmus-gateway");
     let text = cm
         .data
         .expect("data")
@@ -192,4 +253,70 @@ fn kustomize_renders_every_object_into_its_type() {
     )
     .expect("valid config");
     assert!(matches!(cfg.discovery, Discovery::Kubernetes(_)));
+}
+
+#[test]
+fn target_side_remote_access_is_read_only() {
+    let docs = Rendered::new();
+    let sa: ServiceAccount = docs.get("ServiceAccount", "isthmus-mirror-remote-access");
+    assert_eq!(sa.metadata.namespace.as_deref(), Some("isthmus"));
+
+    // The long-lived token `isthmus link` reads.
+    let token: Secret = docs.get("Secret", "isthmus-mirror-remote-access");
+    assert_eq!(
+        token.type_.as_deref(),
+        Some("kubernetes.io/service-account-token")
+    );
+    assert_eq!(
+        token
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("kubernetes.io/service-account.name")
+            .map(String::as_str),
+        Some("isthmus-mirror-remote-access")
+    );
+
+    let granted = cluster_role_grants(&docs, "isthmus-mirror-remote-access");
+    assert_eq!(
+        granted,
+        [
+            "/services:get",
+            "/services:list",
+            "/services:watch",
+            "discovery.k8s.io/endpointslices:get",
+            "discovery.k8s.io/endpointslices:list",
+            "discovery.k8s.io/endpointslices:watch",
+        ]
+    );
+    let role: ClusterRole = docs.get("ClusterRole", "isthmus-mirror-remote-access");
+    for r in role.rules.unwrap_or_default() {
+        for v in &r.verbs {
+            assert!(
+                ["get", "list", "watch"].contains(&v.as_str()),
+                "remote access grants {v}"
+            );
+        }
+    }
+    let binding: ClusterRoleBinding =
+        docs.get("ClusterRoleBinding", "isthmus-mirror-remote-access");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, "isthmus-mirror-remote-access");
+    let subjects: Vec<String> = binding
+        .subjects
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{}/{}",
+                s.kind,
+                s.namespace.as_deref().unwrap_or(""),
+                s.name
+            )
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        ["ServiceAccount:isthmus/isthmus-mirror-remote-access"]
+    );
 }
