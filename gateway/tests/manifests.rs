@@ -7,10 +7,13 @@ use std::process::Command;
 
 use isthmus::config::{Config, Discovery};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
 fn render() -> Vec<serde_yaml::Value> {
@@ -101,18 +104,24 @@ fn kustomize_renders_every_object_into_its_type() {
         objects,
         [
             "ClusterRole/isthmus-gateway",
+            "ClusterRole/isthmus-mirror",
             "ClusterRole/isthmus-mirror-remote-access",
             "ClusterRoleBinding/isthmus-gateway",
+            "ClusterRoleBinding/isthmus-mirror",
             "ClusterRoleBinding/isthmus-mirror-remote-access",
             "ConfigMap/isthmus-gateway",
             "CustomResourceDefinition/links.isthmus.dev",
             "CustomResourceDefinition/mappings.isthmus.dev",
             "Deployment/isthmus-gateway",
+            "Deployment/isthmus-mirror",
             "Namespace/isthmus",
             "PodDisruptionBudget/isthmus-gateway",
+            "Role/isthmus-mirror",
+            "RoleBinding/isthmus-mirror",
             "Secret/isthmus-mirror-remote-access",
             "Service/isthmus-gateway",
             "ServiceAccount/isthmus-gateway",
+            "ServiceAccount/isthmus-mirror",
             "ServiceAccount/isthmus-mirror-remote-access",
         ]
     );
@@ -122,6 +131,8 @@ fn kustomize_renders_every_object_into_its_type() {
     let _: Vec<Secret> = docs.all("Secret");
     let _: Vec<ClusterRole> = docs.all("ClusterRole");
     let _: Vec<ClusterRoleBinding> = docs.all("ClusterRoleBinding");
+    let _: Vec<Role> = docs.all("Role");
+    let _: Vec<RoleBinding> = docs.all("RoleBinding");
     let _: Vec<Deployment> = docs.all("Deployment");
     let crds: Vec<CustomResourceDefinition> = docs.all("CustomResourceDefinition");
     for crd in &crds {
@@ -319,4 +330,163 @@ fn target_side_remote_access_is_read_only() {
         subjects,
         ["ServiceAccount:isthmus/isthmus-mirror-remote-access"]
     );
+}
+
+fn container(deploy: &Deployment) -> &Container {
+    &deploy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+        .containers[0]
+}
+
+#[test]
+fn calling_side_mirror_deployment() {
+    let docs = Rendered::new();
+    let deploy: Deployment = docs.get("Deployment", "isthmus-mirror");
+    let gateway: Deployment = docs.get("Deployment", "isthmus-gateway");
+    let spec = deploy.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("isthmus-mirror"));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    let c = container(&deploy);
+    assert_eq!(
+        c.image,
+        container(&gateway).image,
+        "same image as the gateway"
+    );
+    assert_eq!(
+        c.args.as_deref().unwrap_or_default(),
+        [
+            "mirror",
+            "--namespace",
+            "isthmus",
+            "--admin",
+            "0.0.0.0:4191"
+        ]
+    );
+    // POD_NAME is the replica's identity in the Lease.
+    let pod_name = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAME")
+        .expect("POD_NAME env");
+    assert_eq!(
+        pod_name
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let h = p
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("httpGet probe");
+        let port = match &h.port {
+            IntOrString::Int(n) => n.to_string(),
+            IntOrString::String(name) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port.to_string())
+                .unwrap_or_default(),
+        };
+        format!("{}:{port}", h.path.as_deref().unwrap_or(""))
+    };
+    assert_eq!(probe(&c.readiness_probe), "/ready:4191");
+    assert_eq!(probe(&c.liveness_probe), "/live:4191");
+    let sc = c
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    let resources = c.resources.as_ref().expect("resources");
+    assert!(resources.requests.is_some(), "resource requests");
+    assert_eq!(
+        resources
+            .limits
+            .as_ref()
+            .and_then(|l| l.get("memory"))
+            .map(|q| q.0.as_str()),
+        Some("128Mi")
+    );
+}
+
+#[test]
+fn calling_side_mirror_rbac() {
+    let docs = Rendered::new();
+    assert_eq!(
+        cluster_role_grants(&docs, "isthmus-mirror"),
+        [
+            "/namespaces:create",
+            "/namespaces:get",
+            "/services/finalizers:update",
+            "/services:create",
+            "/services:delete",
+            "/services:get",
+            "/services:list",
+            "/services:update",
+            "/services:watch",
+            "discovery.k8s.io/endpointslices:create",
+            "discovery.k8s.io/endpointslices:delete",
+            "discovery.k8s.io/endpointslices:get",
+            "discovery.k8s.io/endpointslices:list",
+            "discovery.k8s.io/endpointslices:update",
+            "discovery.k8s.io/endpointslices:watch",
+        ]
+    );
+    let role: Role = docs.get("Role", "isthmus-mirror");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("isthmus"));
+    assert_eq!(
+        grants(&role.rules.unwrap_or_default()),
+        [
+            "/secrets:get",
+            "coordination.k8s.io/leases:create",
+            "coordination.k8s.io/leases:get[isthmus-mirror]",
+            "coordination.k8s.io/leases:update[isthmus-mirror]",
+            "isthmus.dev/links/status:patch",
+            "isthmus.dev/links/status:update",
+            "isthmus.dev/links:get",
+            "isthmus.dev/links:list",
+            "isthmus.dev/links:watch",
+        ]
+    );
+    let crb: ClusterRoleBinding = docs.get("ClusterRoleBinding", "isthmus-mirror");
+    assert_eq!(crb.role_ref.name, "isthmus-mirror");
+    let rb: RoleBinding = docs.get("RoleBinding", "isthmus-mirror");
+    assert_eq!(
+        (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+        ("Role", "isthmus-mirror")
+    );
+    for subjects in [crb.subjects, rb.subjects] {
+        let s: Vec<String> = subjects
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}/{}",
+                    s.kind,
+                    s.namespace.as_deref().unwrap_or(""),
+                    s.name
+                )
+            })
+            .collect();
+        assert_eq!(s, ["ServiceAccount:isthmus/isthmus-mirror"]);
+    }
 }
