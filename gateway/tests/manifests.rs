@@ -1,5 +1,7 @@
 //! `kubectl kustomize manifests/` renders, and every rendered object parses into
-//! its k8s-openapi type with the properties the deployment relies on.
+//! its k8s-openapi type with the properties the deployment relies on: the
+//! gateway, the target side of a Link (read-only remote access) and the calling
+//! side (`isthmus mirror`, the only writer of Services and EndpointSlices).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +13,9 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
@@ -489,4 +493,111 @@ fn calling_side_mirror_rbac() {
             .collect();
         assert_eq!(s, ["ServiceAccount:isthmus/isthmus-mirror"]);
     }
+}
+
+/// What each ServiceAccount (`ns/name`) is granted through every rendered binding.
+fn grants_by_service_account(docs: &Rendered) -> BTreeMap<String, Vec<String>> {
+    let cluster_roles: BTreeMap<String, Vec<PolicyRule>> = docs
+        .all::<ClusterRole>("ClusterRole")
+        .into_iter()
+        .map(|r| {
+            (
+                r.metadata.name.unwrap_or_default(),
+                r.rules.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let roles: BTreeMap<String, Vec<PolicyRule>> = docs
+        .all::<Role>("Role")
+        .into_iter()
+        .map(|r| {
+            let key = format!(
+                "{}/{}",
+                r.metadata.namespace.unwrap_or_default(),
+                r.metadata.name.unwrap_or_default()
+            );
+            (key, r.rules.unwrap_or_default())
+        })
+        .collect();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut bind = |subjects: Option<Vec<Subject>>, rules: &[PolicyRule]| {
+        for s in subjects.unwrap_or_default() {
+            assert_eq!(s.kind, "ServiceAccount", "only ServiceAccounts are bound");
+            let sa = format!("{}/{}", s.namespace.unwrap_or_default(), s.name);
+            out.entry(sa).or_default().extend(grants(rules));
+        }
+    };
+    for b in docs.all::<ClusterRoleBinding>("ClusterRoleBinding") {
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        let rules = cluster_roles
+            .get(&b.role_ref.name)
+            .unwrap_or_else(|| panic!("binding to missing ClusterRole {}", b.role_ref.name));
+        bind(b.subjects, rules);
+    }
+    for b in docs.all::<RoleBinding>("RoleBinding") {
+        let ns = b.metadata.namespace.clone().unwrap_or_default();
+        let rules = match b.role_ref.kind.as_str() {
+            "Role" => roles.get(&format!("{ns}/{}", b.role_ref.name)),
+            _ => cluster_roles.get(&b.role_ref.name),
+        }
+        .unwrap_or_else(|| panic!("binding to missing role {}", b.role_ref.name));
+        bind(b.subjects, rules);
+    }
+    for g in out.values_mut() {
+        g.sort();
+        g.dedup();
+    }
+    out
+}
+
+#[test]
+fn only_the_mirror_writes_services_and_endpointslices() {
+    let docs = Rendered::new();
+    let by_sa = grants_by_service_account(&docs);
+    // No wildcards anywhere: every grant is spelled out.
+    for (sa, granted) in &by_sa {
+        for g in granted {
+            assert!(!g.contains('*'), "{sa} has a wildcard grant {g}");
+        }
+    }
+    let writes = |g: &str| {
+        let (res, verb) = g.split_once(':').expect("resource:verb");
+        let verb = verb.split('[').next().unwrap_or(verb);
+        ["/services", "discovery.k8s.io/endpointslices"].contains(&res)
+            && ["create", "update", "patch", "delete", "deletecollection"].contains(&verb)
+    };
+    let writers: Vec<&str> = by_sa
+        .iter()
+        .filter(|(_, g)| g.iter().any(|g| writes(g)))
+        .map(|(sa, _)| sa.as_str())
+        .collect();
+    assert_eq!(writers, ["isthmus/isthmus-mirror"]);
+
+    // The gateway writes nothing but Mapping status.
+    let gateway = &by_sa["isthmus/isthmus-gateway"];
+    let gateway_writes: Vec<&String> = gateway
+        .iter()
+        .filter(|g| !g.ends_with(":get") && !g.ends_with(":list") && !g.ends_with(":watch"))
+        .collect();
+    assert_eq!(gateway_writes, ["isthmus.dev/mappings/status:patch"]);
+
+    // Secrets: only the mirror, get only, for its Links' credentials.
+    let secret_readers: Vec<String> = by_sa
+        .iter()
+        .flat_map(|(sa, g)| {
+            g.iter()
+                .filter(|g| g.starts_with("/secrets:"))
+                .map(move |g| format!("{sa} {g}"))
+        })
+        .collect();
+    assert_eq!(secret_readers, ["isthmus/isthmus-mirror /secrets:get"]);
+
+    // Every bound ServiceAccount is rendered; the remote-access one only reads.
+    for sa in by_sa.keys() {
+        let name = sa.split_once('/').map_or(sa.as_str(), |(_, n)| n);
+        let _: ServiceAccount = docs.get("ServiceAccount", name);
+    }
+    assert!(by_sa["isthmus/isthmus-mirror-remote-access"]
+        .iter()
+        .all(|g| g.ends_with(":get") || g.ends_with(":list") || g.ends_with(":watch")));
 }
