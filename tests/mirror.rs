@@ -996,3 +996,41 @@ async fn two_controller_processes_one_writes_and_the_other_takes_over_a_kill() {
     .await;
     assert!(b.metrics().await.contains("isthmus_mirror_leader 1"));
 }
+
+#[tokio::test]
+async fn a_link_edited_to_invalid_keeps_mirroring_and_says_why() {
+    let (east, west, m, _) = linked().await;
+    let mut v = west.get_json("links", "isthmus", "east").expect("link");
+    v["spec"]["gatewayPort"] = json!("not-a-port");
+    west.apply_json("links", v);
+    // The worker's own status writes (every probe) must not hide the refusal.
+    eventually_for("Valid=False stays", WAIT, || async {
+        condition(&link_status(&west), "Valid")
+            .is_some_and(|c| c.0 == "False" && c.2.contains("gatewayPort"))
+    })
+    .await;
+    let probes_later = Instant::now();
+    while probes_later.elapsed() < Duration::from_millis(600) {
+        assert!(
+            condition(&link_status(&west), "Valid").is_some_and(|c| c.0 == "False"),
+            "the refusal was overwritten"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    east.export("during", 1111, true);
+    wait("still mirroring on the last valid spec", || {
+        mirror_svc(&west, "during-east").is_some()
+    })
+    .await;
+    // A second Link for the same target cluster is refused.
+    let mut dup = link(&east, "127.0.0.1", "200ms", "2");
+    dup.metadata.name = Some("east-again".into());
+    west.apply(&dup);
+    wait("duplicate target refused", || {
+        west.get_json("links", "isthmus", "east-again")
+            .and_then(|l| condition(&l["status"], "Valid"))
+            .is_some_and(|c| c.0 == "False" && c.2.contains("already linked"))
+    })
+    .await;
+    m.shutdown().await;
+}

@@ -57,6 +57,7 @@ const PROBE_KEYS: &[&str] = &["path", "port", "period", "timeout", "failureThres
 struct Running {
     settings: LinkSettings,
     tx: watch::Sender<LinkSettings>,
+    invalid: watch::Sender<Option<String>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     /// The Secret's content the worker was started with.
@@ -201,16 +202,45 @@ impl Supervisor {
             return;
         };
         let raw = serde_json::to_value(&obj).unwrap_or_default();
-        let settings = match parse_link(&raw) {
+        let parsed = parse_link(&raw).and_then(|s| {
+            let taken = self
+                .running
+                .iter()
+                .map(|(n, r)| (n, &r.settings))
+                .chain(self.waiting.iter().map(|(n, w)| (n, &w.settings)))
+                .find(|(n, other)| **n != name && other.target == s.target);
+            match taken {
+                Some((other, _)) => Err(format!(
+                    "targetClusterName {} is already linked by Link {other}",
+                    s.target
+                )),
+                None => Ok(s),
+            }
+        });
+        let settings = match parsed {
             Ok(s) => s,
             Err(why) => {
-                // Keep a running worker on its last valid settings.
-                self.refuse(&name, "Valid", "InvalidSpec", &why, "invalid")
-                    .await;
+                match self.running.get(&name) {
+                    // Keep the worker on its last valid settings; it reports why.
+                    Some(r) => {
+                        if r.invalid.send_replace(Some(why.clone())).is_none() {
+                            tracing::warn!(link = %name, "{why}");
+                            self.metrics
+                                .link_errors
+                                .with_label_values(&["invalid"])
+                                .inc();
+                        }
+                    }
+                    None => {
+                        self.refuse(&name, "Valid", "InvalidSpec", &why, "invalid")
+                            .await
+                    }
+                }
                 return;
             }
         };
         if let Some(r) = self.running.get(&name) {
+            r.invalid.send_replace(None);
             let restart = r.settings.target != settings.target
                 || r.settings.credentials_secret != settings.credentials_secret
                 || r.settings.selector != settings.selector;
@@ -316,6 +346,7 @@ impl Supervisor {
         };
         self.waiting.remove(name);
         self.reported.remove(name);
+        let (invalid, invalid_rx) = watch::channel(None);
         let ctx = Context {
             namespace: self.namespace.clone(),
             name: name.into(),
@@ -323,6 +354,7 @@ impl Supervisor {
             remote,
             metrics: self.metrics.clone(),
             resolver: self.resolver.clone(),
+            invalid: invalid_rx,
         };
         let (tx, rx) = watch::channel(settings.clone());
         let (stop, stop_rx) = watch::channel(false);
@@ -333,6 +365,7 @@ impl Supervisor {
             Running {
                 settings,
                 tx,
+                invalid,
                 stop,
                 task,
                 credentials,

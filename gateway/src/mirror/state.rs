@@ -188,6 +188,7 @@ impl Remote {
 #[derive(Debug, Default)]
 pub struct Local {
     target: String,
+    link_ref: String,
     services: BTreeMap<Key, Service>,
     slices: BTreeMap<Key, BTreeMap<String, EndpointSlice>>,
     service_list: Relist<Service>,
@@ -195,10 +196,11 @@ pub struct Local {
 }
 
 impl Local {
-    /// An empty view for mirrors of `target`.
-    pub fn new(target: &str) -> Local {
+    /// An empty view for the mirrors Link `link_ref` (`ns/name`) wrote for `target`.
+    pub fn new(target: &str, link_ref: &str) -> Local {
         Local {
             target: target.into(),
+            link_ref: link_ref.into(),
             ..Local::default()
         }
     }
@@ -323,7 +325,8 @@ impl Local {
             .metadata
             .annotations
             .as_ref()
-            .is_some_and(|a| a.contains_key(ANN_LINK));
+            .and_then(|a| a.get(ANN_LINK))
+            .is_some_and(|v| *v == self.link_ref);
         if !self.labelled(&s.metadata) || !annotated {
             return None;
         }

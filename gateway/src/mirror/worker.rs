@@ -58,6 +58,9 @@ pub struct Context {
     pub metrics: MirrorMetrics,
     /// Gateway address resolver.
     pub resolver: Arc<dyn Resolve>,
+    /// Why the Link's current spec is refused (the worker then keeps running
+    /// on its last valid settings and says so in the `Valid` condition).
+    pub invalid: watch::Receiver<Option<String>>,
 }
 
 enum Input {
@@ -93,16 +96,18 @@ pub async fn run(
     let mut inputs = streams(&ctx, &initial);
     let (probe_tx, mut probe_rx) = mpsc::channel(4);
     let prober = tokio::spawn(probe_loop(settings.clone(), ctx.resolver.clone(), probe_tx));
+    let mut invalid = ctx.invalid.clone();
     let writer = Writer {
         client: ctx.local.clone(),
         link_ref: link_ref.clone(),
         metrics: ctx.metrics.clone(),
     };
+    let local = Local::new(&target, &link_ref);
     let mut w = Worker {
         settings: initial,
         link_ref,
         remote: Remote::default(),
-        local: Local::new(&target),
+        local,
         liveness: None,
         pending_probes: Vec::new(),
         gateway: GatewayView::default(),
@@ -135,6 +140,10 @@ pub async fn run(
                     l.set_threshold(w.settings.probe.failure_threshold);
                 }
                 w.dirty_all();
+            }
+            changed = invalid.changed() => {
+                if changed.is_err() { break; }
+                w.status_dirty = true;
             }
             input = inputs.next() => match input {
                 Some(i) => w.input(i, &ctx.metrics),
@@ -554,7 +563,16 @@ impl Worker {
     }
 
     async fn write_status(&mut self, ctx: &Context) {
-        self.condition("Valid", true, "Valid", "the Link's spec is valid".into());
+        let invalid = ctx.invalid.borrow().clone();
+        match invalid {
+            None => self.condition("Valid", true, "Valid", "the Link's spec is valid".into()),
+            Some(why) => self.condition(
+                "Valid",
+                false,
+                "InvalidSpec",
+                format!("{why}; still mirroring with the last valid spec"),
+            ),
+        }
         match &self.credentials {
             None => self.condition("CredentialsValid", true, "Authenticated", "the remote API accepts the credentials".into()),
             Some(why) => self.condition("CredentialsValid", false, "Unauthorized", format!("the remote API refuses the credentials: {why}; run `isthmus link` again and apply its Secret")),
