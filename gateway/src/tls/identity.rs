@@ -8,14 +8,15 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// The verified identity of the peer on one connection, stored in pingora's TLS
 /// digest extension by the handshake callback, with how many of the
 /// connection's requests reached the gateway's own hooks (requests pingora's
-/// parser refuses never do; the HTTP/1 stream wrapper counts those).
+/// parser refuses never do; the HTTP/1 stream wrapper counts those) and how
+/// many of those have finished (response complete, logged).
 #[derive(Debug)]
-pub struct PeerIdentity(pub Arc<str>, AtomicU64);
+pub struct PeerIdentity(pub Arc<str>, AtomicU64, AtomicU64);
 
 impl PeerIdentity {
     /// A connection's identity, no request seen yet.
     pub fn new(id: Arc<str>) -> Self {
-        PeerIdentity(id, AtomicU64::new(0))
+        PeerIdentity(id, AtomicU64::new(0), AtomicU64::new(0))
     }
 
     /// The identity string, e.g. `spiffe://west.example/ns/default/sa/peer`.
@@ -31,6 +32,16 @@ impl PeerIdentity {
     /// Requests on this connection that reached the gateway's hooks.
     pub fn requests_seen(&self) -> u64 {
         self.1.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a request counted by [`Self::request_seen`] has finished.
+    pub fn request_done(&self) {
+        self.2.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether every request that reached the gateway's hooks has finished.
+    pub fn all_done(&self) -> bool {
+        self.2.load(Ordering::Relaxed) >= self.1.load(Ordering::Relaxed)
     }
 }
 
