@@ -169,6 +169,16 @@ impl ObjectKind {
             ObjectKind::File => "file",
         }
     }
+
+    /// The Kubernetes kind, as [`crate::discovery::ObjectError`] names it.
+    pub fn object_kind(self) -> &'static str {
+        match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Mapping => "Mapping",
+            ObjectKind::File => "File",
+        }
+    }
 }
 
 impl Metrics {

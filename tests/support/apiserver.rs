@@ -286,6 +286,21 @@ impl ApiServer {
         last
     }
 
+    /// [`apply`](Self::apply) of raw JSON (its `kind` picks the resource): the
+    /// double stores it as given, so it may hold what no typed client would send.
+    pub fn apply_json(&self, value: Value) -> u64 {
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let res = resources::find_by_name(&kind)
+            .unwrap_or_else(|| panic!("the double does not serve {kind:?}"));
+        let stored = self
+            .inner
+            .shared
+            .store()
+            .upsert(res, value)
+            .unwrap_or_else(|e| panic!("the double refused an applied {kind}: {}", e.message));
+        store::object_rv(&stored)
+    }
+
     /// Deletes an object, emitting DELETED; false when there was none.
     pub fn delete<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
         self.inner

@@ -274,6 +274,37 @@ impl Index {
         Ok(Converted { key, item })
     }
 
+    /// An object the source could not even decode into its type: the error
+    /// to report, and for a Mapping its compact form as not accepted (so its
+    /// status can say why and an earlier version stops routing).
+    pub fn undecodable(
+        &self,
+        kind: ObjectKind,
+        key: ObjectKey,
+        generation: Option<i64>,
+        reason: String,
+    ) -> (Option<Converted>, ObjectError) {
+        let error = ObjectError {
+            kind: kind.object_kind(),
+            key: key.clone(),
+            reason: reason.clone(),
+        };
+        let converted = (kind == ObjectKind::Mapping && self.namespace_allowed(&key.namespace))
+            .then(|| Converted {
+                key,
+                item: Some(Item::Mapping(MappingEntry {
+                    generation,
+                    route: Err(reason),
+                })),
+            });
+        (converted, error)
+    }
+
+    /// Adds or replaces an object already converted (see [`Index::convert`]).
+    pub fn apply_converted(&mut self, c: Converted) {
+        self.insert(c);
+    }
+
     fn insert(&mut self, c: Converted) {
         match c.item {
             None => {}
@@ -832,9 +863,14 @@ fn convert_mapping(
     })
 }
 
+/// The longest Mapping timeout (as the CRD schema's `maximum`).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 fn positive_ms(field: &str, ms: u64) -> Result<Duration, String> {
-    if ms == 0 {
-        return Err(format!("{field} must be greater than 0"));
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        return Err(format!(
+            "{field} must be between 1 and {MAX_TIMEOUT_MS} (one day), not {ms}"
+        ));
     }
     Ok(Duration::from_millis(ms))
 }
