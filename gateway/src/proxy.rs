@@ -177,10 +177,16 @@ impl ProxyHttp for GatewayProxy {
                 return self.answer(session, ctx, kind).await;
             }
         }
-        let req = session.req_header();
-        if let Err(kind) = request::check_limits(req, &self.limits) {
+        if let Err(kind) = request::check_limits(session.req_header(), &self.limits) {
             return self.answer(session, ctx, kind).await;
         }
+        // Matched and sent upstream in normal form only.
+        match request::normalize_uri(&session.req_header().uri) {
+            Ok(None) => {}
+            Ok(Some(uri)) => session.req_header_mut().set_uri(uri),
+            Err(kind) => return self.answer(session, ctx, kind).await,
+        }
+        let req = session.req_header();
         let authority = match request::authority(req, session.is_http2()) {
             Ok(a) => a,
             Err(kind) => return self.answer(session, ctx, kind).await,
