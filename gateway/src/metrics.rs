@@ -123,6 +123,8 @@ pub enum HandshakeFailure {
     Expired,
     /// The certificate may not be used for client authentication, or carries no usable SAN.
     BadCertificate,
+    /// The certificate's identity holds a control byte, whitespace or `*`.
+    BadIdentity,
     /// Anything else rustls refused (versions, ciphers, garbage bytes).
     Protocol,
     /// The handshake did not complete within the handshake timeout.
@@ -139,6 +141,7 @@ impl HandshakeFailure {
             HandshakeFailure::UnknownCa => "unknown_ca",
             HandshakeFailure::Expired => "expired",
             HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::BadIdentity => "bad_identity",
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Closed => "closed",

@@ -54,9 +54,19 @@ pub enum IdentityError {
     /// The certificate has neither a URI nor a DNS SAN.
     #[error("certificate has no URI or DNS subject alternative name")]
     NoSan,
+    /// The identity holds a control byte, whitespace or `*` (it goes into
+    /// headers, logs and pattern matching, where those bytes mean something).
+    #[error("certificate identity {0:?} holds a control character, whitespace or '*'")]
+    BadIdentity(String),
 }
 
-/// Reads the identity from a DER certificate: first URI SAN, else first DNS SAN.
+/// Whether an identity is only visible ASCII, without `*`.
+fn is_clean(id: &str) -> bool {
+    id.bytes().all(|b| b.is_ascii_graphic() && b != b'*')
+}
+
+/// Reads the identity from a DER certificate: first URI SAN, else first DNS SAN;
+/// one with a control byte, whitespace or `*` is refused (not skipped).
 pub fn identity_from_der(der: &[u8]) -> Result<String, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
@@ -75,9 +85,11 @@ pub fn identity_from_der(der: &[u8]) -> Result<String, IdentityError> {
             _ => None,
         })
     };
-    uri.or_else(dns)
-        .map(str::to_string)
-        .ok_or(IdentityError::NoSan)
+    let id = uri.or_else(dns).ok_or(IdentityError::NoSan)?;
+    if !is_clean(id) {
+        return Err(IdentityError::BadIdentity(id.to_string()));
+    }
+    Ok(id.to_string())
 }
 
 #[cfg(test)]
@@ -114,6 +126,23 @@ mod tests {
             identity_from_der(dns.der()).expect("identity"),
             "peer.default.serviceaccount.identity.linkerd.cluster.local"
         );
+    }
+
+    #[test]
+    fn control_bytes_whitespace_and_wildcards_are_refused() {
+        let ca = CertAuthority::new("test ca").expect("ca");
+        for bad in [
+            "spiffe://w/a b",
+            "spiffe://w/a\tb",
+            "spiffe://w/a\x01",
+            "spiffe://w/*",
+        ] {
+            let leaf = ca.issue(&LeafSpec::peer_uri(bad)).expect("leaf");
+            assert_eq!(
+                identity_from_der(leaf.der()),
+                Err(IdentityError::BadIdentity(bad.into()))
+            );
+        }
     }
 
     #[test]
