@@ -66,6 +66,10 @@ fn cases(h: &Harness) -> Vec<Case> {
     server_only.ekus = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     h.issue_cert("server-only", &server_only);
     h.issue_cert("no-san", &LeafSpec::default());
+    h.issue_cert(
+        "space-in-identity",
+        &LeafSpec::peer_uri("spiffe://west.example/ns/default/sa/a b"),
+    );
 
     let many_headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
     let too_many_for_parser: String = (0..300).map(|i| format!("x-h{i}: v\r\n")).collect();
@@ -88,6 +92,8 @@ fn cases(h: &Harness) -> Vec<Case> {
             Want::Refused(AlertDescription::CertificateExpired, "expired")),
         case("certificate without any SAN", &h.client("no-san"), get(HOST),
             Want::Refused(AlertDescription::CertificateUnknown, "bad_certificate")),
+        case("identity with whitespace", &h.client("space-in-identity"), get(HOST),
+            Want::Refused(AlertDescription::CertificateUnknown, "bad_identity")),
         case("certificate for server use only (EKU serverAuth)", &h.client("server-only"), get(HOST),
             Want::Refused(AlertDescription::UnsupportedCertificate, "bad_certificate")),
         // SNI is not used for routing or certificate choice: any SNI, or none, is served.
@@ -205,6 +211,7 @@ impl Expected {
             "unknown_ca",
             "expired",
             "bad_certificate",
+            "bad_identity",
             "protocol",
             "timeout",
             "closed",

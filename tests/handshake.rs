@@ -233,3 +233,36 @@ async fn session_resumption_can_be_turned_off() {
         assert_eq!(r.status, 200);
     }
 }
+
+#[tokio::test]
+async fn identities_with_control_bytes_whitespace_or_wildcards_are_refused() {
+    let (h, _up) = harness().await;
+    let bad_uris = [
+        "spiffe://west.example/ns/default/sa/a b",
+        "spiffe://west.example/ns/default/sa/a\tb",
+        "spiffe://west.example/ns/default/sa/a\x01b",
+        "spiffe://west.example/ns/default/sa/a\x7fb",
+        "spiffe://west.example/ns/default/sa/*",
+    ];
+    for (i, uri) in bad_uris.iter().enumerate() {
+        let name = format!("bad-uri-{i}");
+        h.issue_cert(&name, &LeafSpec::peer_uri(uri));
+        refused(
+            &h,
+            &h.client(&name),
+            AlertDescription::CertificateUnknown,
+            "bad_identity",
+        )
+        .await;
+    }
+    h.issue_cert("bad-dns", &LeafSpec::peer_dns("peer\r\n.west.example"));
+    refused(
+        &h,
+        &h.client("bad-dns"),
+        AlertDescription::CertificateUnknown,
+        "bad_identity",
+    )
+    .await;
+    // Good identities are still served.
+    assert_eq!(h.client("peer-west").status(HOST, "/").await, 200);
+}

@@ -292,3 +292,61 @@ async fn filtered_namespaces_and_non_exported_are_never_routable() {
     wait_status(&c, "later.test.svc.cluster.local", 200).await;
     assert_eq!(status_of(&c, "later.other.svc.cluster.local").await, 404);
 }
+
+/// A Mapping as raw JSON, for what a typed client cannot send.
+fn raw_mapping(name: &str, host: &str, weight: u64) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "isthmus.dev/v1alpha1",
+        "kind": "Mapping",
+        "metadata": {"namespace": "test", "name": name},
+        "spec": {"hostname": host, "prefix": "/", "service": "internal:80", "weight": weight},
+    })
+}
+
+#[tokio::test]
+async fn an_undecodable_mapping_is_refused_alone() {
+    let api = ApiServer::start().await;
+    let up = Upstream::start("internal").await;
+    apply_service(&api, "test", "internal", false, 80);
+    apply_slice(&api, "test", "internal-1", "internal", &up, true);
+    api.apply(&typed::<Mapping>(&mapping(
+        "test",
+        "good",
+        "    hostname: good.example.com\n    prefix: /\n    service: internal:80\n",
+    )));
+    // weight does not fit the Mapping's u32: the object cannot be decoded.
+    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 4_294_967_296));
+    let h = start(&api, &[]).await;
+    let c = h.client("peer-west");
+    assert_eq!(status_of(&c, "good.example.com").await, 200);
+    assert_eq!(status_of(&c, "bad.example.com").await, 404);
+    assert!(
+        h.metric("isthmus_discovery_errors_total{kind=\"mapping\"}")
+            .await
+            >= 1.0
+    );
+    eventually("the bad Mapping's status says why", || async {
+        api.get_json("mappings", "test", "bad").is_some_and(|m| {
+            let cond = &m["status"]["conditions"][0];
+            cond["status"] == "False"
+                && cond["message"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("4294967296"))
+        })
+    })
+    .await;
+
+    // Later updates still arrive, also for the bad one once it is fixed.
+    api.apply(&typed::<Mapping>(&mapping(
+        "test",
+        "later",
+        "    hostname: later.example.com\n    prefix: /\n    service: internal:80\n",
+    )));
+    wait_status(&c, "later.example.com", 200).await;
+    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 50));
+    wait_status(&c, "bad.example.com", 200).await;
+    // Broken again by an update: refused again, the rest unaffected.
+    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 4_294_967_296));
+    wait_status(&c, "bad.example.com", 404).await;
+    assert_eq!(status_of(&c, "good.example.com").await, 200);
+}

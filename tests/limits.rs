@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use isthmus::config::Config;
+use isthmus_tests::raw_upstream::{read_request, RawUpstream};
 use isthmus_tests::{eventually, manifests, Harness, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,6 +25,43 @@ async fn gateway(adjust: impl FnOnce(&mut Config)) -> (Harness, Upstream) {
     )
     .await;
     (h, up)
+}
+
+/// A gateway whose one exported Service is a [`RawUpstream`] the test answers by hand.
+async fn gateway_raw(adjust: impl FnOnce(&mut Config)) -> (Harness, RawUpstream) {
+    let up = RawUpstream::start().await;
+    let h = Harness::start_with(
+        &[(
+            "podinfo.yaml",
+            manifests::exported_service("test", "podinfo", 9898, up.addr),
+        )],
+        |cfg| {
+            cfg.allowed_identities = vec!["*".into()];
+            adjust(cfg)
+        },
+    )
+    .await;
+    (h, up)
+}
+
+/// Reads until `needle` has arrived; fails after 5 s or at end of stream.
+async fn read_until<S: AsyncReadExt + Unpin>(stream: &mut S, out: &mut Vec<u8>, needle: &[u8]) {
+    let read = async {
+        while !out.windows(needle.len()).any(|w| w == needle) {
+            match stream.read_buf(out).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    };
+    let found = tokio::time::timeout(Duration::from_secs(5), read).await;
+    assert!(
+        found == Ok(true),
+        "{:?} never arrived; got {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(out)
+    );
 }
 
 fn limit(name: &str) -> String {
@@ -244,4 +282,220 @@ async fn upstream_connect_timeout_answers_504_in_time() {
     .await;
     assert!(h.metric("isthmus_upstream_connect_errors_total").await >= 1.0);
     drop((listener, queued));
+}
+
+/// The process's resident set (the gateway runs in this process), in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test]
+async fn slow_oversized_header_gets_431_at_the_limit() {
+    // The header deadline is far away: only the size limit can answer in time.
+    let (h, _up) = gateway(|cfg| cfg.limits.request_header_timeout_ms = 60_000).await;
+    let client = h.client("peer-west");
+    let mut tls = client.open().await.expect("handshake");
+    let started = Instant::now();
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n").as_bytes())
+        .await
+        .expect("write");
+    // 40 KiB of header lines (limit 32 KiB), one 1 KiB line every 10 ms, no empty line.
+    let line = format!("x-pad: {}\r\n", "a".repeat(1024 - 9));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut sent = 0;
+    let mut open = true;
+    while open && sent < 40 {
+        tokio::select! {
+            read = tls.read(&mut buf) => match read {
+                Ok(0) | Err(_) => open = false,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {
+                open = tls.write_all(line.as_bytes()).await.is_ok();
+                sent += 1;
+            }
+        }
+    }
+    if open {
+        out.extend(read_to_close(&mut tls, Duration::from_secs(5)).await);
+    }
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "got {answer:?}");
+    assert!(
+        answer.contains("x-isthmus-error: headers_too_large"),
+        "{answer}"
+    );
+    assert!(sent < 40, "answered only after all 40 KiB were sent");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    h.wait_metric(
+        "isthmus_request_errors_total{reason=\"headers_too_large\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(client.status(HOST, "/").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_on_many_connections_keep_memory_bounded() {
+    const CONNECTIONS: usize = 200;
+    const PER_CONNECTION: usize = 512 * 1024;
+    let (h, _up) = gateway(|cfg| cfg.limits.request_header_timeout_ms = 60_000).await;
+    let client = h.client("peer-west");
+    assert_eq!(client.status(HOST, "/").await, 200);
+    let before = rss_bytes();
+    let line = format!("x-pad: {}\r\n", "a".repeat(16 * 1024 - 9));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let client = client.clone();
+            let line = line.clone();
+            tokio::spawn(async move {
+                let mut tls = client.open().await.expect("handshake");
+                let mut sent = 0;
+                let mut open = tls
+                    .write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n").as_bytes())
+                    .await
+                    .is_ok();
+                while open && sent < PER_CONNECTION {
+                    open = tls.write_all(line.as_bytes()).await.is_ok();
+                    sent += line.len();
+                }
+                // The gateway must close it (its 431 may be lost to the reset
+                // that closing with unread bytes causes); kept until measured.
+                let mut out = Vec::new();
+                let read = tls.read_to_end(&mut out);
+                let closed = tokio::time::timeout(Duration::from_secs(3), read)
+                    .await
+                    .is_ok();
+                (tls, closed)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.expect("client task"));
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    let closed = held.iter().filter(|(_, closed)| *closed).count();
+    assert!(
+        grown < 40 * 1024 * 1024,
+        "RSS grew by {} MiB for {CONNECTIONS} oversized headers",
+        grown / (1024 * 1024)
+    );
+    assert_eq!(
+        closed, CONNECTIONS,
+        "every oversized header ends its connection"
+    );
+    drop(held);
+    assert_eq!(client.status(HOST, "/").await, 200);
+}
+
+#[tokio::test]
+async fn streaming_response_outlasts_the_idle_timeout() {
+    let (h, mut up) = gateway_raw(|cfg| cfg.limits.idle_timeout_ms = 300).await;
+    let mut tls = h.client("peer-west").open().await.expect("handshake");
+    tls.write_all(format!("GET /events HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut conn = up.accept().await;
+    read_request(&mut conn).await.expect("request upstream");
+    conn.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        .await
+        .expect("upstream head");
+    let mut out = Vec::new();
+    read_until(&mut tls, &mut out, b"first").await;
+    // The response is on its way, the client sends nothing: not idle. The
+    // gap is the scenario (three idle timeouts), not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    conn.write_all(b"4\r\nlast\r\n0\r\n\r\n")
+        .await
+        .expect("upstream end");
+    read_until(&mut tls, &mut out, b"last\r\n0\r\n\r\n").await;
+    // Between requests the idle timeout applies again.
+    let started = Instant::now();
+    assert!(read_to_close(&mut tls, Duration::from_secs(5))
+        .await
+        .is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    h.wait_metric(&limit("idle_timeout"), 1.0).await;
+}
+
+#[tokio::test]
+async fn a_body_that_looks_like_101_does_not_end_the_deadlines() {
+    let (h, mut up) = gateway_raw(|cfg| cfg.limits.idle_timeout_ms = 300).await;
+    let mut tls = h.client("peer-west").open().await.expect("handshake");
+    let fake = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+    tls.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: {}\r\n\r\n{fake}",
+            fake.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut conn = up.accept().await;
+    let req = read_request(&mut conn).await.expect("request upstream");
+    conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            req.body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("upstream head");
+    conn.write_all(&req.body).await.expect("upstream body");
+    let mut out = Vec::new();
+    read_until(&mut tls, &mut out, b"upgrade: websocket\r\n\r\n").await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // Still an HTTP connection with deadlines: idle, it is closed.
+    read_to_close(&mut tls, Duration::from_secs(5)).await;
+    h.wait_metric(&limit("idle_timeout"), 1.0).await;
+}
+
+#[tokio::test]
+async fn a_real_101_upgrade_carries_no_deadlines() {
+    let (h, mut up) = gateway_raw(|cfg| cfg.limits.idle_timeout_ms = 300).await;
+    let mut tls = h.client("peer-west").open().await.expect("handshake");
+    tls.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nhost: {HOST}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut conn = up.accept().await;
+    read_request(&mut conn).await.expect("request upstream");
+    conn.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("upstream head");
+    let mut out = Vec::new();
+    read_until(&mut tls, &mut out, b"\r\n\r\n").await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // A quiet tunnel (three idle timeouts: the scenario, not a synchronisation) stays open.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    tls.write_all(b"ping").await.expect("tunnel write");
+    let mut got = [0u8; 4];
+    conn.read_exact(&mut got).await.expect("tunnel read");
+    assert_eq!(&got, b"ping");
+    conn.write_all(b"pong").await.expect("tunnel answer");
+    read_until(&mut tls, &mut out, b"pong").await;
+    assert_eq!(h.metric(&limit("idle_timeout")).await, 0.0);
 }

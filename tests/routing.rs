@@ -334,3 +334,95 @@ async fn admin_endpoints() {
     .await;
     h.wait_metric("isthmus_ready", 1.0).await;
 }
+
+/// Status line and body of a raw `GET <target>` for `host` (connection closed after).
+async fn raw_get(c: &isthmus_tests::Client, host: &str, target: &str) -> (String, String) {
+    let answer = c
+        .raw(
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("an answer");
+    let status = answer.lines().next().unwrap_or_default().to_string();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_matching_and_sent_upstream_normalised() {
+    let public = Upstream::start("public").await;
+    let admin = Upstream::start("admin").await;
+    let h = Harness::start(&[
+        ("public.yaml", format!("{}---\n{}", service("test", "public", false, 80), slice("test", "public-1", "public", public.addr, true))),
+        ("admin.yaml", format!("{}---\n{}", service("test", "admin", false, 80), slice("test", "admin-1", "admin", admin.addr, true))),
+        (
+            "mappings.yaml",
+            format!(
+                "{}---\n{}---\n{}",
+                mapping("test", "open", "    hostname: app.example.com\n    prefix: /public/\n    service: public:80\n"),
+                mapping("test", "pub", "    hostname: app.example.com\n    prefix: /pub\n    service: public:80\n"),
+                mapping(
+                    "test",
+                    "admin",
+                    "    hostname: app.example.com\n    prefix: /admin\n    service: admin:80\n    allowed_identities: [\"spiffe://nobody.example/*\"]\n"
+                ),
+            ),
+        ),
+    ])
+    .await;
+    let c = h.client("peer-west");
+    const HOST: &str = "app.example.com";
+    for target in [
+        "/public/../admin",
+        "/%61dmin",
+        "//admin",
+        "/public/%2e%2e/admin",
+        "/public/./../admin/x",
+    ] {
+        let (status, body) = raw_get(&c, HOST, target).await;
+        assert!(
+            status.starts_with("HTTP/1.1 403 "),
+            "{target}: {status} {body}"
+        );
+    }
+    for (target, upstream_path) in [
+        ("/public/./x//y/%7Efoo", "/x/y/~foo"),
+        ("/public/a/b/../c?q=%2F", "/a/c"),
+        ("/public/%41%2c", "/A%2C"),
+        ("/pub../x", "/x"),
+    ] {
+        let (status, body) = raw_get(&c, HOST, target).await;
+        assert!(
+            status.starts_with("HTTP/1.1 200 "),
+            "{target}: {status} {body}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&body).expect("upstream JSON");
+        assert_eq!(json["upstream"], "public", "{target}");
+        assert_eq!(json["path"], upstream_path, "{target}");
+    }
+    for target in [
+        "/public/a%2Fb",
+        "/public/a%2fb",
+        "/public/a%5Cb",
+        "/public/a%5cb",
+        "/public/a%00b",
+        "/public/%zz",
+    ] {
+        let answer = c
+            .raw(
+                format!("GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{target}: {answer}");
+        assert!(
+            answer.contains("x-isthmus-error: bad_request"),
+            "{target}: {answer}"
+        );
+    }
+}

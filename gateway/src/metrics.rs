@@ -124,6 +124,8 @@ pub enum HandshakeFailure {
     Expired,
     /// The certificate may not be used for client authentication, or carries no usable SAN.
     BadCertificate,
+    /// The certificate's identity holds a control byte, whitespace or `*`.
+    BadIdentity,
     /// Anything else rustls refused (versions, ciphers, garbage bytes).
     Protocol,
     /// The handshake did not complete within the handshake timeout.
@@ -140,6 +142,7 @@ impl HandshakeFailure {
             HandshakeFailure::UnknownCa => "unknown_ca",
             HandshakeFailure::Expired => "expired",
             HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::BadIdentity => "bad_identity",
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Closed => "closed",
@@ -168,6 +171,16 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "endpointslice",
             ObjectKind::Mapping => "mapping",
             ObjectKind::File => "file",
+        }
+    }
+
+    /// The Kubernetes kind, as [`crate::discovery::ObjectError`] names it.
+    pub fn object_kind(self) -> &'static str {
+        match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Mapping => "Mapping",
+            ObjectKind::File => "File",
         }
     }
 }

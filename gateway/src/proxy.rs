@@ -120,6 +120,14 @@ impl RequestCtx {
     }
 }
 
+/// The connection's identity record, set by the handshake.
+fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|s| s.extension.get::<PeerIdentity>())
+}
+
 async fn respond(session: &mut Session, kind: ErrorKind) {
     let body = Bytes::from_static(request::error_body(kind));
     let mut resp = match ResponseHeader::build(kind.status(), Some(3)) {
@@ -159,24 +167,26 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.peer = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<PeerIdentity>())
-            .map(|p| {
-                p.request_seen();
-                p.0.clone()
-            });
+        ctx.peer = peer_identity(session).map(|p| {
+            p.request_seen();
+            p.0.clone()
+        });
         if let Some(h1) = session.as_downstream().as_http1() {
             let framing = request::check_framing(&h1.get_headers_raw_bytes(), h1.req_header());
             if let Err(kind) = framing {
                 return self.answer(session, ctx, kind).await;
             }
         }
-        let req = session.req_header();
-        if let Err(kind) = request::check_limits(req, &self.limits) {
+        if let Err(kind) = request::check_limits(session.req_header(), &self.limits) {
             return self.answer(session, ctx, kind).await;
         }
+        // Matched and sent upstream in normal form only.
+        match request::normalize_uri(&session.req_header().uri) {
+            Ok(None) => {}
+            Ok(Some(uri)) => session.req_header_mut().set_uri(uri),
+            Err(kind) => return self.answer(session, ctx, kind).await,
+        }
+        let req = session.req_header();
         let authority = match request::authority(req, session.is_http2()) {
             Ok(a) => a,
             Err(kind) => return self.answer(session, ctx, kind).await,
@@ -331,6 +341,12 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.peer.is_some() {
+            // The HTTP/1 deadlines count idle time only once this is done.
+            if let Some(p) = peer_identity(session) {
+                p.request_done();
+            }
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -1,5 +1,6 @@
 //! Routing state: the immutable [`RouteTable`] the proxy reads per request, the
-//! authority parser that normalises Host / `:authority`, and identity patterns.
+//! authority parser that normalises Host / `:authority`, the path normaliser, and
+//! identity patterns.
 //!
 //! Everything here is pure data and matching; discovery builds tables and
 //! publishes them through a [`SharedRoutes`] handle (an `ArcSwap`, no lock on the
@@ -7,10 +8,12 @@
 
 mod authority;
 mod identity;
+mod path;
 mod table;
 
 pub use authority::{Authority, AuthorityError};
 pub use identity::{Authorization, IdentityPattern};
+pub use path::{normalize_path, PathError};
 pub use table::{
     Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PassiveHealth,
     PortMatch, Route, RouteMatch, RouteTable, RouteTarget,

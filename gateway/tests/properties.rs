@@ -1,6 +1,6 @@
-//! Property tests for the three parsers that read untrusted or hand-written
-//! text: the request authority (Host / `:authority`), the config file, and the
-//! manifest files of the file source. None may panic on any input; what they
+//! Property tests for the parsers that read untrusted or hand-written
+//! text: the request authority (Host / `:authority`), the request path, the
+//! config file, and the manifest files of the file source. None may panic on any input; what they
 //! accept is normalised, and what they refuse says why (and where).
 //!
 //! Case counts are bounded so the file runs in seconds in debug builds;
@@ -10,7 +10,7 @@ use std::path::Path;
 
 use isthmus::config::Config;
 use isthmus::discovery::files::{parse_manifests, FileSource};
-use isthmus::routes::{Authority, AuthorityError};
+use isthmus::routes::{normalize_path, Authority, AuthorityError, PathError};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -470,6 +470,59 @@ proptest! {
                 let e = &scan.errors[0];
                 prop_assert_eq!(&e.path, &file);
                 prop_assert_eq!(e.to_string(), format!("{}: {reason}", file.display()));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Request path
+
+/// Paths made of the pieces that matter: separators, dots, escapes (good,
+/// bad, unreserved, reserved, refused), plain characters.
+fn path_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec!["/", "//", ".", "..", "/.", "/..", "a", "b-c", "~"]).prop_map(str::to_string),
+        2 => prop::sample::select(vec!["%2e", "%2E", "%61", "%7e", "%2c", "%3F", "%C3%A9", "%2f", "%5C", "%00", "%", "%g1", "\\"]).prop_map(str::to_string),
+        1 => "[ -~]{1,3}",
+    ]
+}
+
+fn raw_path() -> impl Strategy<Value = String> {
+    prop::collection::vec(path_piece(), 0..12).prop_map(|p| format!("/{}", p.concat()))
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    #[test]
+    fn normalised_paths_are_canonical_and_stable(raw in raw_path()) {
+        match normalize_path(&raw) {
+            Ok(p) => {
+                prop_assert!(p.starts_with('/'), "{raw:?} -> {p:?}");
+                prop_assert!(!p.contains("//"), "{raw:?} -> {p:?}");
+                prop_assert!(!p.contains('\\'), "{raw:?} -> {p:?}");
+                prop_assert!(
+                    !p[1..].split('/').any(|s| s == "." || s == ".."),
+                    "{raw:?} -> {p:?}"
+                );
+                let lower = p.to_ascii_lowercase();
+                for refused in ["%2f", "%5c", "%00", "%2e", "%61", "%7e"] {
+                    prop_assert!(!lower.contains(refused), "{raw:?} -> {p:?}");
+                }
+                // Idempotent: a normal path is its own normal form.
+                let again = normalize_path(&p);
+                prop_assert_eq!(again.as_deref(), Ok(&*p));
+            }
+            Err(e) => {
+                let lower = raw.to_ascii_lowercase();
+                let why = match e {
+                    PathError::EncodedSeparator => lower.contains("%2f") || lower.contains("%5c"),
+                    PathError::Nul => lower.contains("%00"),
+                    PathError::Backslash => raw.contains('\\'),
+                    PathError::BadEscape => raw.contains('%'),
+                };
+                prop_assert!(why, "{raw:?} refused as {e:?}");
             }
         }
     }

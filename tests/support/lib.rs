@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod client;
 pub mod load;
 pub mod manifests;
+pub mod raw_upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -49,6 +49,21 @@ fn unknown_nested_key_is_named() {
 }
 
 #[test]
+fn wildcard_off_a_boundary_names_the_entry() {
+    for bad in ["spiffe://west.example*", "*west.example"] {
+        let err = parse(&format!(
+            "{MINIMAL}\nallowed_identities: [\"spiffe://east.example/*\", \"{bad}\"]\n"
+        ))
+        .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("allowed_identities[1]") && text.contains(bad),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn bad_identity_pattern_names_index() {
     let err = parse(&format!(
         "{MINIMAL}\nallowed_identities: [\"spiffe://west.example/*\", \"a*b\"]\n"

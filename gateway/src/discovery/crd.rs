@@ -43,17 +43,21 @@ pub struct MappingSpec {
     /// Only this HTTP method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Time allowed for each upstream read, in milliseconds.
+    /// Time allowed for each upstream read, in milliseconds (1 to 86,400,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
     pub timeout_ms: Option<u64>,
-    /// Time allowed to connect upstream, in milliseconds.
+    /// Time allowed to connect upstream, in milliseconds (1 to 86,400,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
     pub connect_timeout_ms: Option<u64>,
-    /// Idle timeout of pooled upstream connections, in milliseconds.
+    /// Idle timeout of pooled upstream connections, in milliseconds (1 to 86,400,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
     pub idle_timeout_ms: Option<u64>,
     /// Share of traffic among Mappings with the same match (0-100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub weight: Option<u32>,
     /// Retries on upstream failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,8 +85,9 @@ pub struct RetryPolicy {
     /// Which failures are retried (`connect-failure`, `5xx`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
-    /// Extra attempts.
+    /// Extra attempts (0 to 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
     pub num_retries: Option<u32>,
     /// Timeout per attempt, e.g. `500ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +124,7 @@ pub struct MappingCondition {
     pub message: String,
     /// The generation the condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
     /// RFC 3339 time of the last status change.
     #[serde(default, skip_serializing_if = "Option::is_none")]

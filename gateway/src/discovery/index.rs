@@ -174,6 +174,8 @@ struct MappingEntry {
 pub struct Converted {
     key: ObjectKey,
     item: Option<Item>,
+    /// Parts of the object left out (an EndpointSlice's refused addresses).
+    refused: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -189,7 +191,8 @@ impl Converted {
         &self.key
     }
 
-    /// Why a converted Mapping is not accepted, if it is not.
+    /// Why a converted Mapping is not accepted, if it is not; what an
+    /// EndpointSlice had refused (its other endpoints are kept).
     pub fn error(&self) -> Option<ObjectError> {
         match &self.item {
             Some(Item::Mapping(MappingEntry {
@@ -198,6 +201,14 @@ impl Converted {
                 kind: "Mapping",
                 key: self.key.clone(),
                 reason: reason.clone(),
+            }),
+            Some(Item::Slice(_)) if !self.refused.is_empty() => Some(ObjectError {
+                kind: "EndpointSlice",
+                key: self.key.clone(),
+                reason: format!(
+                    "{}; refused, the other endpoints are kept",
+                    self.refused.join(", ")
+                ),
             }),
             _ => None,
         }
@@ -255,6 +266,7 @@ impl Index {
             key: key.clone(),
             reason,
         };
+        let mut refused = Vec::new();
         let item = if !self.namespace_allowed(&key.namespace) {
             None
         } else {
@@ -263,7 +275,10 @@ impl Index {
                     Item::Service(convert_service(svc, &self.cfg).map_err(|r| err("Service", r))?)
                 }
                 Object::EndpointSlice(slice) => {
-                    Item::Slice(convert_slice(slice, &key).map_err(|r| err("EndpointSlice", r))?)
+                    let (info, left_out) =
+                        convert_slice(slice, &key).map_err(|r| err("EndpointSlice", r))?;
+                    refused = left_out;
+                    Item::Slice(info)
                 }
                 Object::Mapping(m) => Item::Mapping(MappingEntry {
                     generation: m.metadata.generation,
@@ -271,7 +286,39 @@ impl Index {
                 }),
             })
         };
-        Ok(Converted { key, item })
+        Ok(Converted { key, item, refused })
+    }
+
+    /// An object the source could not even decode into its type: the error
+    /// to report, and for a Mapping its compact form as not accepted (so its
+    /// status can say why and an earlier version stops routing).
+    pub fn undecodable(
+        &self,
+        kind: ObjectKind,
+        key: ObjectKey,
+        generation: Option<i64>,
+        reason: String,
+    ) -> (Option<Converted>, ObjectError) {
+        let error = ObjectError {
+            kind: kind.object_kind(),
+            key: key.clone(),
+            reason: reason.clone(),
+        };
+        let converted = (kind == ObjectKind::Mapping && self.namespace_allowed(&key.namespace))
+            .then(|| Converted {
+                key,
+                item: Some(Item::Mapping(MappingEntry {
+                    generation,
+                    route: Err(reason),
+                })),
+                refused: Vec::new(),
+            });
+        (converted, error)
+    }
+
+    /// Adds or replaces an object already converted (see [`Index::convert`]).
+    pub fn apply_converted(&mut self, c: Converted) {
+        self.insert(c);
     }
 
     fn insert(&mut self, c: Converted) {
@@ -663,7 +710,11 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
     Ok(ServiceInfo { exported, ports })
 }
 
-fn convert_slice(slice: &EndpointSlice, key: &ObjectKey) -> Result<SliceInfo, String> {
+/// A slice's compact form, and the addresses it refused (with why).
+fn convert_slice(
+    slice: &EndpointSlice,
+    key: &ObjectKey,
+) -> Result<(SliceInfo, Vec<String>), String> {
     let service = slice
         .metadata
         .labels
@@ -693,22 +744,44 @@ fn convert_slice(slice: &EndpointSlice, key: &ObjectKey) -> Result<SliceInfo, St
         ports.push((p.name.clone().unwrap_or_default(), number));
     }
     let mut ready = Vec::new();
+    let mut refused = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
         for a in &ep.addresses {
             let ip: IpAddr = a
                 .parse()
                 .map_err(|_| format!("endpoints[{i}].addresses: {a:?} is not an IP address"))?;
-            if is_ready {
+            if let Some(why) = refused_endpoint(ip) {
+                refused.push(format!("endpoints[{i}].addresses: {a:?} is {why}"));
+            } else if is_ready {
                 ready.push(ip);
             }
         }
     }
-    Ok(SliceInfo {
-        service: ObjectKey::new(&key.namespace, service),
-        ports,
-        ready,
-    })
+    Ok((
+        SliceInfo {
+            service: ObjectKey::new(&key.namespace, service),
+            ports,
+            ready,
+        },
+        refused,
+    ))
+}
+
+/// Why an endpoint address never receives traffic: link-local addresses
+/// reach the node's own services (cloud metadata at 169.254.169.254), and an
+/// unspecified one means "this host". Loopback stays allowed (see README).
+fn refused_endpoint(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local (169.254.0.0/16)"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Some("link-local (fe80::/10)"),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .and_then(|v4| refused_endpoint(IpAddr::V4(v4))),
+        IpAddr::V4(_) => None,
+    }
 }
 
 fn convert_mapping(
@@ -832,9 +905,14 @@ fn convert_mapping(
     })
 }
 
+/// The longest Mapping timeout (as the CRD schema's `maximum`).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 fn positive_ms(field: &str, ms: u64) -> Result<Duration, String> {
-    if ms == 0 {
-        return Err(format!("{field} must be greater than 0"));
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        return Err(format!(
+            "{field} must be between 1 and {MAX_TIMEOUT_MS} (one day), not {ms}"
+        ));
     }
     Ok(Duration::from_millis(ms))
 }

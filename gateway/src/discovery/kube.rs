@@ -8,7 +8,10 @@
 //!                                    └─▶ status writer: Accepted=True/False per Mapping
 //! ```
 //! Watch errors back off and resume (a stale resourceVersion re-lists); while
-//! the API server is away, the last published table keeps serving.
+//! the API server is away, the last published table keeps serving. Objects are
+//! watched as raw JSON and decoded one by one, so one that does not fit its
+//! type (a Mapping `weight` beyond `u32`) is refused alone: logged, counted,
+//! and for a Mapping marked `Accepted=False`; the watch goes on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -19,7 +22,7 @@ use futures::stream::{select_all, BoxStream};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -72,7 +75,44 @@ struct Tagged {
     stream: usize,
     kind: ObjectKind,
     namespace: Option<String>,
-    event: Result<Event<Object>, watcher::Error>,
+    event: Result<Event<Watched>, watcher::Error>,
+}
+
+/// A watched object: decoded into its type, or why it could not be.
+enum Watched {
+    Decoded(Object),
+    Undecodable(Undecodable),
+}
+
+/// An object that does not decode into its type.
+struct Undecodable {
+    key: ObjectKey,
+    generation: Option<i64>,
+    /// For a Mapping: the status it carries (to compare before writing).
+    status: Option<MappingStatus>,
+    reason: String,
+}
+
+/// Decodes one watched object into `K`.
+fn decode<K: DeserializeOwned>(obj: DynamicObject, wrap: fn(K) -> Object) -> Watched {
+    let key = ObjectKey::new(
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let generation = obj.metadata.generation;
+    let status = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value::<MappingStatus>(s.clone()).ok());
+    match serde_json::to_value(obj).and_then(serde_json::from_value::<K>) {
+        Ok(k) => Watched::Decoded(wrap(k)),
+        Err(e) => Watched::Undecodable(Undecodable {
+            key,
+            generation,
+            status,
+            reason: format!("cannot be decoded: {e}"),
+        }),
+    }
 }
 
 fn watch_stream<K>(
@@ -91,9 +131,10 @@ where
         + Send
         + 'static,
 {
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
     };
     let ns = namespace.map(str::to_string);
     watcher::watcher(api, config)
@@ -103,9 +144,9 @@ where
             kind,
             namespace: ns.clone(),
             event: event.map(|e| match e {
-                Event::Apply(o) => Event::Apply(wrap(o)),
-                Event::Delete(o) => Event::Delete(wrap(o)),
-                Event::InitApply(o) => Event::InitApply(wrap(o)),
+                Event::Apply(o) => Event::Apply(decode(o, wrap)),
+                Event::Delete(o) => Event::Delete(decode(o, wrap)),
+                Event::InitApply(o) => Event::InitApply(decode(o, wrap)),
                 Event::Init => Event::Init,
                 Event::InitDone => Event::InitDone,
             }),
@@ -291,12 +332,27 @@ fn handle(
             statuses.insert(o.key(), m.status.clone());
         }
     };
+    // An undecodable object: reported; a Mapping is kept as not accepted.
+    let refuse = |u: Undecodable, statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>| {
+        if t.kind == ObjectKind::Mapping {
+            statuses.insert(u.key.clone(), u.status);
+        }
+        let (converted, error) = index.undecodable(t.kind, u.key, u.generation, u.reason);
+        publisher.report(&error, None);
+        converted
+    };
     match event {
         Event::Init => {
             buffers.insert(t.stream, Vec::new());
             false
         }
-        Event::InitApply(o) => {
+        Event::InitApply(Watched::Undecodable(u)) => {
+            if let Some(c) = refuse(u, statuses) {
+                buffers.entry(t.stream).or_default().push(c);
+            }
+            false
+        }
+        Event::InitApply(Watched::Decoded(o)) => {
             // Convert now: only the compact form waits for InitDone.
             match index.convert(&o) {
                 Ok(c) => {
@@ -325,23 +381,37 @@ fn handle(
             tracing::debug!(kind = t.kind.label(), objects = count, "relisted");
             true
         }
-        Event::Apply(o) => {
+        Event::Apply(w) => {
             metrics
                 .discovery_events
                 .with_label_values(&[t.kind.label()])
                 .inc();
-            remember(statuses, &o);
-            if let Err(e) = index.apply(&o) {
-                publisher.report(&e, None);
+            match w {
+                Watched::Decoded(o) => {
+                    remember(statuses, &o);
+                    if let Err(e) = index.apply(&o) {
+                        publisher.report(&e, None);
+                    }
+                }
+                // A Service or EndpointSlice keeps its previous version, as
+                // one that does not convert does.
+                Watched::Undecodable(u) => {
+                    if let Some(c) = refuse(u, statuses) {
+                        index.apply_converted(c);
+                    }
+                }
             }
             true
         }
-        Event::Delete(o) => {
+        Event::Delete(w) => {
             metrics
                 .discovery_events
                 .with_label_values(&[t.kind.label()])
                 .inc();
-            let key = o.key();
+            let key = match w {
+                Watched::Decoded(o) => o.key(),
+                Watched::Undecodable(u) => u.key,
+            };
             statuses.remove(&key);
             index.delete(t.kind, &key);
             true
@@ -357,6 +427,7 @@ async fn write_statuses(
     metrics: Arc<Metrics>,
 ) {
     let mut written: HashMap<ObjectKey, DesiredStatus> = HashMap::new();
+    let resource = ApiResource::erase::<Mapping>(&());
     loop {
         let todo = desired.borrow_and_update().clone();
         let mut failed = false;
@@ -364,7 +435,9 @@ async fn write_statuses(
             if written.get(key) == Some(want) {
                 continue;
             }
-            let api: Api<Mapping> = Api::namespaced(client.clone(), &key.namespace);
+            // Untyped: the answer is the Mapping, which may not decode.
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &key.namespace, &resource);
             let patch = json!({"status": MappingStatus { conditions: vec![want.condition()] }});
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -117,6 +117,26 @@ pub fn is_loop(req: &RequestHeader, own_identity: &str) -> bool {
     })
 }
 
+/// The request URI with its path normalised (see [`crate::routes::normalize_path`]);
+/// `None` when it already is. A refused path is a bad request.
+pub fn normalize_uri(uri: &http::Uri) -> Result<Option<http::Uri>, ErrorKind> {
+    let path = match crate::routes::normalize_path(uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(None),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(_) => return Err(ErrorKind::BadRequest),
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| ErrorKind::BadRequest)?);
+    http::Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|_| ErrorKind::BadRequest)
+}
+
 /// Rewrites the matched prefix, applies header edits, and sends origin-form.
 pub fn rewrite_upstream(
     upstream: &mut RequestHeader,
@@ -132,7 +152,11 @@ pub fn rewrite_upstream(
             } else {
                 format!("{rewrite}{rest}")
             };
-            Some(joined)
+            // `/pub` on `/pub../x` leaves `../x`: never send `/../x`.
+            Some(match crate::routes::normalize_path(&joined) {
+                Ok(p) => p.into_owned(),
+                Err(_) => joined,
+            })
         }
         _ => None,
     };

@@ -1,7 +1,9 @@
 //! Authorization: which peer identities a route admits.
 //!
 //! Patterns are exact strings or a single leading/trailing `*` wildcard
-//! (`*.west.example`, `spiffe://west.example/*`), as in DESIGN.md.
+//! (`*.west.example`, `spiffe://west.example/*`), as in DESIGN.md; the
+//! wildcard stands for whole DNS labels (a leading `*` is followed by `.`) or
+//! whole path segments (a trailing `*` follows `/`).
 
 use std::sync::Arc;
 
@@ -32,10 +34,23 @@ impl IdentityPattern {
             return Ok(IdentityPattern::Exact(raw.to_string()));
         }
         if stars == 1 {
+            // The wildcard must stand for whole labels or path segments:
+            // `*west.example` would admit `evilwest.example`, and
+            // `spiffe://west.example*` would admit `spiffe://west.example.evil/...`.
             if let Some(s) = raw.strip_prefix('*') {
+                if !s.starts_with('.') {
+                    return Err(format!(
+                        "{raw:?}: a leading '*' must be followed by '.' (\"*.west.example\")"
+                    ));
+                }
                 return Ok(IdentityPattern::Suffix(s.to_string()));
             }
             if let Some(p) = raw.strip_suffix('*') {
+                if !p.ends_with('/') {
+                    return Err(format!(
+                        "{raw:?}: a trailing '*' must follow '/' (\"spiffe://west.example/*\")"
+                    ));
+                }
                 return Ok(IdentityPattern::Prefix(p.to_string()));
             }
         }
@@ -145,9 +160,34 @@ mod tests {
 
     #[test]
     fn bad_patterns() {
-        for bad in ["", "a*b", "**", "*a*", "spiffe://*/x"] {
+        for bad in [
+            "",
+            "a*b",
+            "**",
+            "*a*",
+            "spiffe://*/x",
+            // A wildcard must end at a boundary: these would admit
+            // `spiffe://west.example.evil/...` and `evilwest.example`.
+            "spiffe://west.example*",
+            "*west.example",
+            "spiffe://west.example/ns*",
+            "*-west.example",
+        ] {
             assert!(IdentityPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn boundary_wildcards_are_accepted() {
+        for good in [
+            "spiffe://west.example/*",
+            "*.west.example",
+            "spiffe://west.example/ns/a/*",
+        ] {
+            assert!(IdentityPattern::parse(good).is_ok(), "{good}");
+        }
+        let west = IdentityPattern::parse("spiffe://west.example/*").expect("valid");
+        assert!(!west.matches("spiffe://west.example.evil/ns/x"));
     }
 
     #[test]

@@ -8,14 +8,15 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// The verified identity of the peer on one connection, stored in pingora's TLS
 /// digest extension by the handshake callback, with how many of the
 /// connection's requests reached the gateway's own hooks (requests pingora's
-/// parser refuses never do; the HTTP/1 stream wrapper counts those).
+/// parser refuses never do; the HTTP/1 stream wrapper counts those) and how
+/// many of those have finished (response complete, logged).
 #[derive(Debug)]
-pub struct PeerIdentity(pub Arc<str>, AtomicU64);
+pub struct PeerIdentity(pub Arc<str>, AtomicU64, AtomicU64);
 
 impl PeerIdentity {
     /// A connection's identity, no request seen yet.
     pub fn new(id: Arc<str>) -> Self {
-        PeerIdentity(id, AtomicU64::new(0))
+        PeerIdentity(id, AtomicU64::new(0), AtomicU64::new(0))
     }
 
     /// The identity string, e.g. `spiffe://west.example/ns/default/sa/peer`.
@@ -32,6 +33,16 @@ impl PeerIdentity {
     pub fn requests_seen(&self) -> u64 {
         self.1.load(Ordering::Relaxed)
     }
+
+    /// Notes that a request counted by [`Self::request_seen`] has finished.
+    pub fn request_done(&self) {
+        self.2.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether every request that reached the gateway's hooks has finished.
+    pub fn all_done(&self) -> bool {
+        self.2.load(Ordering::Relaxed) >= self.1.load(Ordering::Relaxed)
+    }
 }
 
 /// Why no identity could be read from a certificate.
@@ -43,9 +54,19 @@ pub enum IdentityError {
     /// The certificate has neither a URI nor a DNS SAN.
     #[error("certificate has no URI or DNS subject alternative name")]
     NoSan,
+    /// The identity holds a control byte, whitespace or `*` (it goes into
+    /// headers, logs and pattern matching, where those bytes mean something).
+    #[error("certificate identity {0:?} holds a control character, whitespace or '*'")]
+    BadIdentity(String),
 }
 
-/// Reads the identity from a DER certificate: first URI SAN, else first DNS SAN.
+/// Whether an identity is only visible ASCII, without `*`.
+fn is_clean(id: &str) -> bool {
+    id.bytes().all(|b| b.is_ascii_graphic() && b != b'*')
+}
+
+/// Reads the identity from a DER certificate: first URI SAN, else first DNS SAN;
+/// one with a control byte, whitespace or `*` is refused (not skipped).
 pub fn identity_from_der(der: &[u8]) -> Result<String, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
@@ -64,9 +85,11 @@ pub fn identity_from_der(der: &[u8]) -> Result<String, IdentityError> {
             _ => None,
         })
     };
-    uri.or_else(dns)
-        .map(str::to_string)
-        .ok_or(IdentityError::NoSan)
+    let id = uri.or_else(dns).ok_or(IdentityError::NoSan)?;
+    if !is_clean(id) {
+        return Err(IdentityError::BadIdentity(id.to_string()));
+    }
+    Ok(id.to_string())
 }
 
 #[cfg(test)]
@@ -103,6 +126,23 @@ mod tests {
             identity_from_der(dns.der()).expect("identity"),
             "peer.default.serviceaccount.identity.linkerd.cluster.local"
         );
+    }
+
+    #[test]
+    fn control_bytes_whitespace_and_wildcards_are_refused() {
+        let ca = CertAuthority::new("test ca").expect("ca");
+        for bad in [
+            "spiffe://w/a b",
+            "spiffe://w/a\tb",
+            "spiffe://w/a\x01",
+            "spiffe://w/*",
+        ] {
+            let leaf = ca.issue(&LeafSpec::peer_uri(bad)).expect("leaf");
+            assert_eq!(
+                identity_from_der(leaf.der()),
+                Err(IdentityError::BadIdentity(bad.into()))
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::identity::{identity_from_der, PeerIdentity};
+use super::identity::{identity_from_der, IdentityError, PeerIdentity};
 use crate::config::Tls as TlsConfig;
 use crate::metrics::HandshakeFailure;
 
@@ -514,6 +514,14 @@ fn classify_rustls(e: &rustls::Error) -> HandshakeFailure {
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
             | CertificateError::NotValidYetContext { .. } => HandshakeFailure::Expired,
+            CertificateError::Other(rustls::OtherError(e))
+                if matches!(
+                    e.downcast_ref::<IdentityError>(),
+                    Some(IdentityError::BadIdentity(_))
+                ) =>
+            {
+                HandshakeFailure::BadIdentity
+            }
             _ => HandshakeFailure::BadCertificate,
         },
         _ => HandshakeFailure::Protocol,

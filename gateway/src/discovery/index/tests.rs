@@ -662,3 +662,67 @@ fn weights_follow_emissary() {
         vec![30, 20]
     );
 }
+
+#[test]
+fn link_local_and_unspecified_endpoints_are_refused_and_the_rest_kept() {
+    let mut index = Index::new(cfg());
+    index
+        .apply(&mk_service(
+            "test",
+            "podinfo",
+            true,
+            &[http_port("http", 9898, "http")],
+        ))
+        .expect("valid service");
+    let refused = index
+        .apply(&mk_slice(
+            "test",
+            "podinfo-a",
+            "podinfo",
+            &[("http", 8080)],
+            &[
+                ("10.0.0.1", true),
+                ("169.254.169.254", true),
+                ("0.0.0.0", true),
+                ("127.0.0.1", true),
+            ],
+        ))
+        .expect_err("the refused addresses are reported");
+    assert_eq!(refused.kind, "EndpointSlice");
+    for a in ["169.254.169.254", "0.0.0.0"] {
+        assert!(refused.reason.contains(a), "{refused}");
+    }
+    let mut v6 = mk_slice(
+        "test",
+        "podinfo-b",
+        "podinfo",
+        &[("http", 8080)],
+        &[
+            ("fe80::1", true),
+            ("::", true),
+            ("fd00::1", true),
+            ("::1", true),
+        ],
+    );
+    if let Object::EndpointSlice(s) = &mut v6 {
+        s.address_type = "IPv6".into();
+    }
+    let refused = index.apply(&v6).expect_err("reported");
+    assert!(
+        refused.reason.contains("fe80::1") && refused.reason.contains("\"::\""),
+        "{refused}"
+    );
+    let t = index.build();
+    let (_, mut eps) = route_for(&t, "podinfo.test.svc.cluster.local:9898", "/").expect("route");
+    eps.sort();
+    assert_eq!(
+        eps,
+        [
+            "10.0.0.1:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[fd00::1]:8080"
+        ],
+        "loopback and private addresses stay"
+    );
+}
