@@ -95,6 +95,10 @@ pub struct Listen {
     /// for peers' probes.
     #[serde(default = "default_probe_addr")]
     pub probe: SocketAddr,
+    /// The plaintext egress for in-cluster callers (HTTP/1.1 and h2c):
+    /// Services, mirrors and splits by their in-cluster names. `null` turns it off.
+    #[serde(default = "default_egress_addr")]
+    pub egress: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -103,6 +107,7 @@ impl Default for Listen {
             gateway: default_gateway_addr(),
             admin: default_admin_addr(),
             probe: default_probe_addr(),
+            egress: default_egress_addr(),
         }
     }
 }
@@ -320,6 +325,9 @@ fn default_gateway_addr() -> SocketAddr {
 }
 fn default_admin_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4191))
+}
+fn default_egress_addr() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 4140)))
 }
 fn default_probe_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4192))

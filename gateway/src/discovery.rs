@@ -10,6 +10,7 @@ pub mod crd;
 pub mod files;
 pub mod index;
 pub mod kube;
+pub mod trafficsplit;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,13 +25,24 @@ use crate::routes::{BackendSettings, SharedRoutes};
 #[derive(Clone)]
 pub struct Publisher {
     routes: SharedRoutes,
+    egress: Option<SharedRoutes>,
     metrics: Arc<Metrics>,
 }
 
 impl Publisher {
     /// A publisher writing into `routes`.
     pub fn new(routes: SharedRoutes, metrics: Arc<Metrics>) -> Self {
-        Publisher { routes, metrics }
+        Publisher {
+            routes,
+            egress: None,
+            metrics,
+        }
+    }
+
+    /// Also publishes the egress table into `egress`.
+    pub fn with_egress(mut self, egress: SharedRoutes) -> Self {
+        self.egress = Some(egress);
+        self
     }
 
     /// Builds the index's table and swaps it in; `changed_at` is when the source
@@ -48,6 +60,12 @@ impl Publisher {
         gauge("endpoints", table.endpoint_count());
         // The old table is usually freed right here (no request holds it).
         self.routes.store(Arc::new(table));
+        if let (Some(shared), Some(egress)) = (&self.egress, index.take_egress()) {
+            shared.store(Arc::new(egress));
+        }
+        for problem in index.take_split_problems() {
+            self.report(&problem, None);
+        }
         crate::memory::release_freed();
         self.metrics
             .publish_delay
@@ -59,6 +77,7 @@ impl Publisher {
         let kind = match error.kind {
             "Service" => "service",
             "EndpointSlice" => "endpointslice",
+            "TrafficSplit" => "trafficsplit",
             _ => "mapping",
         };
         self.metrics
@@ -85,5 +104,6 @@ pub fn index_config(cfg: &Config) -> IndexConfig {
             ms(cfg.upstream.connect_timeout_ms),
             ms(cfg.upstream.idle_timeout_ms),
         ),
+        egress: cfg.listen.egress.is_some(),
     }
 }

@@ -98,6 +98,10 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     /// The bound probe address (`/ready` and `/live`, plaintext or TLS).
     pub probe_addr: SocketAddr,
+    /// The bound egress address, when the egress is on.
+    pub egress_addr: Option<SocketAddr>,
+    /// The published egress table (Services, mirrors, splits by in-cluster name).
+    pub egress_routes: SharedRoutes,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// The published routes.
@@ -153,7 +157,9 @@ impl Gateway {
         ));
 
         let routes = routes::shared_empty();
-        let publisher = Publisher::new(routes.clone(), metrics.clone());
+        let egress_routes = routes::shared_empty();
+        let publisher =
+            Publisher::new(routes.clone(), metrics.clone()).with_egress(egress_routes.clone());
         let mut index = Index::new(discovery::index_config(cfg));
         match &cfg.discovery {
             Discovery::Files(files) => {
@@ -221,7 +227,19 @@ impl Gateway {
         let gateway_addr = local(&gateway_listener, cfg.listen.gateway, "gateway")?;
         let admin_addr = local(&admin_listener, cfg.listen.admin, "admin")?;
         let probe_addr = local(&probe_listener, cfg.listen.probe, "probe")?;
+        let egress_listener = match cfg.listen.egress {
+            Some(addr) => {
+                let l = bind(addr, "egress").await?;
+                let bound = local(&l, addr, "egress")?;
+                Some((l, bound))
+            }
+            None => None,
+        };
 
+        let health = PassiveHealth {
+            consecutive_failures: cfg.upstream.eject_after_failures,
+            ejection: Duration::from_millis(cfg.upstream.ejection_ms),
+        };
         let proxy = GatewayProxy::new(
             routes.clone(),
             metrics.clone(),
@@ -230,10 +248,7 @@ impl Gateway {
                 max_header_bytes: cfg.limits.max_request_header_bytes,
                 max_headers: cfg.limits.max_request_headers,
             },
-            PassiveHealth {
-                consecutive_failures: cfg.upstream.eject_after_failures,
-                ejection: Duration::from_millis(cfg.upstream.ejection_ms),
-            },
+            health,
         );
         let server_conf = Arc::new(ServerConf::default());
         let idle = Duration::from_millis(cfg.limits.idle_timeout_ms);
@@ -330,11 +345,38 @@ impl Gateway {
             .instrument(tracing::info_span!("probe", addr = %probe_addr));
             tokio::join!(admin, probe);
         })?;
-        tracing::info!(%gateway_addr, %admin_addr, %probe_addr, identity = %own_identity, "isthmus gateway serving");
+        let egress_addr = match egress_listener {
+            None => None,
+            Some((l, addr)) => {
+                let l = into_std(l, addr, "egress")?;
+                let egress = Arc::new(crate::egress::Egress::new(
+                    egress_routes.clone(),
+                    &cfg.cluster_domain,
+                    tls.clone(),
+                    metrics.clone(),
+                    health,
+                ));
+                let (stop, idle) = (shutdown_rx.clone(), idle);
+                tasks.push(spawn_thread("egress", move || async move {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            crate::egress::serve(l, egress, stop, idle)
+                                .instrument(tracing::info_span!("egress", %addr))
+                                .await
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot serve the egress port"),
+                    }
+                })?);
+                Some(addr)
+            }
+        };
+        tracing::info!(%gateway_addr, %admin_addr, %probe_addr, ?egress_addr, identity = %own_identity, "isthmus gateway serving");
         Ok(Gateway {
             gateway_addr,
             admin_addr,
             probe_addr,
+            egress_addr,
+            egress_routes,
             metrics,
             routes,
             readiness,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod egress;
 pub mod gateway;
 pub mod listener;
 pub mod memory;

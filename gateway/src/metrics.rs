@@ -53,6 +53,12 @@ pub struct Metrics {
     pub publish_delay: Histogram,
     /// `isthmus_ready`: 1 once discovery has synced and certificates are loaded.
     pub ready: IntGauge,
+    /// `isthmus_egress_requests_total{target_cluster_name,status_class}`:
+    /// egress requests by where they went (`local` for this cluster).
+    pub egress_requests: IntCounterVec,
+    /// `isthmus_egress_tls_failures_total{reason}`: mTLS connections to remote
+    /// gateways refused (`identity_mismatch`, `handshake`); no request was sent.
+    pub egress_tls_failures: IntCounterVec,
 }
 
 /// Why a request was answered by the gateway itself instead of an upstream.
@@ -78,6 +84,10 @@ pub enum ErrorKind {
     Loop,
     /// 500: a bug or an internal failure.
     Internal,
+    /// 403 (egress): the host is outside the cluster; the egress is not an open proxy.
+    NotInCluster,
+    /// 405 (egress): CONNECT.
+    MethodNotAllowed,
 }
 
 impl ErrorKind {
@@ -93,6 +103,8 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::Loop => 508,
             ErrorKind::Internal => 500,
+            ErrorKind::NotInCluster => 403,
+            ErrorKind::MethodNotAllowed => 405,
         }
     }
 
@@ -109,6 +121,8 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::Loop => "loop",
             ErrorKind::Internal => "internal",
+            ErrorKind::NotInCluster => "not_in_cluster",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -159,6 +173,8 @@ pub enum ObjectKind {
     EndpointSlice,
     /// `isthmus.dev/v1alpha1 Mapping`.
     Mapping,
+    /// `split.smi-spec.io TrafficSplit` (any supported version).
+    TrafficSplit,
     /// A manifest file as a whole (file source only).
     File,
 }
@@ -170,6 +186,7 @@ impl ObjectKind {
             ObjectKind::Service => "service",
             ObjectKind::EndpointSlice => "endpointslice",
             ObjectKind::Mapping => "mapping",
+            ObjectKind::TrafficSplit => "trafficsplit",
             ObjectKind::File => "file",
         }
     }
@@ -180,6 +197,7 @@ impl ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Mapping => "Mapping",
+            ObjectKind::TrafficSplit => "TrafficSplit",
             ObjectKind::File => "File",
         }
     }
@@ -317,6 +335,22 @@ impl Metrics {
                 "1 once discovery has synced and certificates are loaded",
             )
             .expect("valid metric"),
+            egress_requests: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_egress_requests_total",
+                    "Egress requests by target cluster (local for this one) and status class",
+                ),
+                &["target_cluster_name", "status_class"],
+            )
+            .expect("valid metric"),
+            egress_tls_failures: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_egress_tls_failures_total",
+                    "mTLS connections to remote gateways refused, by reason; no request was sent",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -342,6 +376,8 @@ impl Metrics {
             Box::new(self.status_writes.clone()),
             Box::new(self.publish_delay.clone()),
             Box::new(self.ready.clone()),
+            Box::new(self.egress_requests.clone()),
+            Box::new(self.egress_tls_failures.clone()),
         ];
         for c in collectors {
             self.registry

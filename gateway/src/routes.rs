@@ -16,7 +16,7 @@ pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
 pub use table::{
     Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PassiveHealth,
-    PortMatch, Route, RouteMatch, RouteTable, RouteTarget,
+    PortMatch, RemoteTarget, Route, RouteMatch, RouteTable, RouteTarget,
 };
 
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 //! certificates are checked by our own [`ClientCertVerifier`], both of which hold
 //! their material behind an `ArcSwap` so it can be replaced at run time.
 
+pub mod client;
 pub mod dev;
 mod identity;
 pub mod reload;

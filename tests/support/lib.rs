@@ -95,7 +95,7 @@ pub struct Harness {
 
 /// Minimal config used by the harness; tests adjust the parsed [`Config`].
 pub const BASE_CONFIG: &str = r#"
-listen: {gateway: "127.0.0.1:0", admin: "127.0.0.1:0", probe: "127.0.0.1:0"}
+listen: {gateway: "127.0.0.1:0", admin: "127.0.0.1:0", probe: "127.0.0.1:0", egress: "127.0.0.1:0"}
 tls: {cert: certs/gateway.crt, key: certs/gateway.key, trust_anchors: certs/ca.crt}
 allowed_identities: ["spiffe://west.example/*"]
 discovery: {files: {dir: manifests, poll_interval_ms: 20}}

@@ -197,6 +197,7 @@ fn kind_name(o: &Object) -> &'static str {
         Object::Service(_) => "Service",
         Object::EndpointSlice(_) => "EndpointSlice",
         Object::Mapping(_) => "Mapping",
+        Object::TrafficSplit(_) => "TrafficSplit",
     }
 }
 
@@ -262,6 +263,9 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, String> {
             }
             ("isthmus.dev/v1alpha1", "Mapping") => {
                 serde_yaml::from_value(value.clone()).map(|o| Object::Mapping(Box::new(o)))
+            }
+            (v, "TrafficSplit") if v.starts_with("split.smi-spec.io/") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::TrafficSplit(Box::new(o)))
             }
             (_, "Mapping") | (_, "EndpointSlice") => {
                 return Err(format!(

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::crd::Mapping;
+use super::trafficsplit::{Split, TrafficSplit};
 use crate::metrics::ObjectKind;
 use crate::routes::{
     Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch,
@@ -37,6 +38,9 @@ pub struct IndexConfig {
     pub allowed: Arc<[IdentityPattern]>,
     /// Upstream defaults.
     pub defaults: BackendSettings,
+    /// Also build the egress table (Services, mirrors and splits by their
+    /// in-cluster names) on every build.
+    pub egress: bool,
 }
 
 /// `namespace/name` of an object.
@@ -73,6 +77,8 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     /// `isthmus.dev/v1alpha1 Mapping`.
     Mapping(Box<Mapping>),
+    /// `split.smi-spec.io TrafficSplit`.
+    TrafficSplit(Box<TrafficSplit>),
 }
 
 impl Object {
@@ -82,6 +88,7 @@ impl Object {
             Object::Service(_) => ObjectKind::Service,
             Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
             Object::Mapping(_) => ObjectKind::Mapping,
+            Object::TrafficSplit(_) => ObjectKind::TrafficSplit,
         }
     }
 
@@ -91,6 +98,10 @@ impl Object {
             Object::Service(o) => (o.namespace(), o.name_any()),
             Object::EndpointSlice(o) => (o.namespace(), o.name_any()),
             Object::Mapping(o) => (o.namespace(), o.name_any()),
+            Object::TrafficSplit(o) => (
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone().unwrap_or_default(),
+            ),
         };
         ObjectKey {
             namespace: ns.unwrap_or_else(|| "default".into()),
@@ -137,6 +148,19 @@ struct ServicePort {
 struct ServiceInfo {
     exported: bool,
     ports: Vec<ServicePort>,
+    /// Set on a mirror Service (`mirror.linkerd.io/mirrored-service: "true"`).
+    mirror: Option<MirrorInfo>,
+}
+
+/// What a mirror Service's annotations say of its remote side.
+#[derive(Clone, Debug, PartialEq)]
+struct MirrorInfo {
+    /// `mirror.linkerd.io/remote-svc-fq-name`.
+    fq_name: String,
+    /// `mirror.linkerd.io/remote-gateway-identity`.
+    identity: Arc<str>,
+    /// `mirror.linkerd.io/cluster-name`.
+    cluster: Arc<str>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -183,6 +207,7 @@ enum Item {
     Service(ServiceInfo),
     Slice(SliceInfo),
     Mapping(MappingEntry),
+    Split(Result<Split, String>),
 }
 
 impl Converted {
@@ -199,6 +224,11 @@ impl Converted {
                 route: Err(reason), ..
             })) => Some(ObjectError {
                 kind: "Mapping",
+                key: self.key.clone(),
+                reason: reason.clone(),
+            }),
+            Some(Item::Split(Err(reason))) => Some(ObjectError {
+                kind: "TrafficSplit",
                 key: self.key.clone(),
                 reason: reason.clone(),
             }),
@@ -221,6 +251,13 @@ pub struct Index {
     services: HashMap<ObjectKey, ServiceInfo>,
     slices: HashMap<ObjectKey, SliceInfo>,
     mappings: BTreeMap<ObjectKey, MappingEntry>,
+    /// TrafficSplits (egress split roots); invalid ones kept with their reason.
+    splits: BTreeMap<ObjectKey, Result<Split, String>>,
+    /// The egress table of the last [`Index::build`], when egress is on.
+    egress: Option<RouteTable>,
+    /// Split problems found by builds, by split, and which were reported.
+    split_problems: BTreeMap<ObjectKey, String>,
+    reported_splits: BTreeMap<ObjectKey, String>,
     /// Endpoint objects reused across builds so in-flight counts survive,
     /// with the last build that used each (to forget unused ones).
     endpoints: HashMap<SocketAddr, (Arc<Endpoint>, u64)>,
@@ -242,6 +279,10 @@ impl Index {
             services: HashMap::new(),
             slices: HashMap::new(),
             mappings: BTreeMap::new(),
+            splits: BTreeMap::new(),
+            egress: None,
+            split_problems: BTreeMap::new(),
+            reported_splits: BTreeMap::new(),
             endpoints: HashMap::new(),
             builds: 0,
             service_routes: HashMap::new(),
@@ -284,6 +325,7 @@ impl Index {
                     generation: m.metadata.generation,
                     route: convert_mapping(m, &key, &self.cfg),
                 }),
+                Object::TrafficSplit(t) => Item::Split(t.split()),
             })
         };
         Ok(Converted { key, item, refused })
@@ -342,6 +384,9 @@ impl Index {
             Some(Item::Mapping(entry)) => {
                 self.mappings.insert(c.key, entry);
             }
+            Some(Item::Split(split)) => {
+                self.splits.insert(c.key, split);
+            }
         }
     }
 
@@ -359,6 +404,9 @@ impl Index {
             }
             ObjectKind::Mapping => {
                 self.mappings.remove(key);
+            }
+            ObjectKind::TrafficSplit => {
+                self.splits.remove(key);
             }
             ObjectKind::File => {}
         }
@@ -419,6 +467,7 @@ impl Index {
             ObjectKind::Service => self.services.keys().filter(gone).cloned().collect(),
             ObjectKind::EndpointSlice => self.slices.keys().filter(gone).cloned().collect(),
             ObjectKind::Mapping => self.mappings.keys().filter(gone).cloned().collect(),
+            ObjectKind::TrafficSplit => self.splits.keys().filter(gone).cloned().collect(),
             ObjectKind::File => Vec::new(),
         };
         drop(listed);
@@ -436,6 +485,7 @@ impl Index {
             ObjectKind::Service,
             ObjectKind::EndpointSlice,
             ObjectKind::Mapping,
+            ObjectKind::TrafficSplit,
         ]
         .into_iter()
         .flat_map(|k| self.replace(k, None, objects))
@@ -572,6 +622,7 @@ impl Index {
             }));
         }
 
+        let egress = self.cfg.egress.then(|| self.build_egress());
         // Count the endpoints the table uses (marking them with this build)
         // and forget the others; no per-build set of 30,000 addresses.
         self.builds += 1;
@@ -589,6 +640,19 @@ impl Index {
                 }
             }
         }
+        // The egress table's endpoints (shared with ingress where they are the
+        // same address) keep their in-flight and health state too.
+        for e in egress
+            .iter()
+            .flat_map(RouteTable::iter)
+            .flat_map(|r| &r.target.backends)
+            .flat_map(|b| &b.endpoints)
+        {
+            if let Some((_, seen)) = self.endpoints.get_mut(&e.addr) {
+                *seen = build;
+            }
+        }
+        self.egress = egress;
         self.endpoints.retain(|_, (_, seen)| *seen == build);
         // Each Service port route is one backend; Mapping backends add the
         // Service ports no Service route covers (non-exported or portless).
@@ -707,7 +771,37 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
             target,
         });
     }
-    Ok(ServiceInfo { exported, ports })
+    let labels = svc.metadata.labels.as_ref();
+    let annotations = svc.metadata.annotations.as_ref();
+    let mirrored = labels
+        .and_then(|l| l.get("mirror.linkerd.io/mirrored-service"))
+        .is_some_and(|v| v == "true");
+    let mirror = if mirrored {
+        let ann = |k: &str| annotations.and_then(|a| a.get(k)).filter(|v| !v.is_empty());
+        let fq = ann("mirror.linkerd.io/remote-svc-fq-name")
+            .ok_or("a mirror Service needs the annotation mirror.linkerd.io/remote-svc-fq-name")?;
+        Authority::parse(fq.as_bytes())
+            .map_err(|e| format!("mirror.linkerd.io/remote-svc-fq-name {fq:?}: {e}"))?;
+        let identity = ann("mirror.linkerd.io/remote-gateway-identity").ok_or(
+            "a mirror Service needs the annotation mirror.linkerd.io/remote-gateway-identity",
+        )?;
+        let cluster = labels
+            .and_then(|l| l.get("mirror.linkerd.io/cluster-name"))
+            .cloned()
+            .unwrap_or_default();
+        Some(MirrorInfo {
+            fq_name: fq.clone(),
+            identity: identity.as_str().into(),
+            cluster: cluster.into(),
+        })
+    } else {
+        None
+    };
+    Ok(ServiceInfo {
+        exported,
+        ports,
+        mirror,
+    })
 }
 
 /// A slice's compact form, and the addresses it refused (with why).
@@ -985,5 +1079,6 @@ fn parse_service_ref(
     })
 }
 
+mod egress;
 #[cfg(test)]
 mod tests;

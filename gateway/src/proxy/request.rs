@@ -23,6 +23,8 @@ pub fn error_body(kind: ErrorKind) -> &'static [u8] {
         ErrorKind::HeadersTooLarge => b"request header fields too large\n",
         ErrorKind::Loop => b"loop detected: request already forwarded by this gateway\n",
         ErrorKind::Internal => b"internal error\n",
+        ErrorKind::NotInCluster => b"forbidden: the egress only reaches in-cluster Services\n",
+        ErrorKind::MethodNotAllowed => b"method not allowed\n",
     }
 }
 

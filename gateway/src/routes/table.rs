@@ -124,6 +124,21 @@ pub struct BackendSettings {
     pub num_retries: u32,
     /// Endpoint selection policy.
     pub lb: LbPolicy,
+    /// Set for a mirror Service's backend (egress): its endpoints are a remote
+    /// gateway, reached over mTLS.
+    pub remote: Option<RemoteTarget>,
+}
+
+/// How the egress reaches a mirrored Service through its cluster's gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteTarget {
+    /// The identity the remote gateway's certificate must carry
+    /// (`mirror.linkerd.io/remote-gateway-identity`).
+    pub identity: Arc<str>,
+    /// `:authority` sent to the remote gateway: `remote-svc-fq-name:<port>`.
+    pub authority: Arc<str>,
+    /// The target cluster (`mirror.linkerd.io/cluster-name`), for metrics.
+    pub cluster: Arc<str>,
 }
 
 impl BackendSettings {
@@ -143,6 +158,7 @@ impl BackendSettings {
             add_response_headers: Vec::new(),
             num_retries: 1,
             lb: LbPolicy::RoundRobin,
+            remote: None,
         }
     }
 }
@@ -276,6 +292,11 @@ impl Backend {
         }
     }
 
+    /// Whether the backend has a ready endpoint that is not ejected.
+    pub fn can_serve(&self) -> bool {
+        self.endpoints.iter().any(|e| !e.is_ejected())
+    }
+
     /// Picks an endpoint, skipping `avoid` and ejected endpoints when there
     /// is another choice (when every endpoint is ejected, they are all tried
     /// rather than failing the request).
@@ -334,6 +355,9 @@ pub struct RouteTarget {
     /// Backends with non-zero weight.
     pub backends: Vec<Backend>,
     total_weight: u32,
+    /// Primary/backup (`failover.linkerd.io/primary-service`): this backend
+    /// takes everything while it can serve.
+    pub primary: Option<usize>,
 }
 
 impl RouteTarget {
@@ -343,7 +367,51 @@ impl RouteTarget {
         RouteTarget {
             backends,
             total_weight,
+            primary: None,
         }
+    }
+
+    /// The same with a primary backend.
+    pub fn with_primary(mut self, primary: Option<usize>) -> Self {
+        self.primary = primary.filter(|i| *i < self.backends.len());
+        self
+    }
+
+    /// Failover choice (egress): the primary while it can serve; otherwise a
+    /// backend by weight among those that can serve (a ready endpoint not
+    /// ejected), skipping `avoid`. `None` only when no backend can serve.
+    pub fn choose_servable(&self, avoid: Option<usize>) -> Option<usize> {
+        let ok = |i: usize| Some(i) != avoid && self.backends[i].can_serve();
+        if let Some(p) = self.primary {
+            if ok(p) {
+                return Some(p);
+            }
+        }
+        let servable = |i: usize| ok(i) && Some(i) != self.primary && self.backends[i].weight > 0;
+        let total: u32 = (0..self.backends.len())
+            .filter(|i| servable(*i))
+            .map(|i| self.backends[i].weight)
+            .sum();
+        if total == 0 {
+            // linkerd-failover style backups carry weight 0: with the primary
+            // down they share its traffic equally.
+            self.primary?;
+            let backups: Vec<usize> = (0..self.backends.len())
+                .filter(|i| ok(*i) && Some(*i) != self.primary)
+                .collect();
+            return backups
+                .get(fastrand::usize(..backups.len().max(1)))
+                .copied();
+        }
+        let mut pick = fastrand::u32(..total);
+        for i in (0..self.backends.len()).filter(|i| servable(*i)) {
+            let w = self.backends[i].weight;
+            if pick < w {
+                return Some(i);
+            }
+            pick -= w;
+        }
+        None
     }
 
     /// Chooses a backend by weight; returns its index in `backends`.

@@ -56,6 +56,8 @@ pub enum TlsError {
 pub struct TlsMaterial {
     key: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
+    /// The same trust anchors for the egress's server-certificate checks.
+    server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
     identity: Option<String>,
 }
 
@@ -89,7 +91,17 @@ impl TlsMaterial {
                 what: format!("not a usable CA certificate: {e}"),
             })?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        let roots = Arc::new(roots);
+        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| TlsError::Invalid {
+            path: cfg.trust_anchors.clone(),
+            what: format!("cannot build server verifier: {e}"),
+        })?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|e| TlsError::Invalid {
                 path: cfg.trust_anchors.clone(),
@@ -98,6 +110,7 @@ impl TlsMaterial {
         Ok(TlsMaterial {
             key: Arc::new(key),
             verifier,
+            server_verifier,
             identity,
         })
     }
@@ -149,6 +162,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub struct TlsServer {
     resolver: Arc<CertResolver>,
     verifier: Arc<PeerVerifier>,
+    server_verifier: Arc<ArcSwap<rustls::client::WebPkiServerVerifier>>,
     sessions: Arc<SessionCache>,
     generation: Arc<AtomicU64>,
 }
@@ -222,6 +236,7 @@ impl TlsServer {
         TlsServer {
             resolver: Arc::new(CertResolver(ArcSwap::new(material.key))),
             verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new((0, material.verifier))))),
+            server_verifier: Arc::new(ArcSwap::new(material.server_verifier)),
             sessions: Arc::new(SessionCache::new(generation.clone())),
             generation,
         }
@@ -233,6 +248,7 @@ impl TlsServer {
     pub fn replace(&self, material: TlsMaterial) {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         self.resolver.0.store(material.key);
+        self.server_verifier.store(material.server_verifier);
         self.verifier
             .0
             .store(Arc::new((generation, material.verifier)));
@@ -299,6 +315,18 @@ impl TlsServer {
 
 #[derive(Debug)]
 struct CertResolver(ArcSwap<CertifiedKey>);
+
+impl TlsServer {
+    /// The gateway's current certificate (the egress presents it as its client certificate).
+    pub fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.resolver.0.load_full()
+    }
+
+    /// The current trust anchors as a server-certificate verifier.
+    pub fn server_verifier(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
+        self.server_verifier.load_full()
+    }
+}
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

@@ -21,6 +21,7 @@ fn cfg() -> IndexConfig {
             Duration::from_secs(1),
             Duration::from_secs(60),
         ),
+        egress: true,
     }
 }
 
@@ -725,4 +726,150 @@ fn link_local_and_unspecified_endpoints_are_refused_and_the_rest_kept() {
         ],
         "loopback and private addresses stay"
     );
+}
+
+fn mk_mirror(ns: &str, name: &str, remote: &str) -> Object {
+    let Object::Service(mut svc) = mk_service(ns, name, false, &[http_port("http", 9898, "http")])
+    else {
+        unreachable!()
+    };
+    svc.metadata.labels = Some(BTreeMap::from([
+        (
+            "mirror.linkerd.io/mirrored-service".to_string(),
+            "true".to_string(),
+        ),
+        (
+            "mirror.linkerd.io/cluster-name".to_string(),
+            "east".to_string(),
+        ),
+    ]));
+    svc.metadata.annotations = Some(BTreeMap::from([
+        (
+            "mirror.linkerd.io/remote-svc-fq-name".to_string(),
+            format!("{remote}.{ns}.svc.cluster.local"),
+        ),
+        (
+            "mirror.linkerd.io/remote-gateway-identity".to_string(),
+            "spiffe://east.example/gw".to_string(),
+        ),
+    ]));
+    Object::Service(svc)
+}
+
+fn mk_split(ns: &str, name: &str, version: &str, backends: serde_json::Value) -> Object {
+    Object::TrafficSplit(Box::new(crate::discovery::trafficsplit::TrafficSplit {
+        api_version: format!("split.smi-spec.io/{version}"),
+        metadata: meta(ns, name, &[]),
+        spec: serde_json::json!({"service": "podinfo", "backends": backends}),
+    }))
+}
+
+#[test]
+fn egress_names_every_service_and_mirrors_go_to_their_gateway() {
+    let mut index = index_with(&[
+        mk_service(
+            "test",
+            "internal",
+            false,
+            &[http_port("http", 8080, "http")],
+        ),
+        mk_slice(
+            "test",
+            "internal-1",
+            "internal",
+            &[("http", 8080)],
+            &[("10.0.0.1", true)],
+        ),
+        mk_mirror("test", "podinfo-east", "podinfo"),
+        mk_slice(
+            "test",
+            "podinfo-east",
+            "podinfo-east",
+            &[("http", 4143)],
+            &[("192.0.2.7", true)],
+        ),
+    ]);
+    let ingress = index.build();
+    assert!(route_for(&ingress, "internal.test.svc.cluster.local:8080", "/").is_none());
+    let egress = index.take_egress().expect("egress built");
+    for host in [
+        "internal.test:8080",
+        "internal.test.svc:8080",
+        "internal.test.svc.cluster.local:8080",
+        "internal.test.svc.cluster.local",
+    ] {
+        assert_eq!(
+            route_for(&egress, host, "/").map(|r| r.1),
+            Some(vec!["10.0.0.1:8080".to_string()]),
+            "{host}"
+        );
+    }
+    let a = Authority::parse(b"podinfo-east.test.svc.cluster.local:9898").unwrap();
+    let r = egress
+        .lookup(&a, "/", &Method::GET, &HeaderMap::new())
+        .expect("mirror route");
+    let b = &r.target.backends[0];
+    assert_eq!(b.endpoints[0].addr.to_string(), "192.0.2.7:4143");
+    let remote = b.settings.remote.as_ref().expect("remote target");
+    assert_eq!(&*remote.authority, "podinfo.test.svc.cluster.local:9898");
+    assert_eq!(&*remote.identity, "spiffe://east.example/gw");
+    assert_eq!(&*remote.cluster, "east");
+}
+
+#[test]
+fn a_split_root_splits_for_egress_only_and_problems_are_reported_once() {
+    let mut index = index_with(&[
+        mk_service("test", "podinfo", true, &[http_port("http", 9898, "http")]),
+        mk_slice(
+            "test",
+            "podinfo-1",
+            "podinfo",
+            &[("http", 9898)],
+            &[("10.0.0.1", true)],
+        ),
+        mk_mirror("test", "podinfo-east", "podinfo"),
+        mk_slice(
+            "test",
+            "podinfo-east",
+            "podinfo-east",
+            &[("http", 4143)],
+            &[("192.0.2.7", true)],
+        ),
+        mk_split(
+            "test",
+            "podinfo",
+            "v1alpha1",
+            serde_json::json!([
+                {"service": "podinfo", "weight": "500m"},
+                {"service": "podinfo-east", "weight": "500m"},
+                {"service": "gone", "weight": 1}
+            ]),
+        ),
+    ]);
+    let ingress = index.build();
+    assert_eq!(
+        route_for(&ingress, "podinfo.test.svc.cluster.local:9898", "/").map(|r| r.0),
+        Some("service/test/podinfo:9898".into()),
+        "ingress peers reach the root itself"
+    );
+    let egress = index.take_egress().expect("egress");
+    let a = Authority::parse(b"podinfo.test.svc.cluster.local:9898").unwrap();
+    let r = egress
+        .lookup(&a, "/", &Method::GET, &HeaderMap::new())
+        .unwrap();
+    assert_eq!(&*r.name, "split/test/podinfo:9898");
+    let weights: Vec<u32> = r.target.backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, vec![500, 500], "the missing backend gets nothing");
+    let problems = index.take_split_problems();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].reason.contains("gone"), "{problems:?}");
+    index.build();
+    assert!(index.take_split_problems().is_empty(), "reported once");
+    let bad = index.apply(&mk_split(
+        "test",
+        "bad",
+        "v1alpha2",
+        serde_json::json!([{"service": "a", "weight": "1"}]),
+    ));
+    assert!(bad.unwrap_err().reason.contains("integers"));
 }

@@ -239,3 +239,63 @@ fn consecutive_connect_failures_eject_an_endpoint_until_it_connects_or_expires()
         std::thread::yield_now();
     }
 }
+
+fn backend(name: &str, weight: u32, eps: &[&str]) -> Backend {
+    let endpoints = eps
+        .iter()
+        .map(|a| Arc::new(Endpoint::new(a.parse().expect("addr"))))
+        .collect();
+    Backend::new(name.into(), weight, endpoints, settings())
+}
+
+fn shares(t: &RouteTarget, n: usize) -> Vec<usize> {
+    let mut counts = vec![0; t.backends.len()];
+    for _ in 0..n {
+        if let Some(i) = t.choose_servable(None) {
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn failover_skips_backends_that_cannot_serve() {
+    let t = RouteTarget::new(vec![
+        backend("local", 50, &["127.0.0.1:1"]),
+        backend("remote", 50, &[]),
+    ]);
+    assert_eq!(shares(&t, 1000), vec![1000, 0], "no endpoints, no traffic");
+    let both = RouteTarget::new(vec![
+        backend("local", 50, &["127.0.0.1:1"]),
+        backend("remote", 50, &["127.0.0.1:2"]),
+    ]);
+    let s = shares(&both, 10_000);
+    assert!((4_500..5_500).contains(&s[0]), "{s:?}");
+    let none = RouteTarget::new(vec![backend("a", 1, &[]), backend("b", 1, &[])]);
+    assert_eq!(none.choose_servable(None), None);
+    // An ejected endpoint counts as unable to serve.
+    let policy = PassiveHealth {
+        consecutive_failures: 1,
+        ejection: Duration::from_secs(60),
+    };
+    assert!(both.backends[1].endpoints[0].connect_failed(&policy));
+    assert_eq!(shares(&both, 1000), vec![1000, 0]);
+    // `avoid` (a retry) picks another backend.
+    assert_eq!(both.choose_servable(Some(0)), None, "the other is ejected");
+}
+
+#[test]
+fn primary_takes_all_while_it_can_serve() {
+    let t = RouteTarget::new(vec![
+        backend("primary", 1, &["127.0.0.1:1"]),
+        backend("backup", 0, &["127.0.0.1:2"]),
+    ])
+    .with_primary(Some(0));
+    assert_eq!(shares(&t, 1000), vec![1000, 0]);
+    let down = RouteTarget::new(vec![
+        backend("primary", 1, &[]),
+        backend("backup", 0, &["127.0.0.1:2"]),
+    ])
+    .with_primary(Some(0));
+    assert_eq!(shares(&down, 1000), vec![0, 1000], "weight-0 backups share");
+}
