@@ -41,6 +41,9 @@ enum Command {
         /// Also start the demo upstream on this address (for the embedded example).
         #[arg(long, value_name = "ADDR")]
         demo_upstream: Option<SocketAddr>,
+        /// The name the demo upstream answers with.
+        #[arg(long, value_name = "NAME", default_value = "podinfo")]
+        demo_name: String,
         /// Kubeconfig for `discovery.kubernetes` (overrides the config's `kubeconfig`).
         #[arg(long, value_name = "FILE")]
         kubeconfig: Option<PathBuf>,
@@ -137,8 +140,14 @@ fn main() -> ExitCode {
             config,
             dev_certs,
             demo_upstream,
+            demo_name,
             kubeconfig,
-        } => run(&config, dev_certs, demo_upstream, kubeconfig),
+        } => run(
+            &config,
+            dev_certs,
+            demo_upstream.map(|a| (a, demo_name)),
+            kubeconfig,
+        ),
         Command::Check { config } => check(&config),
         Command::Certs {
             command: CertsCommand::Dev { dir },
@@ -304,7 +313,7 @@ fn kube_ca_pem(kc: &kube::config::Kubeconfig, context: Option<&str>) -> Option<V
 fn run(
     config: &Path,
     dev_certs: bool,
-    demo_upstream: Option<SocketAddr>,
+    demo_upstream: Option<(SocketAddr, String)>,
     kubeconfig: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut cfg = Config::load(config)?;
@@ -323,12 +332,12 @@ fn run(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        if let Some(addr) = demo_upstream {
+        if let Some((addr, name)) = demo_upstream {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (demo upstream)"))?;
             tracing::info!(%addr, "demo upstream serving");
-            tokio::spawn(isthmus::demo::serve(l, "podinfo".into()));
+            tokio::spawn(isthmus::demo::serve(l, name));
         }
         let gateway = Gateway::start(&cfg).await?;
         wait_for_signal().await?;

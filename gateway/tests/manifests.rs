@@ -119,10 +119,12 @@ fn kustomize_renders_every_object_into_its_type() {
             "Deployment/isthmus-gateway",
             "Deployment/isthmus-mirror",
             "Namespace/isthmus",
+            "NetworkPolicy/isthmus-gateway",
             "PodDisruptionBudget/isthmus-gateway",
             "Role/isthmus-mirror",
             "RoleBinding/isthmus-mirror",
             "Secret/isthmus-mirror-remote-access",
+            "Service/isthmus-egress",
             "Service/isthmus-gateway",
             "ServiceAccount/isthmus-gateway",
             "ServiceAccount/isthmus-mirror",
@@ -138,6 +140,26 @@ fn kustomize_renders_every_object_into_its_type() {
     let _: Vec<Role> = docs.all("Role");
     let _: Vec<RoleBinding> = docs.all("RoleBinding");
     let _: Vec<Deployment> = docs.all("Deployment");
+    let policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy> = docs.all("NetworkPolicy");
+    // The egress and admin ports admit this cluster's pods only; the mTLS and
+    // probe ports admit anyone (peers come through the LoadBalancer).
+    let rules = policies[0]
+        .spec
+        .clone()
+        .and_then(|s| s.ingress)
+        .unwrap_or_default();
+    let open: Vec<String> = rules
+        .iter()
+        .filter(|r| r.from.is_none())
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| p.port.as_ref().map(|p| format!("{p:?}")))
+        .collect();
+    assert_eq!(open, ["String(\"gateway\")", "String(\"probe\")"]);
+    let egress: k8s_openapi::api::core::v1::Service = docs.get("Service", "isthmus-egress");
+    assert_eq!(
+        egress.spec.and_then(|s| s.type_).as_deref(),
+        Some("ClusterIP")
+    );
     let crds: Vec<CustomResourceDefinition> = docs.all("CustomResourceDefinition");
     for crd in &crds {
         assert_eq!(crd.spec.group, "isthmus.dev");
@@ -164,7 +186,7 @@ fn kustomize_renders_every_object_into_its_type() {
 #[test]
 fn gateway_objects() {
     let docs = Rendered::new();
-    // Least privilege: read three kinds, patch Mapping status, nothing else.
+    // Least privilege: read four kinds, patch Mapping status, nothing else.
     assert_eq!(
         cluster_role_grants(&docs, "isthmus-gateway"),
         [
@@ -178,6 +200,9 @@ fn gateway_objects() {
             "isthmus.dev/mappings:get",
             "isthmus.dev/mappings:list",
             "isthmus.dev/mappings:watch",
+            "split.smi-spec.io/trafficsplits:get",
+            "split.smi-spec.io/trafficsplits:list",
+            "split.smi-spec.io/trafficsplits:watch",
         ]
     );
     let binding: ClusterRoleBinding = docs.get("ClusterRoleBinding", "isthmus-gateway");

@@ -141,6 +141,9 @@ pub struct Options {
     /// other gets `401 Unauthorized` (default: no authentication). Change it at
     /// run time with [`ApiServer::set_token`].
     pub require_token: Option<String>,
+    /// The address to listen on (default `127.0.0.1`; `0.0.0.0` lets processes
+    /// in the tests' network namespaces reach it through their veth).
+    pub bind: std::net::IpAddr,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(1),
             event_buffer: 16_384,
             require_token: None,
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -273,10 +277,14 @@ impl ApiServer {
             log: Mutex::new(VecDeque::new()),
             token: Mutex::new(opts.require_token),
         });
-        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let listener = listen(SocketAddr::new(opts.bind, 0))
             .await
-            .expect("bind the API-server double on 127.0.0.1:0");
-        let addr = listener.local_addr().expect("the double's local address");
+            .expect("bind the API-server double");
+        let mut addr = listener.local_addr().expect("the double's local address");
+        if addr.ip().is_unspecified() {
+            // Listening everywhere; this process reaches it on loopback.
+            addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         let inner = Inner {
             shared,

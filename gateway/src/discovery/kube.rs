@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 use super::crd::{Mapping, MappingCondition, MappingStatus};
 use super::index::Converted;
+use super::trafficsplit::TrafficSplit;
 use super::{Index, Object, ObjectKey, Publisher};
 use crate::admin::Readiness;
 use crate::metrics::{Metrics, ObjectKind};
@@ -131,7 +132,27 @@ where
         + Send
         + 'static,
 {
-    let resource = ApiResource::erase::<K>(&());
+    watch_dynamic(
+        client,
+        namespace,
+        ApiResource::erase::<K>(&()),
+        config,
+        stream,
+        kind,
+        wrap,
+    )
+}
+
+/// A watch of `resource` as raw objects, each decoded into `K` on its own.
+fn watch_dynamic<K: DeserializeOwned + 'static>(
+    client: &Client,
+    namespace: Option<&str>,
+    resource: ApiResource,
+    config: watcher::Config,
+    stream: usize,
+    kind: ObjectKind,
+    wrap: fn(K) -> Object,
+) -> BoxStream<'static, Tagged> {
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
@@ -152,6 +173,25 @@ where
             }),
         })
         .boxed()
+}
+
+/// The TrafficSplit version the API server prefers, if the SMI CRD is installed.
+async fn split_resource(client: &Client) -> Option<ApiResource> {
+    use super::trafficsplit::GROUP;
+    match kube::discovery::group(client, GROUP).await {
+        Ok(g) => {
+            let found = g.recommended_kind("TrafficSplit").map(|(r, _)| r);
+            match &found {
+                Some(r) => tracing::info!(version = %r.version, "watching SMI TrafficSplits"),
+                None => tracing::warn!("{GROUP} is served without TrafficSplit; egress splits from TrafficSplits are off"),
+            }
+            found
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the SMI TrafficSplit CRD ({GROUP}) is not installed: egress splits come from Mappings only; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)");
+            None
+        }
+    }
 }
 
 /// The status a Mapping should carry, compared against what it has.
@@ -212,6 +252,7 @@ pub async fn run(
     } else {
         scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
+    let splits = split_resource(&client).await;
     let mut streams = Vec::new();
     for ns in &namespaces {
         let mut svc_cfg = watcher::Config::default();
@@ -245,6 +286,18 @@ pub async fn run(
             ObjectKind::Mapping,
             |o| Object::Mapping(Box::new(o)),
         ));
+        if let Some(resource) = &splits {
+            let n = streams.len();
+            streams.push(watch_dynamic::<TrafficSplit>(
+                &client,
+                *ns,
+                resource.clone(),
+                watcher::Config::default(),
+                n,
+                ObjectKind::TrafficSplit,
+                |o| Object::TrafficSplit(Box::new(o)),
+            ));
+        }
     }
     let mut unsynced: HashSet<usize> = (0..streams.len()).collect();
     let mut events = select_all(streams);
