@@ -14,7 +14,9 @@ use isthmus::mirror::probe::{Resolve, SystemResolver};
 use isthmus::mirror::{LeaseTiming, Mirror, MirrorOptions};
 use isthmus_tests::apiserver::{ApiServer, Options};
 use isthmus_tests::manifests::{service, slice, typed};
-use isthmus_tests::{eventually_for, Harness, Upstream};
+use isthmus_tests::{
+    eventually_for, isthmus_bin, kubectl_apply, kubectl_available, Harness, Upstream,
+};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
@@ -741,38 +743,6 @@ async fn two_controllers_in_process_one_writer_then_handover() {
     assert!(holder().is_none(), "a clean stop releases the Lease");
 }
 
-/// The `isthmus` binary `cargo test --workspace` built beside this test.
-fn isthmus_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("isthmus"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p isthmus` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
-fn kubectl_available() -> bool {
-    let found = std::process::Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "kubectl is required under CI (.ci/setup installs it)"
-        );
-        eprintln!("SKIPPED: kubectl is not on PATH (run .ci/setup)");
-    }
-    found
-}
-
 fn run_link(kubeconfig: &std::path::Path) -> std::process::Output {
     std::process::Command::new(isthmus_bin())
         .args(["link", "--cluster-name", "east", "--kubeconfig"])
@@ -810,29 +780,9 @@ async fn isthmus_link_output_is_applied_by_kubectl_then_mirrored() {
         "{yaml}"
     );
     let cache = dir.path().join("kubectl-cache");
-    let applied = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&west_kc)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(["apply", "--validate=false", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(yaml.as_bytes())
-            .expect("write");
-        child.wait_with_output().expect("kubectl output")
-    })
-    .await
-    .expect("join");
+    let applied = tokio::task::spawn_blocking(move || kubectl_apply(&west_kc, &cache, &yaml))
+        .await
+        .expect("join");
     assert!(
         applied.status.success(),
         "kubectl apply: {}",

@@ -263,3 +263,58 @@ where
     }
     panic!("timed out after {limit:?} waiting for: {what}");
 }
+
+/// The `isthmus` binary `cargo test --workspace` built beside the test binaries.
+pub fn isthmus_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("isthmus"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p isthmus` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether `kubectl` runs here; under `CI=true` its absence fails the test.
+pub fn kubectl_available() -> bool {
+    let found = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubectl is required under CI (.ci/setup installs it)"
+        );
+        eprintln!("SKIPPED: kubectl is not on PATH (run .ci/setup)");
+    }
+    found
+}
+
+/// `kubectl --kubeconfig K apply --validate=false -f -` with `yaml` on stdin.
+pub fn kubectl_apply(kubeconfig: &Path, cache: &Path, yaml: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["apply", "--validate=false", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("kubectl output")
+}
