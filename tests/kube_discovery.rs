@@ -19,6 +19,7 @@ async fn start(api: &ApiServer, namespaces: &[&str]) -> Harness {
         cfg.discovery = Discovery::Kubernetes(KubernetesDiscovery {
             kubeconfig: Some(kubeconfig),
             label_selector: None,
+            ..Default::default()
         });
         cfg.namespaces = namespaces.iter().map(|s| s.to_string()).collect();
     })
@@ -238,6 +239,7 @@ async fn not_ready_until_the_api_server_answers() {
         cfg.discovery = Discovery::Kubernetes(KubernetesDiscovery {
             kubeconfig: Some(kubeconfig),
             label_selector: None,
+            ..Default::default()
         });
     })
     .await;
@@ -315,7 +317,10 @@ async fn an_undecodable_mapping_is_refused_alone() {
         "    hostname: good.example.com\n    prefix: /\n    service: internal:80\n",
     )));
     // weight does not fit the Mapping's u32: the object cannot be decoded.
-    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 4_294_967_296));
+    api.apply_json(
+        "mappings",
+        raw_mapping("bad", "bad.example.com", 4_294_967_296),
+    );
     let h = start(&api, &[]).await;
     let c = h.client("peer-west");
     assert_eq!(status_of(&c, "good.example.com").await, 200);
@@ -346,7 +351,10 @@ async fn an_undecodable_mapping_is_refused_alone() {
     api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 50));
     wait_status(&c, "bad.example.com", 200).await;
     // Broken again by an update: refused again, the rest unaffected.
-    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 4_294_967_296));
+    api.apply_json(
+        "mappings",
+        raw_mapping("bad", "bad.example.com", 4_294_967_296),
+    );
     wait_status(&c, "bad.example.com", 404).await;
     assert_eq!(status_of(&c, "good.example.com").await, 200);
 }
