@@ -19,6 +19,7 @@ async fn start(api: &ApiServer, namespaces: &[&str]) -> Harness {
         cfg.discovery = Discovery::Kubernetes(KubernetesDiscovery {
             kubeconfig: Some(kubeconfig),
             label_selector: None,
+            ..Default::default()
         });
         cfg.namespaces = namespaces.iter().map(|s| s.to_string()).collect();
     })
@@ -238,6 +239,7 @@ async fn not_ready_until_the_api_server_answers() {
         cfg.discovery = Discovery::Kubernetes(KubernetesDiscovery {
             kubeconfig: Some(kubeconfig),
             label_selector: None,
+            ..Default::default()
         });
     })
     .await;

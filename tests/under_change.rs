@@ -200,6 +200,7 @@ async fn start_kube(api: &ApiServer) -> Harness {
         cfg.discovery = Discovery::Kubernetes(KubernetesDiscovery {
             kubeconfig: Some(kubeconfig),
             label_selector: None,
+            ..Default::default()
         });
     })
     .await;

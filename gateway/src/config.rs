@@ -78,6 +78,9 @@ pub struct Config {
     /// Serving threads (shards, one runtime each); 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Log output.
+    #[serde(default)]
+    pub log: Log,
 }
 
 /// `listen:` addresses.
@@ -197,7 +200,7 @@ impl FilesDiscovery {
 }
 
 /// `discovery.kubernetes`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesDiscovery {
     /// Path of a kubeconfig; default: in-cluster, then `$KUBECONFIG`.
@@ -206,6 +209,51 @@ pub struct KubernetesDiscovery {
     /// Label selector applied to watched Services (EndpointSlices and Mappings are not filtered).
     #[serde(default)]
     pub label_selector: Option<String>,
+    /// How often the API server is asked for `/version` once synced, so that
+    /// `isthmus_discovery_last_sync_timestamp_seconds` moves in a quiet cluster.
+    #[serde(default = "default_contact_interval_ms")]
+    pub contact_interval_ms: u64,
+}
+
+impl Default for KubernetesDiscovery {
+    fn default() -> Self {
+        KubernetesDiscovery {
+            kubeconfig: None,
+            label_selector: None,
+            contact_interval_ms: default_contact_interval_ms(),
+        }
+    }
+}
+
+/// `log:`: how log lines are written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json` (one JSON object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (tracing-subscriber's default format).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`, `span`, `spans`.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: json or text")),
+        }
+    }
 }
 
 /// `limits:` on downstream requests and connections.
@@ -331,6 +379,9 @@ fn default_egress_addr() -> Option<SocketAddr> {
 }
 fn default_probe_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4192))
+}
+fn default_contact_interval_ms() -> u64 {
+    30_000
 }
 fn default_poll_ms() -> u64 {
     250

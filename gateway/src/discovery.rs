@@ -21,21 +21,44 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routes::{BackendSettings, SharedRoutes};
 
-/// Publishes freshly built tables and keeps the table-size metrics current.
+/// Where routes come from, for the `source` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A directory of manifests.
+    Files,
+    /// Kubernetes API watches.
+    Kubernetes,
+}
+
+impl Source {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Files => "files",
+            Source::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// Publishes freshly built tables and keeps the table metrics current:
+/// sizes, `isthmus_table_generation`, and the source's
+/// `isthmus_discovery_last_sync_timestamp_seconds`.
 #[derive(Clone)]
 pub struct Publisher {
     routes: SharedRoutes,
     egress: Option<SharedRoutes>,
     metrics: Arc<Metrics>,
+    source: Source,
 }
 
 impl Publisher {
-    /// A publisher writing into `routes`.
-    pub fn new(routes: SharedRoutes, metrics: Arc<Metrics>) -> Self {
+    /// A publisher writing into `routes`, for tables built from `source`.
+    pub fn new(routes: SharedRoutes, metrics: Arc<Metrics>, source: Source) -> Self {
         Publisher {
             routes,
             egress: None,
             metrics,
+            source,
         }
     }
 
@@ -43,6 +66,16 @@ impl Publisher {
     pub fn with_egress(mut self, egress: SharedRoutes) -> Self {
         self.egress = Some(egress);
         self
+    }
+
+    /// Notes a successful contact with the source that changed nothing (a
+    /// rescan of an unchanged directory, an API server round trip): the source
+    /// is known to be current as of now.
+    pub fn synced(&self) {
+        self.metrics
+            .discovery_last_sync
+            .with_label_values(&[self.source.label()])
+            .set(crate::metrics::unix_now());
     }
 
     /// Builds the index's table and swaps it in; `changed_at` is when the source
@@ -66,6 +99,8 @@ impl Publisher {
         for problem in index.take_split_problems() {
             self.report(&problem, None);
         }
+        self.metrics.table_generation.inc();
+        self.synced();
         crate::memory::release_freed();
         self.metrics
             .publish_delay
@@ -105,5 +140,50 @@ pub fn index_config(cfg: &Config) -> IndexConfig {
             ms(cfg.upstream.idle_timeout_ms),
         ),
         egress: cfg.listen.egress.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn publish_moves_generation_and_last_sync() {
+        let cfg = Config::parse(
+            "tls: {cert: c, key: k, trust_anchors: a}\ndiscovery: {files: m}\n",
+            Path::new("test.yaml"),
+            Path::new("/"),
+        )
+        .expect("config");
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(
+            crate::routes::shared_empty(),
+            metrics.clone(),
+            Source::Kubernetes,
+        );
+        let mut index = Index::new(index_config(&cfg));
+        let sync = || {
+            metrics
+                .discovery_last_sync
+                .with_label_values(&["kubernetes"])
+                .get()
+        };
+        assert_eq!(metrics.table_generation.get(), 0);
+        let before = crate::metrics::unix_now();
+        publisher.publish(&mut index, Instant::now());
+        assert_eq!(metrics.table_generation.get(), 1);
+        assert!(sync() >= before);
+        publisher.publish(&mut index, Instant::now());
+        assert_eq!(metrics.table_generation.get(), 2);
+        // A contact without a change moves the sync time only.
+        metrics
+            .discovery_last_sync
+            .with_label_values(&["kubernetes"])
+            .set(0);
+        publisher.synced();
+        assert!(sync() >= before);
+        assert_eq!(metrics.table_generation.get(), 2);
+        assert!(!metrics.render().contains("source=\"files\""));
     }
 }

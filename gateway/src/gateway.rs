@@ -143,6 +143,7 @@ impl Gateway {
                 })
             }
         };
+        material.record_expiry(&metrics);
         let tls = TlsServer::new(material);
         readiness.set_certs_loaded();
         tasks.push(tokio::spawn(
@@ -158,8 +159,12 @@ impl Gateway {
 
         let routes = routes::shared_empty();
         let egress_routes = routes::shared_empty();
-        let publisher =
-            Publisher::new(routes.clone(), metrics.clone()).with_egress(egress_routes.clone());
+        let source = match &cfg.discovery {
+            Discovery::Files(_) => discovery::Source::Files,
+            Discovery::Kubernetes(_) => discovery::Source::Kubernetes,
+        };
+        let publisher = Publisher::new(routes.clone(), metrics.clone(), source)
+            .with_egress(egress_routes.clone());
         let mut index = Index::new(discovery::index_config(cfg));
         match &cfg.discovery {
             Discovery::Files(files) => {
@@ -181,6 +186,7 @@ impl Gateway {
                 let scope = discovery::kube::WatchScope {
                     namespaces: cfg.namespaces.clone(),
                     service_selector: k.label_selector.clone(),
+                    contact_interval: Duration::from_millis(k.contact_interval_ms),
                 };
                 let kubeconfig = k.kubeconfig.clone();
                 let (readiness, metrics, stop) =

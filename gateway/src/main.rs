@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use isthmus::config::{Config, Discovery};
+use isthmus::config::{Config, Discovery, LogFormat};
 use isthmus::discovery::{self, files::FileSource, Index};
 use isthmus::gateway::Gateway;
 use isthmus::tls::{dev, TlsMaterial};
@@ -24,8 +24,35 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "isthmus", version, about)]
 struct Cli {
+    /// Log line format: `text` or `json` (one JSON object per line). Default:
+    /// $ISTHMUS_LOG_FORMAT, else the config's `log.format` (`run`), else `text`.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+/// The environment variable that sets the log format when `--log-format` is not given.
+const LOG_FORMAT_ENV: &str = "ISTHMUS_LOG_FORMAT";
+
+/// Installs the global subscriber: `RUST_LOG` filter (default `info`, pingora
+/// at `warn`), on stderr, as text or as one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // Field names are tracing-subscriber's: timestamp, level, target,
+        // fields{message, ...}, span, spans (see the README).
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -128,26 +155,48 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let explicit = match cli.log_format {
+        Some(f) => Some(f),
+        None => match std::env::var(LOG_FORMAT_ENV) {
+            Ok(v) => match v.parse() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("error: {LOG_FORMAT_ENV}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(_) => None,
+        },
+    };
+    // `run` reads its config before logging starts, so that `log.format`
+    // applies from the first line on.
+    let loaded = match &cli.command {
+        Command::Run { config, .. } => Some(Config::load(config)),
+        _ => None,
+    };
+    let from_config = loaded
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|c| c.log.format);
+    let format = explicit.or(from_config).unwrap_or_default();
+    init_logging(format);
     let result = match cli.command {
         Command::Run {
-            config,
+            config: _,
             dev_certs,
             demo_upstream,
             demo_name,
             kubeconfig,
-        } => run(
-            &config,
-            dev_certs,
-            demo_upstream.map(|a| (a, demo_name)),
-            kubeconfig,
-        ),
+        } => match loaded {
+            Some(Ok(cfg)) => run(
+                cfg,
+                dev_certs,
+                demo_upstream.map(|a| (a, demo_name)),
+                kubeconfig,
+            ),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(anyhow::anyhow!("the config was not read")),
+        },
         Command::Check { config } => check(&config),
         Command::Certs {
             command: CertsCommand::Dev { dir },
@@ -166,7 +215,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match format {
+                LogFormat::Text => eprintln!("error: {e:#}"),
+                LogFormat::Json => tracing::error!(error = format!("{e:#}"), "exiting"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -214,6 +266,7 @@ fn mirror(
             format!("{}-{}", host.trim(), std::process::id())
         });
     runtime()?.block_on(async move {
+        let signals = catch_signals()?;
         let client = discovery::kube::client(kubeconfig.as_deref()).await?;
         let metrics = MirrorMetrics::new();
         let listener = tokio::net::TcpListener::bind(admin)
@@ -230,7 +283,7 @@ fn mirror(
             resolver: std::sync::Arc::new(SystemResolver),
             metrics,
         });
-        wait_for_signal().await?;
+        signals.await;
         tracing::info!("stopping the mirror controller");
         controller.shutdown().await;
         stop_tx.send_replace(true);
@@ -311,12 +364,11 @@ fn kube_ca_pem(kc: &kube::config::Kubeconfig, context: Option<&str>) -> Option<V
 }
 
 fn run(
-    config: &Path,
+    mut cfg: Config,
     dev_certs: bool,
     demo_upstream: Option<(SocketAddr, String)>,
     kubeconfig: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut cfg = Config::load(config)?;
     if let (Some(path), Discovery::Kubernetes(k)) = (kubeconfig, &mut cfg.discovery) {
         k.kubeconfig = Some(path);
     }
@@ -339,8 +391,9 @@ fn run(
             tracing::info!(%addr, "demo upstream serving");
             tokio::spawn(isthmus::demo::serve(l, name));
         }
+        let signals = catch_signals()?;
         let gateway = Gateway::start(&cfg).await?;
-        wait_for_signal().await?;
+        signals.await;
         let grace = std::time::Duration::from_millis(cfg.limits.shutdown_grace_ms);
         tracing::info!(?grace, "draining");
         gateway.shutdown(grace).await;
@@ -348,14 +401,18 @@ fn run(
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGTERM or SIGINT, caught from the moment this is called: a signal that
+/// arrives while the gateway is still starting is kept, not fatal.
+fn catch_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn check(config: &Path) -> anyhow::Result<()> {

@@ -59,6 +59,17 @@ pub struct Metrics {
     /// `isthmus_egress_tls_failures_total{reason}`: mTLS connections to remote
     /// gateways refused (`identity_mismatch`, `handshake`); no request was sent.
     pub egress_tls_failures: IntCounterVec,
+    /// `isthmus_tls_certificate_expiry_timestamp_seconds`: not-after of the
+    /// serving certificate in force (unix seconds).
+    pub certificate_expiry: IntGauge,
+    /// `isthmus_tls_trust_anchor_expiry_timestamp_seconds{subject}`: not-after of
+    /// each CA in the trust bundle in force.
+    pub trust_anchor_expiry: IntGaugeVec,
+    /// `isthmus_discovery_last_sync_timestamp_seconds{source}`: last successful
+    /// contact with the route source (see [`crate::discovery::Publisher`]).
+    pub discovery_last_sync: IntGaugeVec,
+    /// `isthmus_table_generation`: route tables published since start.
+    pub table_generation: IntGauge,
 }
 
 /// Why a request was answered by the gateway itself instead of an upstream.
@@ -351,6 +362,32 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            certificate_expiry: IntGauge::new(
+                "isthmus_tls_certificate_expiry_timestamp_seconds",
+                "Not-after of the serving certificate in force, unix seconds",
+            )
+            .expect("valid metric"),
+            trust_anchor_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "isthmus_tls_trust_anchor_expiry_timestamp_seconds",
+                    "Not-after of each trust anchor (CA) in the bundle in force, by subject, unix seconds",
+                ),
+                &["subject"],
+            )
+            .expect("valid metric"),
+            discovery_last_sync: IntGaugeVec::new(
+                Opts::new(
+                    "isthmus_discovery_last_sync_timestamp_seconds",
+                    "Last successful contact with the route source (files: a scan; kubernetes: a publish or an API server round trip), unix seconds",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
+            table_generation: IntGauge::new(
+                "isthmus_table_generation",
+                "Route tables published since start; moves on every publish",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -358,7 +395,15 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        for c in self.collectors() {
+            self.registry
+                .register(c)
+                .expect("metric names are unique within the registry");
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
             Box::new(self.requests.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.request_errors.clone()),
@@ -378,12 +423,42 @@ impl Metrics {
             Box::new(self.ready.clone()),
             Box::new(self.egress_requests.clone()),
             Box::new(self.egress_tls_failures.clone()),
-        ];
-        for c in collectors {
-            self.registry
-                .register(c)
-                .expect("metric names are unique within the registry");
+            Box::new(self.certificate_expiry.clone()),
+            Box::new(self.trust_anchor_expiry.clone()),
+            Box::new(self.discovery_last_sync.clone()),
+            Box::new(self.table_generation.clone()),
+        ]
+    }
+
+    /// Records the expiry of the TLS material now in force: the serving
+    /// certificate's not-after (when it parses) and one series per trust-anchor
+    /// subject; series of subjects no longer in the bundle are removed. Two CAs
+    /// with the same subject share a series holding the earlier not-after.
+    pub fn record_tls_expiry(&self, certificate: Option<i64>, anchors: &[(String, i64)]) {
+        if let Some(t) = certificate {
+            self.certificate_expiry.set(t);
         }
+        let mut soonest: std::collections::BTreeMap<&str, i64> = Default::default();
+        for (subject, t) in anchors {
+            let e = soonest.entry(subject.as_str()).or_insert(*t);
+            *e = (*e).min(*t);
+        }
+        for old in label_values(&self.trust_anchor_expiry, "subject") {
+            if !soonest.contains_key(old.as_str()) {
+                let _ = self.trust_anchor_expiry.remove_label_values(&[&old]);
+            }
+        }
+        for (subject, t) in soonest {
+            self.trust_anchor_expiry
+                .with_label_values(&[subject])
+                .set(t);
+        }
+    }
+
+    /// The names of every registered metric family, vectors included even
+    /// before any label set was observed (those do not render yet).
+    pub fn names(&self) -> Vec<String> {
+        descriptor_names(&self.collectors())
     }
 
     /// Renders the registry in the Prometheus text format.
@@ -397,8 +472,88 @@ impl Metrics {
     }
 }
 
+/// The current value of one label across a vector's series.
+fn label_values(vec: &IntGaugeVec, label: &str) -> Vec<String> {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter_map(|m| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == label)
+                .map(|l| l.value().to_string())
+        })
+        .collect()
+}
+
+/// The metric family names of some collectors, from their descriptions (so
+/// vectors without series are named too), sorted.
+pub fn descriptor_names(collectors: &[Box<dyn prometheus::core::Collector>]) -> Vec<String> {
+    let mut names: Vec<String> = collectors
+        .iter()
+        .flat_map(|c| c.desc())
+        .map(|d| d.fq_name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Seconds since the Unix epoch, for `*_timestamp_seconds` gauges.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_anchor_series_follow_the_bundle() {
+        let m = Metrics::new();
+        m.record_tls_expiry(
+            Some(2_000),
+            &[("CN=old".into(), 3_000), ("CN=new".into(), 9_000)],
+        );
+        let text = m.render();
+        assert!(text.contains("isthmus_tls_certificate_expiry_timestamp_seconds 2000"));
+        assert!(text.contains(
+            "isthmus_tls_trust_anchor_expiry_timestamp_seconds{subject=\"CN=old\"} 3000"
+        ));
+        // Rotation: the old CA leaves the bundle, a same-named pair keeps the earlier time.
+        m.record_tls_expiry(
+            Some(5_000),
+            &[("CN=new".into(), 9_000), ("CN=new".into(), 8_000)],
+        );
+        let text = m.render();
+        assert!(text.contains("isthmus_tls_certificate_expiry_timestamp_seconds 5000"));
+        assert!(!text.contains("CN=old"), "{text}");
+        assert!(text.contains(
+            "isthmus_tls_trust_anchor_expiry_timestamp_seconds{subject=\"CN=new\"} 8000"
+        ));
+    }
+
+    #[test]
+    fn names_include_vectors_without_series() {
+        let names = Metrics::new().names();
+        for n in [
+            "isthmus_requests_total",
+            "isthmus_request_duration_seconds",
+            "isthmus_tls_trust_anchor_expiry_timestamp_seconds",
+            "isthmus_discovery_last_sync_timestamp_seconds",
+            "isthmus_table_generation",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
     }
 }

@@ -13,4 +13,4 @@ pub mod reload;
 mod server;
 
 pub use identity::{identity_from_der, IdentityError, PeerIdentity};
-pub use server::{traced_handshake, TlsError, TlsMaterial, TlsServer};
+pub use server::{traced_handshake, Expiry, TlsError, TlsMaterial, TlsServer};

@@ -112,3 +112,29 @@ fn zero_admin_limits_are_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn log_format_defaults_to_text_and_refuses_others() {
+    assert_eq!(parse(MINIMAL).expect("parses").log.format, LogFormat::Text);
+    let cfg = parse(&format!("{MINIMAL}log: {{format: json}}\n")).expect("json");
+    assert_eq!(cfg.log.format, LogFormat::Json);
+    let msg = parse(&format!("{MINIMAL}log: {{format: yaml}}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("yaml") && msg.contains("json"), "{msg}");
+    let msg = parse(&format!("{MINIMAL}log: {{formt: json}}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("formt"), "{msg}");
+    assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+}
+
+#[test]
+fn kubernetes_contact_interval_defaults_to_30s() {
+    let cfg = parse("tls: {cert: c, key: k, trust_anchors: a}\ndiscovery: {kubernetes: {}}\n")
+        .expect("parses");
+    match cfg.discovery {
+        Discovery::Kubernetes(k) => assert_eq!(k.contact_interval_ms, 30_000),
+        other => panic!("unexpected discovery {other:?}"),
+    }
+}

@@ -308,12 +308,15 @@ pub async fn run(
             }
         };
         if !scan.changed && scan.errors.is_empty() {
+            publisher.synced();
             continue;
         }
         let objects = apply_scan(&source, &scan, &mut index, &publisher, &metrics);
         if scan.changed {
             publisher.publish(&mut index, seen);
             tracing::info!(objects, "manifests reloaded");
+        } else {
+            publisher.synced();
         }
     }
 }

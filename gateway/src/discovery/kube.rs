@@ -69,6 +69,9 @@ pub struct WatchScope {
     pub namespaces: Vec<String>,
     /// Label selector for Services.
     pub service_selector: Option<String>,
+    /// How often a synced source asks the API server for `/version`; a success
+    /// counts as a sync (the watches are quiet, not lost).
+    pub contact_interval: Duration,
 }
 
 /// One event from one watch stream.
@@ -305,6 +308,13 @@ pub async fn run(
     let mut statuses: HashMap<ObjectKey, Option<MappingStatus>> = HashMap::new();
     let (status_tx, status_rx) = watch::channel(Arc::new(BTreeMap::new()));
     tokio::spawn(write_statuses(client.clone(), status_rx, metrics.clone()));
+    tokio::spawn(keep_contact(
+        client.clone(),
+        publisher.clone(),
+        readiness.clone(),
+        scope.contact_interval,
+        shutdown.clone(),
+    ));
 
     loop {
         let first = tokio::select! {
@@ -356,6 +366,31 @@ pub async fn run(
             .filter(|(k, d)| !d.matches(statuses.get(k).and_then(Option::as_ref)))
             .collect();
         status_tx.send_replace(Arc::new(desired));
+    }
+}
+
+/// While discovery is synced, asks the API server for `/version` every
+/// `interval`: a quiet cluster sends no watch events, and this is what tells
+/// "nothing changed" from "cannot reach the API server" in
+/// `isthmus_discovery_last_sync_timestamp_seconds{source="kubernetes"}`.
+async fn keep_contact(
+    client: Client,
+    publisher: Publisher,
+    readiness: Arc<Readiness>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let interval = interval.max(Duration::from_millis(100));
+    let mut ticker = crate::poll::Ticker::new(interval, shutdown);
+    while ticker.tick().await {
+        if !readiness.is_ready() {
+            continue;
+        }
+        match tokio::time::timeout(interval, client.apiserver_version()).await {
+            Ok(Ok(_)) => publisher.synced(),
+            Ok(Err(e)) => tracing::debug!(error = %e, "API server contact failed"),
+            Err(_) => tracing::debug!("API server contact timed out"),
+        }
     }
 }
 

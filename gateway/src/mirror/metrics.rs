@@ -157,6 +157,25 @@ impl MirrorMetrics {
         }
     }
 
+    /// The names of every metric family, vectors included before any series
+    /// exists (those do not render yet).
+    pub fn names(&self) -> Vec<String> {
+        let c: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.gateway_alive.clone()),
+            Box::new(self.probe_duration.clone()),
+            Box::new(self.probes.clone()),
+            Box::new(self.mirrored_services.clone()),
+            Box::new(self.refused_services.clone()),
+            Box::new(self.remote_stale.clone()),
+            Box::new(self.remote_errors.clone()),
+            Box::new(self.writes.clone()),
+            Box::new(self.link_errors.clone()),
+            Box::new(self.write_delay.clone()),
+            Box::new(self.leader.clone()),
+        ];
+        crate::metrics::descriptor_names(&c)
+    }
+
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -36,6 +36,7 @@ pub async fn watch_files(
         last = now;
         match TlsMaterial::load(&cfg) {
             Ok(material) => {
+                material.record_expiry(&metrics);
                 server.replace(material);
                 metrics.tls_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!("TLS certificate, key and trust anchors reloaded");

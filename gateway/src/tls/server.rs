@@ -59,6 +59,25 @@ pub struct TlsMaterial {
     /// The same trust anchors for the egress's server-certificate checks.
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
     identity: Option<String>,
+    expiry: Expiry,
+}
+
+/// When the material stops being usable: not-after times in unix seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// The serving (leaf) certificate's not-after; `None` if it does not parse as X.509.
+    pub certificate: Option<i64>,
+    /// Each trust anchor's subject (RFC 4514 string) and not-after, in bundle order.
+    pub trust_anchors: Vec<(String, i64)>,
+}
+
+fn not_after(der: &[u8]) -> Option<(String, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some((
+        cert.subject().to_string(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 impl TlsMaterial {
@@ -75,6 +94,10 @@ impl TlsMaterial {
             }
         })?;
         let identity = chain.first().and_then(|c| identity_from_der(c).ok());
+        let mut expiry = Expiry {
+            certificate: chain.first().and_then(|c| not_after(c)).map(|(_, t)| t),
+            trust_anchors: Vec::new(),
+        };
         let key = CertifiedKey::new(chain, signing);
         key.keys_match().map_err(|e| TlsError::Invalid {
             path: cfg.key.clone(),
@@ -86,6 +109,7 @@ impl TlsMaterial {
 
         let mut roots = RootCertStore::empty();
         for ca in read_certs(&cfg.trust_anchors)? {
+            expiry.trust_anchors.extend(not_after(&ca));
             roots.add(ca).map_err(|e| TlsError::Invalid {
                 path: cfg.trust_anchors.clone(),
                 what: format!("not a usable CA certificate: {e}"),
@@ -112,7 +136,18 @@ impl TlsMaterial {
             verifier,
             server_verifier,
             identity,
+            expiry,
         })
+    }
+
+    /// Not-after times of the serving certificate and of each trust anchor.
+    pub fn expiry(&self) -> &Expiry {
+        &self.expiry
+    }
+
+    /// Sets the expiry gauges to this material's (at start and after each reload).
+    pub fn record_expiry(&self, metrics: &crate::metrics::Metrics) {
+        metrics.record_tls_expiry(self.expiry.certificate, &self.expiry.trust_anchors);
     }
 
     /// The serving certificate's identity (URI SAN, else DNS SAN), if any.
@@ -553,5 +588,48 @@ fn classify_rustls(e: &rustls::Error) -> HandshakeFailure {
             _ => HandshakeFailure::BadCertificate,
         },
         _ => HandshakeFailure::Protocol,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::dev::{CertAuthority, LeafSpec};
+
+    #[test]
+    fn expiry_names_the_leaf_and_every_anchor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca1 = CertAuthority::new("first CA").expect("ca");
+        let ca2 = CertAuthority::new("second CA").expect("ca");
+        let mut spec = LeafSpec::gateway();
+        spec.not_after = time::OffsetDateTime::from_unix_timestamp(4_000_000_000).expect("time");
+        let leaf = ca1.issue(&spec).expect("issue");
+        std::fs::write(dir.path().join("c.crt"), leaf.cert_pem()).expect("write");
+        std::fs::write(dir.path().join("c.key"), leaf.key_pem()).expect("write");
+        std::fs::write(
+            dir.path().join("ca.crt"),
+            format!("{}{}", ca1.cert_pem(), ca2.cert_pem()),
+        )
+        .expect("write");
+        let cfg = TlsConfig {
+            cert: dir.path().join("c.crt"),
+            key: dir.path().join("c.key"),
+            trust_anchors: dir.path().join("ca.crt"),
+            session_resumption: true,
+            reload_interval_ms: 1_000,
+        };
+        let m = TlsMaterial::load(&cfg).expect("load");
+        assert_eq!(m.expiry().certificate, Some(4_000_000_000));
+        let subjects: Vec<&str> = m
+            .expiry()
+            .trust_anchors
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert_eq!(subjects.len(), 2, "{subjects:?}");
+        assert!(subjects[0].contains("first CA"), "{subjects:?}");
+        assert!(subjects[1].contains("second CA"), "{subjects:?}");
+        let now = crate::metrics::unix_now();
+        assert!(m.expiry().trust_anchors.iter().all(|(_, t)| *t > now));
     }
 }
