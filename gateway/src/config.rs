@@ -352,14 +352,39 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` is only used in messages.
+    /// The first problem is the error; [`Config::parse_all`] gives them all.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let (cfg, problems) = Config::parse_all(text, path, base)?;
+        match problems.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(cfg),
+        }
+    }
+
+    /// Reads and parses a config file, with every validation problem found
+    /// (for `isthmus check`); only unreadable or unparsable YAML is an error.
+    pub fn load_all(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse_all(&text, path, base)
+    }
+
+    /// Parses config text; returns it with every validation problem found.
+    pub fn parse_all(
+        text: &str,
+        path: &Path,
+        base: &Path,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let mut cfg: Config = serde_yaml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             error,
         })?;
         cfg.resolve_paths(base);
-        cfg.validate(path)?;
-        Ok(cfg)
+        let problems = cfg.problems(path);
+        Ok((cfg, problems))
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -382,42 +407,62 @@ impl Config {
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            reason,
+    /// Every value that is well-formed but not acceptable, in key order.
+    fn problems(&self, path: &Path) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut invalid = |field: String, reason: String| {
+            problems.push(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                reason,
+            })
         };
+        // Port 0 (tests) binds two different ports.
+        if self.listen.gateway == self.listen.admin && self.listen.admin.port() != 0 {
+            invalid(
+                "listen.admin".into(),
+                format!("{} is also listen.gateway", self.listen.admin),
+            );
+        }
+        if let Some(id) = &self.identity {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                invalid(
+                    "identity".into(),
+                    format!("{id:?} must be visible ASCII without '\"'"),
+                );
+            }
+        }
         for (i, id) in self.allowed_identities.iter().enumerate() {
-            IdentityPattern::parse(id)
-                .map_err(|reason| invalid(format!("allowed_identities[{i}]"), reason))?;
+            if let Err(reason) = IdentityPattern::parse(id) {
+                invalid(format!("allowed_identities[{i}]"), reason);
+            }
         }
         if self.cluster_domain.is_empty()
             || self.cluster_domain.starts_with('.')
             || self.cluster_domain.ends_with('.')
         {
-            return Err(invalid(
+            invalid(
                 "cluster_domain".into(),
                 format!(
                     "{:?} is not a DNS domain like cluster.local",
                     self.cluster_domain
                 ),
-            ));
+            );
         }
         if self.export_label.is_empty() {
-            return Err(invalid("export_label".into(), "must not be empty".into()));
+            invalid("export_label".into(), "must not be empty".into());
         }
         if self.limits.max_request_header_bytes < 1024 {
-            return Err(invalid(
+            invalid(
                 "limits.max_request_header_bytes".into(),
                 "must be at least 1024".into(),
-            ));
+            );
         }
         if self.limits.max_request_headers == 0 {
-            return Err(invalid(
+            invalid(
                 "limits.max_request_headers".into(),
                 "must be at least 1".into(),
-            ));
+            );
         }
         let at_least_one = [
             (
@@ -431,21 +476,18 @@ impl Config {
                 self.limits.max_connections_per_identity,
             ),
         ];
-        if self.upstream.eject_after_failures == 0 {
-            return Err(invalid(
-                "upstream.eject_after_failures".into(),
-                "must be at least 1".into(),
-            ));
-        }
         for (key, value) in at_least_one {
             if value == 0 {
-                return Err(invalid(
-                    format!("limits.{key}"),
-                    "must be at least 1".into(),
-                ));
+                invalid(format!("limits.{key}"), "must be at least 1".into());
             }
         }
-        Ok(())
+        if self.upstream.eject_after_failures == 0 {
+            invalid(
+                "upstream.eject_after_failures".into(),
+                "must be at least 1".into(),
+            );
+        }
+        problems
     }
 
     /// The compiled `allowed_identities`.

@@ -56,6 +56,17 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// This gateway's identity for loop detection: `identity` from the config,
+/// else the serving certificate's (as `isthmus check` checks it too).
+pub fn own_identity(cfg: &Config, material: &TlsMaterial) -> Result<String, StartError> {
+    cfg.identity
+        .clone()
+        .or_else(|| material.identity().map(str::to_string))
+        .ok_or_else(|| StartError::NoIdentity {
+            cert: cfg.tls.cert.display().to_string(),
+        })
+}
+
 /// Runs a discovery source on its own thread with a single-threaded runtime.
 ///
 /// Discovery parses every watched object and rebuilds whole route tables; on
@@ -120,18 +131,7 @@ impl Gateway {
         let mut tasks = Vec::new();
 
         let material = TlsMaterial::load(&cfg.tls)?;
-        let own_identity = match cfg
-            .identity
-            .clone()
-            .or_else(|| material.identity().map(str::to_string))
-        {
-            Some(id) => id,
-            None => {
-                return Err(StartError::NoIdentity {
-                    cert: cfg.tls.cert.display().to_string(),
-                })
-            }
-        };
+        let own_identity = own_identity(cfg, &material)?;
         let tls = TlsServer::new(material);
         readiness.set_certs_loaded();
         tasks.push(tokio::spawn(
