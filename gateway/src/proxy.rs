@@ -259,6 +259,8 @@ impl ProxyHttp for GatewayProxy {
         let (Some(route), Some(backend)) = (ctx.route.as_ref(), ctx.backend()) else {
             return Ok(());
         };
+        // Inbound first: a Mapping's add_request_headers may set x-forwarded-*.
+        request::strip_spoofable(upstream);
         request::rewrite_upstream(upstream, &route.matcher.prefix, &backend.settings)?;
         upstream.remove_header(PEER_IDENTITY_HEADER);
         if let Some(peer) = &ctx.peer {
