@@ -228,6 +228,14 @@ pub struct Limits {
     /// after the handshake.
     #[serde(default = "default_max_connections_per_identity")]
     pub max_connections_per_identity: usize,
+    /// Connections in their TLS handshake at once (a budget apart from
+    /// `max_connections`); new ones are closed at accept beyond.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Connections from one source address in their TLS handshake at once;
+    /// new ones from it are closed at accept beyond.
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for Limits {
@@ -241,6 +249,8 @@ impl Default for Limits {
             idle_timeout_ms: default_downstream_idle_timeout_ms(),
             max_connections: default_max_connections(),
             max_connections_per_identity: default_max_connections_per_identity(),
+            max_handshakes: default_max_handshakes(),
+            max_handshakes_per_source: default_max_handshakes_per_source(),
         }
     }
 }
@@ -306,7 +316,7 @@ fn default_max_headers() -> usize {
     100
 }
 fn default_handshake_timeout_ms() -> u64 {
-    10_000
+    3_000
 }
 fn default_shutdown_grace_ms() -> u64 {
     30_000
@@ -319,6 +329,12 @@ fn default_downstream_idle_timeout_ms() -> u64 {
 }
 fn default_max_connections() -> usize {
     20_000
+}
+fn default_max_handshakes() -> usize {
+    1_024
+}
+fn default_max_handshakes_per_source() -> usize {
+    256
 }
 fn default_max_connections_per_identity() -> usize {
     2_000
@@ -474,6 +490,15 @@ impl Config {
             (
                 "max_connections_per_identity",
                 self.limits.max_connections_per_identity,
+            ),
+            ("max_handshakes", self.limits.max_handshakes),
+            (
+                "max_handshakes_per_source",
+                self.limits.max_handshakes_per_source,
+            ),
+            (
+                "handshake_timeout_ms",
+                self.limits.handshake_timeout_ms as usize,
             ),
         ];
         for (key, value) in at_least_one {

@@ -264,6 +264,10 @@ impl Gateway {
             metrics: metrics.clone(),
             connections: connections.clone(),
             max_connections: cfg.limits.max_connections,
+            handshakes: crate::listener::Handshakes::new(
+                cfg.limits.max_handshakes,
+                cfg.limits.max_handshakes_per_source,
+            ),
         };
         let accept = tokio::spawn(
             listener
