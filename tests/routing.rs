@@ -515,3 +515,69 @@ async fn spoofable_inbound_headers_never_reach_the_upstream() {
         seen.head
     );
 }
+
+#[tokio::test]
+async fn metric_labels_stay_bounded_peers_capped_and_deleted_routes_forgotten() {
+    let up = Upstream::start("podinfo").await;
+    let gone = Upstream::start("gone").await;
+    let h = Harness::start_with(
+        &[
+            (
+                "podinfo.yaml",
+                exported_service("test", "podinfo", 9898, up.addr),
+            ),
+            (
+                "gone.yaml",
+                exported_service("test", "gone", 8080, gone.addr),
+            ),
+        ],
+        |cfg| {
+            cfg.allowed_identities = vec!["*".into()];
+            cfg.metrics.max_peer_labels = 1;
+        },
+    )
+    .await;
+    let west = "spiffe://west.example/ns/default/sa/peer";
+    assert_eq!(
+        h.client("peer-west")
+            .status("podinfo.test.svc.cluster.local:9898", "/")
+            .await,
+        200
+    );
+    assert_eq!(
+        h.client("peer-dns")
+            .status("podinfo.test.svc.cluster.local:9898", "/")
+            .await,
+        200
+    );
+    assert_eq!(
+        h.client("peer-west")
+            .status("gone.test.svc.cluster.local:8080", "/")
+            .await,
+        200
+    );
+    let sample = |peer: &str, route: &str| {
+        format!("isthmus_requests_total{{peer=\"{peer}\",route=\"{route}\",status_class=\"2xx\"}}")
+    };
+    h.wait_metric(&sample(west, "service/test/podinfo:9898"), 1.0)
+        .await;
+    // The second identity is past the cap of 1: counted, as `other`.
+    h.wait_metric(&sample("other", "service/test/podinfo:9898"), 1.0)
+        .await;
+    let (_, text) = h.admin_get("/metrics").await;
+    assert!(!text.contains("peer=\"peer.default"), "{text}");
+    h.wait_metric(&sample(west, "service/test/gone:8080"), 1.0)
+        .await;
+
+    // A deleted route's series go with it; the others stay.
+    std::fs::remove_file(h.manifests().join("gone.yaml")).expect("remove manifest");
+    eventually("the deleted route's series are gone", || async {
+        let (_, text) = h.admin_get("/metrics").await;
+        !text.contains("service/test/gone:8080")
+    })
+    .await;
+    assert_eq!(
+        h.metric(&sample(west, "service/test/podinfo:9898")).await,
+        1.0
+    );
+}

@@ -75,9 +75,34 @@ pub struct Config {
     /// Upstream defaults, overridable per Mapping.
     #[serde(default)]
     pub upstream: Upstream,
+    /// Bounds on metric labels.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Serving threads (shards, one runtime each); 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+}
+
+/// `metrics:` label bounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Distinct peer identities with a `peer` label value of their own in
+    /// `isthmus_requests_total` (first come); the others are counted as `other`.
+    #[serde(default = "default_max_peer_labels")]
+    pub max_peer_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_peer_labels: default_max_peer_labels(),
+        }
+    }
+}
+
+fn default_max_peer_labels() -> usize {
+    1_000
 }
 
 /// `listen:` addresses.

@@ -125,6 +125,7 @@ impl Gateway {
     /// starts serving on the current tokio runtime.
     pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.limit_peer_labels(cfg.metrics.max_peer_labels);
         let connections = Arc::new(Connections::default());
         let readiness = Arc::new(Readiness::default());
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -1,8 +1,14 @@
 //! Metrics: one Prometheus registry, built once and passed to every stage.
 //!
 //! Label values come from fixed enums ([`ErrorKind`], [`HandshakeFailure`],
-//! [`ObjectKind`]) plus the route name and peer identity, which are bounded by
-//! the route table and by the trust anchors.
+//! [`ObjectKind`]) plus the route name, whose series leave with the route, and
+//! the peer identity, capped by `metrics.max_peer_labels` ([`labels`]).
+
+mod labels;
+
+use std::sync::Arc;
+
+pub use labels::OTHER_PEER;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -32,8 +38,8 @@ pub struct Metrics {
     /// `isthmus_upstream_connect_errors_total`.
     pub upstream_connect_errors: IntCounter,
     /// `isthmus_limits_exceeded_total{limit}`: connections ended by a limit
-    /// (`max_connections`, `max_connections_per_identity`,
-    /// `request_header_timeout`, `idle_timeout`).
+    /// (`max_connections`, `max_connections_per_identity`, `max_handshakes`,
+    /// `max_handshakes_per_source`, `request_header_timeout`, `idle_timeout`).
     pub limits_exceeded: IntCounterVec,
     /// `isthmus_endpoint_ejections_total`: endpoints taken out of rotation
     /// after consecutive connect failures (passive health).
@@ -52,6 +58,7 @@ pub struct Metrics {
     pub publish_delay: Histogram,
     /// `isthmus_ready`: 1 once discovery has synced and certificates are loaded.
     pub ready: IntGauge,
+    peer_labels: Arc<labels::PeerLabels>,
 }
 
 /// Why a request was answered by the gateway itself instead of an upstream.
@@ -317,6 +324,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            peer_labels: Arc::default(),
         };
         m.register_all();
         m
