@@ -188,9 +188,10 @@ fn run_fails_loudly_when_the_port_is_taken() {
     let original = std::fs::read_to_string(&config).expect("read");
     std::fs::write(
         &config,
+        // Admin first: a taken port such as 41919 would otherwise contain "4191".
         original
-            .replace("127.0.0.1:4143", &format!("127.0.0.1:{port}"))
-            .replace("127.0.0.1:4191", "127.0.0.1:0"),
+            .replace("\"127.0.0.1:4191\"", "\"127.0.0.1:0\"")
+            .replace("\"127.0.0.1:4143\"", &format!("\"127.0.0.1:{port}\"")),
     )
     .expect("write");
     let o = isthmus(&["run", "--config", config.to_str().expect("utf8")]);
