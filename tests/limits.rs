@@ -155,9 +155,11 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let (h, _up) = gateway(|cfg| cfg.limits.idle_timeout_ms = 300).await;
     let client = h.client("peer-west");
 
-    // Silent from the start.
-    let mut silent = client.open().await.expect("handshake");
+    // Silent from the start. The clock starts before the handshake: the
+    // gateway arms its timer when its side of the handshake is done, which
+    // can be a little before the client's.
     let started = Instant::now();
+    let mut silent = client.open().await.expect("handshake");
     assert!(read_to_close(&mut silent, Duration::from_secs(5))
         .await
         .is_empty());
@@ -498,4 +500,82 @@ async fn a_real_101_upgrade_carries_no_deadlines() {
     conn.write_all(b"pong").await.expect("tunnel answer");
     read_until(&mut tls, &mut out, b"pong").await;
     assert_eq!(h.metric(&limit("idle_timeout")).await, 0.0);
+}
+
+/// A TCP connection to the gateway from `source` that never starts its TLS handshake.
+async fn stalled_from(source: &str, gateway: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind a loopback source address");
+    socket.connect(gateway).await.expect("connect")
+}
+
+#[tokio::test]
+async fn verified_peers_are_served_during_a_flood_of_stalled_handshakes() {
+    const FLOOD: usize = 120;
+    let (h, _up) = gateway(|cfg| {
+        cfg.limits.max_connections = 100;
+        // Handshakes get half of it (the oldest gives way beyond), at most
+        // 10 from one source address.
+        cfg.limits.max_handshakes = 50;
+        cfg.limits.max_handshakes_per_source = 10;
+        cfg.limits.handshake_timeout_ms = 30_000;
+    })
+    .await;
+    let client = h.client("peer-west");
+    let mut held = client.keep_alive().await.expect("connect");
+    assert_eq!(held.get(HOST, "/").await.expect("before").status, 200);
+    let addr = h.gateway.gateway_addr;
+    // From 12 source addresses, 10 each, none of which ever says a word.
+    let mut flood = Vec::new();
+    for i in 0..FLOOD {
+        flood.push(stalled_from(&format!("127.0.0.{}", 2 + i / 10), addr).await);
+    }
+    // 120 stalled handshakes, a budget of 50: the oldest gave way each time
+    // (or, while the abandoned ones were still closing, max_connections
+    // closed the newest).
+    eventually(
+        "every flood connection beyond the budget was closed",
+        || async {
+            h.metric(&limit("max_handshakes")).await + h.metric(&limit("max_connections")).await
+                == (FLOOD - 50) as f64
+        },
+    )
+    .await;
+    assert!(h.metric(&limit("max_handshakes")).await >= 1.0);
+    // 50 stalled handshakes and the held peer stay open, well under max_connections.
+    eventually("abandoned handshakes are closed", || async {
+        h.metric("isthmus_open_connections").await <= 51.0
+    })
+    .await;
+    // A new verified connection still gets in, and the old one still works.
+    assert_eq!(client.status(HOST, "/").await, 200);
+    assert_eq!(held.get(HOST, "/").await.expect("during").status, 200);
+    drop(flood);
+}
+
+#[tokio::test]
+async fn one_source_address_gets_a_small_share_of_the_handshake_budget() {
+    let (h, _up) = gateway(|cfg| cfg.limits.max_handshakes_per_source = 5).await;
+    let addr = h.gateway.gateway_addr;
+    let mut flood = Vec::new();
+    for _ in 0..12 {
+        flood.push(stalled_from("127.0.0.2", addr).await);
+    }
+    h.wait_metric(&limit("max_handshakes_per_source"), 7.0)
+        .await;
+    // Other sources (the peer is on 127.0.0.1) are not affected.
+    assert_eq!(h.client("peer-west").status(HOST, "/").await, 200);
+    drop(flood);
+    // Once the stalled ones are gone, that source can connect again.
+    eventually("the source's slots free up", || async {
+        let mut s = stalled_from("127.0.0.2", addr).await;
+        let mut b = [0u8; 1];
+        // Closed at once when over the cap; kept (read times out) when admitted.
+        tokio::time::timeout(Duration::from_millis(200), s.read(&mut b))
+            .await
+            .is_err()
+    })
+    .await;
 }

@@ -426,3 +426,158 @@ async fn paths_are_normalised_before_matching_and_sent_upstream_normalised() {
         );
     }
 }
+
+#[tokio::test]
+async fn spoofable_inbound_headers_never_reach_the_upstream() {
+    use isthmus_tests::raw_upstream::{read_request, RawUpstream};
+    use tokio::io::AsyncWriteExt;
+    let mut up = RawUpstream::start().await;
+    let h = Harness::start(&[(
+        "podinfo.yaml",
+        exported_service("test", "podinfo", 9898, up.addr),
+    )])
+    .await;
+    let c = h.client("peer-west");
+    let request = "GET / HTTP/1.1\r\nHost: podinfo.test.svc.cluster.local:9898\r\n\
+        x_isthmus_peer_identity: spoofed-1\r\n\
+        X_Isthmus-Peer_Identity: spoofed-2\r\n\
+        x-isthmus-peer-identity: spoofed-3\r\n\
+        X-Forwarded-For: 192.0.2.1\r\n\
+        x_forwarded_for: 192.0.2.2\r\n\
+        X-Forwarded-Host: spoofed.example\r\n\
+        X-Forwarded-Proto: http\r\n\
+        X-Real-IP: 192.0.2.3\r\n\
+        forwarded_: x\r\n\
+        Forwarded: for=192.0.2.4;by=\"spiffe://other.example/gw\";proto=https, for=\"[2001:db8::1]\"\r\n\
+        Connection: close\r\n\r\n";
+    let exchange = {
+        let c = c.clone();
+        tokio::spawn(async move { c.raw(request.as_bytes()).await })
+    };
+    let mut conn = up.accept().await;
+    let seen = read_request(&mut conn).await.expect("request upstream");
+    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        .await
+        .expect("answer");
+    let answer = exchange.await.expect("client task").expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let lines: Vec<String> = seen.head.lines().map(str::to_ascii_lowercase).collect();
+    let named = |name: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l.split(':')
+                    .next()
+                    .is_some_and(|n| n.replace('_', "-") == name)
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        named("x-isthmus-peer-identity"),
+        ["x-isthmus-peer-identity: spiffe://west.example/ns/default/sa/peer"],
+        "{}",
+        seen.head
+    );
+    assert!(!seen.head.contains("spoofed"), "{}", seen.head);
+    assert!(!seen.head.contains("192.0.2."), "{}", seen.head);
+    assert!(!seen.head.contains("2001:db8"), "{}", seen.head);
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    ] {
+        assert!(named(name).is_empty(), "{name} passed: {}", seen.head);
+    }
+    // Forwarded keeps the `by=` of earlier hops (loop detection) and adds its own.
+    let forwarded = named("forwarded").join("\n");
+    assert!(
+        forwarded.contains("by=\"spiffe://other.example/gw\""),
+        "{}",
+        seen.head
+    );
+    assert!(
+        forwarded.contains("by=\"spiffe://east.example/ns/isthmus/sa/isthmus-gateway\""),
+        "{}",
+        seen.head
+    );
+    assert!(
+        !forwarded.contains("for=") && !forwarded.contains("proto="),
+        "{}",
+        seen.head
+    );
+    assert!(
+        named("forwarded")
+            .iter()
+            .all(|l| l.starts_with("forwarded:")),
+        "{}",
+        seen.head
+    );
+}
+
+#[tokio::test]
+async fn metric_labels_stay_bounded_peers_capped_and_deleted_routes_forgotten() {
+    let up = Upstream::start("podinfo").await;
+    let gone = Upstream::start("gone").await;
+    let h = Harness::start_with(
+        &[
+            (
+                "podinfo.yaml",
+                exported_service("test", "podinfo", 9898, up.addr),
+            ),
+            (
+                "gone.yaml",
+                exported_service("test", "gone", 8080, gone.addr),
+            ),
+        ],
+        |cfg| {
+            cfg.allowed_identities = vec!["*".into()];
+            cfg.metrics.max_peer_labels = 1;
+        },
+    )
+    .await;
+    let west = "spiffe://west.example/ns/default/sa/peer";
+    assert_eq!(
+        h.client("peer-west")
+            .status("podinfo.test.svc.cluster.local:9898", "/")
+            .await,
+        200
+    );
+    assert_eq!(
+        h.client("peer-dns")
+            .status("podinfo.test.svc.cluster.local:9898", "/")
+            .await,
+        200
+    );
+    assert_eq!(
+        h.client("peer-west")
+            .status("gone.test.svc.cluster.local:8080", "/")
+            .await,
+        200
+    );
+    let sample = |peer: &str, route: &str| {
+        format!("isthmus_requests_total{{peer=\"{peer}\",route=\"{route}\",status_class=\"2xx\"}}")
+    };
+    h.wait_metric(&sample(west, "service/test/podinfo:9898"), 1.0)
+        .await;
+    // The second identity is past the cap of 1: counted, as `other`.
+    h.wait_metric(&sample("other", "service/test/podinfo:9898"), 1.0)
+        .await;
+    let (_, text) = h.admin_get("/metrics").await;
+    assert!(!text.contains("peer=\"peer.default"), "{text}");
+    h.wait_metric(&sample(west, "service/test/gone:8080"), 1.0)
+        .await;
+
+    // A deleted route's series go with it; the others stay.
+    std::fs::remove_file(h.manifests().join("gone.yaml")).expect("remove manifest");
+    eventually("the deleted route's series are gone", || async {
+        let (_, text) = h.admin_get("/metrics").await;
+        !text.contains("service/test/gone:8080")
+    })
+    .await;
+    assert_eq!(
+        h.metric(&sample(west, "service/test/podinfo:9898")).await,
+        1.0
+    );
+}

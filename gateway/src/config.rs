@@ -75,12 +75,37 @@ pub struct Config {
     /// Upstream defaults, overridable per Mapping.
     #[serde(default)]
     pub upstream: Upstream,
+    /// Bounds on metric labels.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Serving threads (shards, one runtime each); 0 means one per core.
     #[serde(default)]
     pub threads: usize,
     /// Log output.
     #[serde(default)]
     pub log: Log,
+}
+
+/// `metrics:` label bounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Distinct peer identities with a `peer` label value of their own in
+    /// `isthmus_requests_total` (first come); the others are counted as `other`.
+    #[serde(default = "default_max_peer_labels")]
+    pub max_peer_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_peer_labels: default_max_peer_labels(),
+        }
+    }
+}
+
+fn default_max_peer_labels() -> usize {
+    1_000
 }
 
 /// `listen:` addresses.
@@ -302,6 +327,14 @@ pub struct Limits {
     /// this long is closed (HTTP/1 and HTTP/2).
     #[serde(default = "default_admin_idle_timeout_ms")]
     pub admin_idle_timeout_ms: u64,
+    /// Connections in their TLS handshake at once (a budget apart from
+    /// `max_connections`); new ones are closed at accept beyond.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Connections from one source address in their TLS handshake at once;
+    /// new ones from it are closed at accept beyond.
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for Limits {
@@ -319,6 +352,8 @@ impl Default for Limits {
             probe_max_connections: default_probe_max_connections(),
             admin_header_timeout_ms: default_admin_header_timeout_ms(),
             admin_idle_timeout_ms: default_admin_idle_timeout_ms(),
+            max_handshakes: default_max_handshakes(),
+            max_handshakes_per_source: default_max_handshakes_per_source(),
         }
     }
 }
@@ -393,7 +428,7 @@ fn default_max_headers() -> usize {
     100
 }
 fn default_handshake_timeout_ms() -> u64 {
-    10_000
+    3_000
 }
 fn default_shutdown_grace_ms() -> u64 {
     30_000
@@ -406,6 +441,12 @@ fn default_downstream_idle_timeout_ms() -> u64 {
 }
 fn default_max_connections() -> usize {
     20_000
+}
+fn default_max_handshakes() -> usize {
+    1_024
+}
+fn default_max_handshakes_per_source() -> usize {
+    256
 }
 fn default_max_connections_per_identity() -> usize {
     2_000
@@ -451,14 +492,39 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` is only used in messages.
+    /// The first problem is the error; [`Config::parse_all`] gives them all.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let (cfg, problems) = Config::parse_all(text, path, base)?;
+        match problems.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(cfg),
+        }
+    }
+
+    /// Reads and parses a config file, with every validation problem found
+    /// (for `isthmus check`); only unreadable or unparsable YAML is an error.
+    pub fn load_all(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse_all(&text, path, base)
+    }
+
+    /// Parses config text; returns it with every validation problem found.
+    pub fn parse_all(
+        text: &str,
+        path: &Path,
+        base: &Path,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let mut cfg: Config = serde_yaml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             error,
         })?;
         cfg.resolve_paths(base);
-        cfg.validate(path)?;
-        Ok(cfg)
+        let problems = cfg.problems(path);
+        Ok((cfg, problems))
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -481,42 +547,62 @@ impl Config {
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            reason,
+    /// Every value that is well-formed but not acceptable, in key order.
+    fn problems(&self, path: &Path) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut invalid = |field: String, reason: String| {
+            problems.push(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                reason,
+            })
         };
+        // Port 0 (tests) binds two different ports.
+        if self.listen.gateway == self.listen.admin && self.listen.admin.port() != 0 {
+            invalid(
+                "listen.admin".into(),
+                format!("{} is also listen.gateway", self.listen.admin),
+            );
+        }
+        if let Some(id) = &self.identity {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                invalid(
+                    "identity".into(),
+                    format!("{id:?} must be visible ASCII without '\"'"),
+                );
+            }
+        }
         for (i, id) in self.allowed_identities.iter().enumerate() {
-            IdentityPattern::parse(id)
-                .map_err(|reason| invalid(format!("allowed_identities[{i}]"), reason))?;
+            if let Err(reason) = IdentityPattern::parse(id) {
+                invalid(format!("allowed_identities[{i}]"), reason);
+            }
         }
         if self.cluster_domain.is_empty()
             || self.cluster_domain.starts_with('.')
             || self.cluster_domain.ends_with('.')
         {
-            return Err(invalid(
+            invalid(
                 "cluster_domain".into(),
                 format!(
                     "{:?} is not a DNS domain like cluster.local",
                     self.cluster_domain
                 ),
-            ));
+            );
         }
         if self.export_label.is_empty() {
-            return Err(invalid("export_label".into(), "must not be empty".into()));
+            invalid("export_label".into(), "must not be empty".into());
         }
         if self.limits.max_request_header_bytes < 1024 {
-            return Err(invalid(
+            invalid(
                 "limits.max_request_header_bytes".into(),
                 "must be at least 1024".into(),
-            ));
+            );
         }
         if self.limits.max_request_headers == 0 {
-            return Err(invalid(
+            invalid(
                 "limits.max_request_headers".into(),
                 "must be at least 1".into(),
-            ));
+            );
         }
         let at_least_one = [
             (
@@ -539,22 +625,28 @@ impl Config {
                 "admin_idle_timeout_ms",
                 self.limits.admin_idle_timeout_ms as usize,
             ),
+            ("max_handshakes", self.limits.max_handshakes),
+            (
+                "max_handshakes_per_source",
+                self.limits.max_handshakes_per_source,
+            ),
+            (
+                "handshake_timeout_ms",
+                self.limits.handshake_timeout_ms as usize,
+            ),
         ];
-        if self.upstream.eject_after_failures == 0 {
-            return Err(invalid(
-                "upstream.eject_after_failures".into(),
-                "must be at least 1".into(),
-            ));
-        }
         for (key, value) in at_least_one {
             if value == 0 {
-                return Err(invalid(
-                    format!("limits.{key}"),
-                    "must be at least 1".into(),
-                ));
+                invalid(format!("limits.{key}"), "must be at least 1".into());
             }
         }
-        Ok(())
+        if self.upstream.eject_after_failures == 0 {
+            invalid(
+                "upstream.eject_after_failures".into(),
+                "must be at least 1".into(),
+            );
+        }
+        problems
     }
 
     /// The compiled `allowed_identities`.

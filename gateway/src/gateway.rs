@@ -56,6 +56,17 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// This gateway's identity for loop detection: `identity` from the config,
+/// else the serving certificate's (as `isthmus check` checks it too).
+pub fn own_identity(cfg: &Config, material: &TlsMaterial) -> Result<String, StartError> {
+    cfg.identity
+        .clone()
+        .or_else(|| material.identity().map(str::to_string))
+        .ok_or_else(|| StartError::NoIdentity {
+            cert: cfg.tls.cert.display().to_string(),
+        })
+}
+
 /// Runs `make()` on a thread of its own (`isthmus-<name>`) with a
 /// single-threaded runtime, so its work never queues behind (or delays) the
 /// accept loop and proxied requests. Used for:
@@ -125,24 +136,14 @@ impl Gateway {
     /// starts serving on the current tokio runtime.
     pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.limit_peer_labels(cfg.metrics.max_peer_labels);
         let connections = Arc::new(Connections::default());
         let readiness = Arc::new(Readiness::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let material = TlsMaterial::load(&cfg.tls)?;
-        let own_identity = match cfg
-            .identity
-            .clone()
-            .or_else(|| material.identity().map(str::to_string))
-        {
-            Some(id) => id,
-            None => {
-                return Err(StartError::NoIdentity {
-                    cert: cfg.tls.cert.display().to_string(),
-                })
-            }
-        };
+        let own_identity = own_identity(cfg, &material)?;
         material.record_expiry(&metrics);
         let tls = TlsServer::new(material);
         readiness.set_certs_loaded();
@@ -294,6 +295,10 @@ impl Gateway {
             metrics: metrics.clone(),
             connections: connections.clone(),
             max_connections: cfg.limits.max_connections,
+            handshakes: crate::listener::Handshakes::new(
+                cfg.limits.max_handshakes,
+                cfg.limits.max_handshakes_per_source,
+            ),
         };
         let accept = tokio::spawn(
             listener

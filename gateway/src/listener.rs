@@ -70,11 +70,14 @@ use delegate_stream_digests;
 
 mod coalesce;
 mod deadlines;
+mod handshakes;
 pub mod shards;
 use crate::tls::{traced_handshake, PeerIdentity};
 use coalesce::Coalesced;
 pub use deadlines::Deadlines;
 use deadlines::WithDeadlines;
+use handshakes::HandshakeSlot;
+pub use handshakes::Handshakes;
 use shards::Accepted;
 pub use shards::{Dispatch, ShardThreads};
 
@@ -91,6 +94,9 @@ pub struct GatewayListener {
     pub connections: Arc<Connections>,
     /// Connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Connections in their TLS handshake: overall and per source address;
+    /// more are closed at accept.
+    pub handshakes: Arc<Handshakes>,
 }
 
 /// What serving one connection takes, whichever shard it lands on.
@@ -249,6 +255,25 @@ impl GatewayListener {
                 tracing::debug!("max_connections reached; closing a new connection");
                 continue;
             }
+            let handshake = match self.handshakes.admit(peer.ip()) {
+                Ok((slot, evicted)) => {
+                    if evicted {
+                        self.metrics
+                            .limits_exceeded
+                            .with_label_values(&["max_handshakes"])
+                            .inc();
+                    }
+                    slot
+                }
+                Err(_) => {
+                    self.metrics
+                        .limits_exceeded
+                        .with_label_values(&["max_handshakes_per_source"])
+                        .inc();
+                    tracing::debug!(client = %peer, "max_handshakes_per_source reached; closing a new connection");
+                    continue;
+                }
+            };
             let guard = ConnectionGuard::new(self.metrics.clone(), self.connections.clone());
             // Leaves this runtime's reactor; the shard registers it with its own.
             let stream = match stream.into_std() {
@@ -262,6 +287,7 @@ impl GatewayListener {
                 stream,
                 peer,
                 guard,
+                handshake,
             });
         }
         // Dropping `self` closes the socket and the shards' inboxes.
@@ -276,13 +302,24 @@ struct Connection<A> {
 
 impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
     /// Handshake, limits, then HTTP until the connection ends.
-    async fn serve(self, mut stream: L4Stream) {
+    async fn serve(self, mut stream: L4Stream, slot: HandshakeSlot) {
         if let Err(e) = stream.set_nodelay() {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let (stream, coalesce) = Coalesced::new(stream);
         let handshake = traced_handshake(self.config.acceptor.tls_handshake(stream));
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+        let handshake = async {
+            tokio::select! {
+                done = tokio::time::timeout(self.config.handshake_timeout, handshake) => Some(done),
+                // max_handshakes reached: this, the oldest, gives way (counted at accept).
+                () = slot.abandoned() => None,
+            }
+        };
+        let Some(handshake) = handshake.await else {
+            tracing::debug!("oldest handshake in progress abandoned for a new connection");
+            return;
+        };
+        let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err((reason, e))) => {
                 self.config
@@ -302,6 +339,8 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                 return;
             }
         };
+        // Handshake done: the connection now counts as verified only.
+        drop(slot);
         coalesce.enable();
         // Every accepted handshake carries an identity (see tls::server).
         let identity = tls

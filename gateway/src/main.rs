@@ -415,36 +415,60 @@ fn catch_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Everything `run` would refuse, as far as it can be known without binding
+/// ports or reaching an API server: every config value, the TLS files and the
+/// identity derived from them, the manifests (or the kubeconfig).
 fn check(config: &Path) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
-    let mut problems = Vec::new();
+    let (cfg, config_problems) = Config::load_all(config)?;
+    let mut problems: Vec<String> = config_problems.iter().map(ToString::to_string).collect();
     match TlsMaterial::load(&cfg.tls) {
-        Ok(m) => println!("tls: ok (identity {})", m.identity().unwrap_or("<none>")),
+        Ok(m) => match isthmus::gateway::own_identity(&cfg, &m) {
+            Ok(id) => println!("tls: ok (identity {id})"),
+            Err(e) => problems.push(format!("identity: {e}")),
+        },
         Err(e) => problems.push(format!("tls: {e}")),
     }
     match &cfg.discovery {
         Discovery::Files(files) => {
             let mut index = Index::new(discovery::index_config(&cfg));
             let mut source = FileSource::new(files.dir());
-            let (scan, errors) = source.load_into(&mut index)?;
-            problems.extend(scan.errors.iter().map(ToString::to_string));
-            for e in errors {
-                let origin = source
-                    .origin(e.kind, &e.key)
-                    .map(|p| format!("{}: ", p.display()))
-                    .unwrap_or_default();
-                problems.push(format!("{origin}{e}"));
+            match source.load_into(&mut index) {
+                Ok((scan, errors)) => {
+                    problems.extend(scan.errors.iter().map(ToString::to_string));
+                    for e in errors {
+                        let origin = source
+                            .origin(e.kind, &e.key)
+                            .map(|p| format!("{}: ", p.display()))
+                            .unwrap_or_default();
+                        problems.push(format!("{origin}{e}"));
+                    }
+                    let table = index.build();
+                    println!(
+                        "discovery: {} routes, {} services, {} endpoints from {}",
+                        table.route_count(),
+                        table.service_count(),
+                        table.endpoint_count(),
+                        files.dir().display()
+                    );
+                }
+                Err(e) => problems.push(format!("discovery: {e}")),
             }
-            let table = index.build();
-            println!(
-                "discovery: {} routes, {} services, {} endpoints from {}",
-                table.route_count(),
-                table.service_count(),
-                table.endpoint_count(),
-                files.dir().display()
-            );
         }
-        Discovery::Kubernetes(_) => println!("discovery: kubernetes (not checked offline)"),
+        Discovery::Kubernetes(k) => {
+            // Builds the client as `run` does (credentials, kubeconfig), without
+            // contacting the API server.
+            let client = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?
+                .block_on(discovery::kube::client(k.kubeconfig.as_deref()));
+            match client {
+                Ok(_) => {
+                    println!("discovery: kubernetes (credentials ok; API server not contacted)")
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
     }
     if problems.is_empty() {
         println!("ok");

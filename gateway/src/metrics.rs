@@ -1,8 +1,14 @@
 //! Metrics: one Prometheus registry, built once and passed to every stage.
 //!
 //! Label values come from fixed enums ([`ErrorKind`], [`HandshakeFailure`],
-//! [`ObjectKind`]) plus the route name and peer identity, which are bounded by
-//! the route table and by the trust anchors.
+//! [`ObjectKind`]) plus the route name, whose series leave with the route, and
+//! the peer identity, capped by `metrics.max_peer_labels` ([`labels`]).
+
+mod labels;
+
+use std::sync::Arc;
+
+pub use labels::OTHER_PEER;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -32,9 +38,9 @@ pub struct Metrics {
     /// `isthmus_upstream_connect_errors_total`.
     pub upstream_connect_errors: IntCounter,
     /// `isthmus_limits_exceeded_total{limit}`: connections ended by a limit
-    /// (`max_connections`, `max_connections_per_identity`,
-    /// `request_header_timeout`, `idle_timeout`; on the admin and probe ports
-    /// `admin_max_connections`, `probe_max_connections`).
+    /// (`max_connections`, `max_connections_per_identity`, `max_handshakes`,
+    /// `max_handshakes_per_source`, `request_header_timeout`, `idle_timeout`; on
+    /// the admin and probe ports `admin_max_connections`, `probe_max_connections`).
     pub limits_exceeded: IntCounterVec,
     /// `isthmus_endpoint_ejections_total`: endpoints taken out of rotation
     /// after consecutive connect failures (passive health).
@@ -70,6 +76,7 @@ pub struct Metrics {
     pub discovery_last_sync: IntGaugeVec,
     /// `isthmus_table_generation`: route tables published since start.
     pub table_generation: IntGauge,
+    peer_labels: Arc<labels::PeerLabels>,
 }
 
 /// Why a request was answered by the gateway itself instead of an upstream.
@@ -389,6 +396,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            peer_labels: Arc::default(),
         };
         m.register_all();
         m

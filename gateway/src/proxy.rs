@@ -90,6 +90,8 @@ impl GatewayProxy {
 pub struct RequestCtx {
     started: Instant,
     peer: Option<Arc<str>>,
+    /// The `peer` metric label (the identity, or `other` past the cap).
+    peer_label: Option<Arc<str>>,
     route: Option<Arc<Route>>,
     backend: usize,
     in_flight: Option<InFlight>,
@@ -157,6 +159,7 @@ impl ProxyHttp for GatewayProxy {
         RequestCtx {
             started: Instant::now(),
             peer: None,
+            peer_label: None,
             route: None,
             backend: 0,
             in_flight: None,
@@ -167,10 +170,11 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.peer = peer_identity(session).map(|p| {
+        if let Some(p) = peer_identity(session) {
             p.request_seen();
-            p.0.clone()
-        });
+            ctx.peer = Some(p.0.clone());
+            ctx.peer_label = Some(p.metric_label(|id| self.metrics.peer_label(id)));
+        }
         if let Some(h1) = session.as_downstream().as_http1() {
             let framing = request::check_framing(&h1.get_headers_raw_bytes(), h1.req_header());
             if let Err(kind) = framing {
@@ -259,6 +263,8 @@ impl ProxyHttp for GatewayProxy {
         let (Some(route), Some(backend)) = (ctx.route.as_ref(), ctx.backend()) else {
             return Ok(());
         };
+        // Inbound first: a Mapping's add_request_headers may set x-forwarded-*.
+        request::strip_spoofable(upstream);
         request::rewrite_upstream(upstream, &route.matcher.prefix, &backend.settings)?;
         upstream.remove_header(PEER_IDENTITY_HEADER);
         if let Some(peer) = &ctx.peer {
@@ -355,9 +361,10 @@ impl ProxyHttp for GatewayProxy {
         let route = ctx.route.as_ref().map_or("-", |r| &*r.name);
         let peer = ctx.peer.as_deref().unwrap_or("-");
         let elapsed = ctx.started.elapsed();
+        let peer_label = ctx.peer_label.as_deref().unwrap_or("-");
         self.metrics
             .requests
-            .with_label_values(&[route, peer, request::status_class(status)])
+            .with_label_values(&[route, peer_label, request::status_class(status)])
             .inc();
         self.metrics
             .request_duration

@@ -152,7 +152,8 @@ fn sigterm_drains_and_exits_zero() {
         &config,
         text.replace("127.0.0.1:4143", "127.0.0.1:0")
             .replace("127.0.0.1:4191", "127.0.0.1:0")
-            .replace("127.0.0.1:4192", "127.0.0.1:0"),
+            .replace("127.0.0.1:4192", "127.0.0.1:0")
+            .replace("127.0.0.1:4140", "127.0.0.1:0"),
     )
     .expect("write");
     let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
@@ -189,10 +190,12 @@ fn run_fails_loudly_when_the_port_is_taken() {
     let original = std::fs::read_to_string(&config).expect("read");
     std::fs::write(
         &config,
+        // Admin first: a taken port such as 41919 would otherwise contain "4191".
         original
-            .replace("127.0.0.1:4143", &format!("127.0.0.1:{port}"))
-            .replace("127.0.0.1:4191", "127.0.0.1:0")
-            .replace("127.0.0.1:4192", "127.0.0.1:0"),
+            .replace("\"127.0.0.1:4191\"", "\"127.0.0.1:0\"")
+            .replace("\"127.0.0.1:4192\"", "\"127.0.0.1:0\"")
+            .replace("\"127.0.0.1:4140\"", "\"127.0.0.1:0\"")
+            .replace("\"127.0.0.1:4143\"", &format!("\"127.0.0.1:{port}\"")),
     )
     .expect("write");
     let o = isthmus(&["run", "--config", config.to_str().expect("utf8")]);
@@ -255,6 +258,7 @@ fn log_format_json_writes_one_object_per_line() {
         text.replace("127.0.0.1:4143", "127.0.0.1:0")
             .replace("127.0.0.1:4191", "127.0.0.1:0")
             .replace("127.0.0.1:4192", "127.0.0.1:0")
+            .replace("127.0.0.1:4140", "127.0.0.1:0")
             + "log:\n  format: json\n",
     )
     .expect("write");
@@ -364,4 +368,73 @@ fn log_format_flag_and_env_override_the_config() {
             .is_some_and(|e| e.contains("cannot read config file")),
         "{line}"
     );
+}
+
+#[test]
+fn check_reports_every_config_problem_at_once() {
+    let dir = example_copy();
+    let config = dir.path().join("isthmus.yaml");
+    let original = std::fs::read_to_string(&config).expect("read");
+    let broken = original
+        .replace(
+            "cluster_domain: cluster.local",
+            "cluster_domain: .cluster.local",
+        )
+        .replace("\"spiffe://west.example/*\"", "\"spiffe://west.example*\"")
+        .replace("files: manifests", "files: no-such-dir")
+        + "limits: {max_request_headers: 0, idle_timeout_ms: 0}\n";
+    std::fs::write(&config, broken).expect("write");
+    let o = isthmus(&["check", "--config", config.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    for want in [
+        "cluster_domain",
+        "allowed_identities[0]",
+        "limits.max_request_headers",
+        "limits.idle_timeout_ms",
+        "no-such-dir",
+    ] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn check_refuses_what_run_refuses() {
+    let dir = example_copy();
+    let config = dir.path().join("isthmus.yaml");
+    let cfg = config.to_str().expect("utf8");
+    // A serving certificate with only an IP SAN: no gateway identity can be
+    // derived for loop detection, and the config sets none.
+    let ca = isthmus::tls::dev::CertAuthority::new("other ca").expect("ca");
+    let leaf = ca
+        .issue(&isthmus::tls::dev::LeafSpec {
+            ips: vec!["127.0.0.1".parse().expect("ip")],
+            ekus: vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+            ..Default::default()
+        })
+        .expect("leaf");
+    std::fs::write(dir.path().join("certs/gateway.crt"), leaf.cert_pem()).expect("write");
+    std::fs::write(dir.path().join("certs/gateway.key"), leaf.key_pem()).expect("write");
+    let run = isthmus(&["run", "--config", cfg]);
+    assert!(!run.status.success(), "{}", text(&run));
+    assert!(text(&run).contains("identity"), "{}", text(&run));
+    let check = isthmus(&["check", "--config", cfg]);
+    assert!(
+        !check.status.success(),
+        "check passed what run refuses:\n{}",
+        text(&check)
+    );
+    assert!(text(&check).contains("identity"), "{}", text(&check));
+
+    // The same address for both listeners cannot be bound twice.
+    let original = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        original.replace("127.0.0.1:4191", "127.0.0.1:4143")
+            + "identity: spiffe://east.example/gw\n",
+    )
+    .expect("write");
+    let check = isthmus(&["check", "--config", cfg]);
+    assert!(!check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains("listen.admin"), "{}", text(&check));
 }

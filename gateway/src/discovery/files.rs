@@ -2,14 +2,16 @@
 //! allowed), rescanned on an interval and applied as one atomic relist.
 //!
 //! A file that cannot be read or parsed is reported (log line with the file and
-//! reason, metric) and its last good objects stay in force.
+//! reason, metric) and its last good objects stay in force. Subdirectories are
+//! walked once each (by canonical path, at most 32 deep): a symlink loop is
+//! reported once and skipped, everything else is read.
 //!
 //! While running, a changed file is read only once it has stayed the same for
 //! one poll interval (and did not change while being read): a file rewritten
 //! in place is first truncated, and reading it in that instant would withdraw
 //! every object it holds until the next scan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,8 @@ pub struct FileSource {
     settling: BTreeMap<PathBuf, (Stamp, Instant)>,
     /// [`EMPTY_FILE_QUIET`] (shorter in tests).
     empty_quiet: Duration,
+    /// Directories the last scan skipped (loops), reported when first seen.
+    skipped_dirs: BTreeMap<PathBuf, String>,
 }
 
 /// What one scan found.
@@ -68,6 +72,7 @@ impl FileSource {
             files: BTreeMap::new(),
             settling: BTreeMap::new(),
             empty_quiet: EMPTY_FILE_QUIET,
+            skipped_dirs: BTreeMap::new(),
         }
     }
 
@@ -88,11 +93,22 @@ impl FileSource {
 
     fn scan_files(&mut self, settle: bool) -> Result<Scan, FileError> {
         let mut found = Vec::new();
-        list_manifests(&self.dir, &mut found).map_err(|e| FileError {
+        let skipped = list_manifests(&self.dir, &mut found).map_err(|e| FileError {
             path: self.dir.clone(),
             reason: format!("cannot list directory: {e}"),
         })?;
         let mut scan = Scan::default();
+        // Each skipped directory is reported once, while it stays skipped.
+        let skipped: BTreeMap<PathBuf, String> = skipped.into_iter().collect();
+        for (path, reason) in &skipped {
+            if !self.skipped_dirs.contains_key(path) {
+                scan.errors.push(FileError {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.skipped_dirs = skipped;
         let before = self.files.len();
         self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
         scan.changed |= self.files.len() != before;
@@ -201,7 +217,35 @@ fn kind_name(o: &Object) -> &'static str {
     }
 }
 
-fn list_manifests(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> std::io::Result<()> {
+/// Deepest directory nesting walked (beyond: reported like a loop).
+const MAX_DEPTH: usize = 32;
+
+/// What a directory walk found besides manifests.
+#[derive(Default)]
+struct Walk {
+    /// Canonical directories already walked.
+    visited: HashSet<PathBuf>,
+    /// Directories skipped: (path, why).
+    skipped: Vec<(PathBuf, String)>,
+}
+
+fn list_manifests(
+    dir: &Path,
+    out: &mut Vec<(PathBuf, Stamp)>,
+) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let mut walk = Walk::default();
+    walk.visited.insert(std::fs::canonicalize(dir)?);
+    walk_dir(dir, out, &mut walk, 0)?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(walk.skipped)
+}
+
+fn walk_dir(
+    dir: &Path,
+    out: &mut Vec<(PathBuf, Stamp)>,
+    walk: &mut Walk,
+    depth: usize,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -214,7 +258,27 @@ fn list_manifests(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> std::io::Resul
             continue;
         };
         if meta.is_dir() {
-            list_manifests(&path, out)?;
+            // A symlinked directory may lead back up (a loop) or to one
+            // already walked: each directory is walked once.
+            let Ok(canonical) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            if depth + 1 > MAX_DEPTH {
+                walk.skipped.push((
+                    path,
+                    format!("directory loop or nesting deeper than {MAX_DEPTH}; skipped"),
+                ));
+            } else if !walk.visited.insert(canonical.clone()) {
+                walk.skipped.push((
+                    path,
+                    format!(
+                        "directory loop: leads to {}, already read; skipped",
+                        canonical.display()
+                    ),
+                ));
+            } else {
+                walk_dir(&path, out, walk, depth + 1)?;
+            }
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")
@@ -222,7 +286,6 @@ fn list_manifests(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> std::io::Resul
             out.push((path, Stamp::of(&meta)));
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(())
 }
 
@@ -412,5 +475,29 @@ mod tests {
         std::fs::remove_file(&file).expect("remove");
         assert!(source.rescan().expect("rescan").changed);
         assert!(source.objects().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn directory_symlink_loops_are_skipped_and_reported_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), SERVICE).expect("write");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        std::fs::write(sub.join("b.yaml"), SERVICE.replace("name: a", "name: b")).expect("write");
+        // Back up to the top, and to itself: without loop detection the walk
+        // never ends (or ends in ENAMETOOLONG with every file listed many times).
+        std::os::unix::fs::symlink("..", sub.join("up")).expect("symlink");
+        std::os::unix::fs::symlink(".", sub.join("self")).expect("symlink");
+        let mut source = FileSource::new(dir.path());
+        let scan = source.scan().expect("the directory is readable");
+        assert_eq!(source.objects().len(), 2, "each file once");
+        assert_eq!(scan.errors.len(), 2, "{:?}", scan.errors);
+        for e in &scan.errors {
+            assert!(e.reason.contains("directory loop"), "{e}");
+        }
+        let again = source.rescan().expect("rescan");
+        assert!(again.errors.is_empty(), "reported once: {:?}", again.errors);
+        assert_eq!(source.objects().len(), 2);
     }
 }

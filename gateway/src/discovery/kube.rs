@@ -99,24 +99,22 @@ struct Undecodable {
 
 /// Decodes one watched object into `K`.
 fn decode<K: DeserializeOwned>(obj: DynamicObject, wrap: fn(K) -> Object) -> Watched {
-    let key = ObjectKey::new(
-        obj.metadata.namespace.as_deref().unwrap_or_default(),
-        obj.metadata.name.as_deref().unwrap_or_default(),
-    );
-    let generation = obj.metadata.generation;
-    let status = obj
-        .data
-        .get("status")
-        .and_then(|s| serde_json::from_value::<MappingStatus>(s.clone()).ok());
-    match serde_json::to_value(obj).and_then(serde_json::from_value::<K>) {
-        Ok(k) => Watched::Decoded(wrap(k)),
-        Err(e) => Watched::Undecodable(Undecodable {
-            key,
-            generation,
-            status,
-            reason: format!("cannot be decoded: {e}"),
-        }),
-    }
+    let reason = match serde_json::to_value(&obj).and_then(serde_json::from_value::<K>) {
+        Ok(k) => return Watched::Decoded(wrap(k)),
+        Err(e) => format!("cannot be decoded: {e}"),
+    };
+    Watched::Undecodable(Undecodable {
+        key: ObjectKey::new(
+            obj.metadata.namespace.as_deref().unwrap_or_default(),
+            obj.metadata.name.as_deref().unwrap_or_default(),
+        ),
+        generation: obj.metadata.generation,
+        status: obj
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value::<MappingStatus>(s.clone()).ok()),
+        reason,
+    })
 }
 
 fn watch_stream<K>(

@@ -21,7 +21,7 @@ use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::{Connection, ConnectionConfig, ConnectionGuard};
+use super::{Connection, ConnectionConfig, ConnectionGuard, HandshakeSlot};
 
 /// An accepted TCP connection on its way to a shard.
 pub(super) struct Accepted {
@@ -29,6 +29,8 @@ pub(super) struct Accepted {
     pub peer: SocketAddr,
     /// Counts the connection as open from accept to close.
     pub guard: ConnectionGuard,
+    /// Its place in the handshake budget, until the handshake ends.
+    pub handshake: HandshakeSlot,
 }
 
 /// The accept loop's side: where the next connection goes.
@@ -165,11 +167,11 @@ impl<A: ServerApp + Send + Sync + 'static> Shard<A> {
             config: self.config.clone(),
             app: self.app.clone(),
         };
-        let guard = a.guard;
+        let (guard, handshake) = (a.guard, a.handshake);
         tokio::spawn(
             async move {
                 let _counted = (guard, on_shard);
-                conn.serve(stream).await;
+                conn.serve(stream, handshake).await;
             }
             .instrument(tracing::debug_span!("conn", client = %a.peer)),
         );
@@ -209,10 +211,14 @@ mod tests {
         let stream = std::net::TcpStream::connect(addr).expect("connect");
         let guard =
             ConnectionGuard::new(Arc::new(Metrics::new()), Arc::new(Connections::default()));
+        let (handshake, _) = crate::listener::Handshakes::new(1000, 1000)
+            .admit(addr.ip())
+            .expect("a handshake slot");
         Accepted {
             stream,
             peer: addr,
             guard,
+            handshake,
         }
     }
 

@@ -139,6 +139,80 @@ pub fn normalize_uri(uri: &http::Uri) -> Result<Option<http::Uri>, ErrorKind> {
         .map_err(|_| ErrorKind::BadRequest)
 }
 
+/// Whether an inbound header could pass for one the gateway vouches for: the
+/// headers it sets (`x-isthmus-peer-identity`, `forwarded`) spelt with `_` for
+/// `-` (servers such as CGI or Node frameworks read them as the same), and the
+/// client-address headers (`x-forwarded-*`, `x-real-ip`, any spelling) that a
+/// peer could fill with whatever it likes. `name` is lower-case.
+fn is_spoofable(name: &str) -> bool {
+    if name.contains('_') {
+        let dashed = name.replace('_', "-");
+        return matches!(
+            dashed.as_str(),
+            "x-isthmus-peer-identity" | "forwarded" | "x-real-ip"
+        ) || dashed.starts_with("x-forwarded-");
+    }
+    name == "x-real-ip" || name.starts_with("x-forwarded-")
+}
+
+/// The `by=` pairs of a `Forwarded` value (one per element that has one):
+/// earlier hops' identities for loop detection, without the `for=`, `host=`
+/// and `proto=` a peer can set to anything.
+fn forwarded_by_only(value: &str) -> Vec<&str> {
+    fn pair<'a>(out: &mut Vec<&'a str>, p: &'a str) {
+        let p = p.trim();
+        if p.get(..3).is_some_and(|k| k.eq_ignore_ascii_case("by=")) && p.len() > 3 {
+            out.push(p);
+        }
+    }
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b';' | b',' if !quoted => {
+                pair(&mut out, &value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pair(&mut out, &value[start..]);
+    out
+}
+
+/// Removes what a peer must not be able to tell the upstream (see
+/// [`is_spoofable`]), and reduces inbound `Forwarded` to its `by=` pairs.
+pub fn strip_spoofable(upstream: &mut RequestHeader) {
+    let spoofable: Vec<http::HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|n| is_spoofable(n.as_str()))
+        .cloned()
+        .collect();
+    for name in &spoofable {
+        upstream.remove_header(name);
+    }
+    let forwarded = &http::header::FORWARDED;
+    if !upstream.headers.contains_key(forwarded) {
+        return;
+    }
+    let by: Vec<String> = upstream
+        .headers
+        .get_all(forwarded)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(forwarded_by_only)
+        .map(str::to_string)
+        .collect();
+    upstream.remove_header(forwarded);
+    if !by.is_empty() {
+        let _ = upstream.append_header(forwarded.clone(), by.join(", "));
+    }
+}
+
 /// Rewrites the matched prefix, applies header edits, and sends origin-form.
 pub fn rewrite_upstream(
     upstream: &mut RequestHeader,

@@ -1,7 +1,7 @@
 //! Peer identity: the URI SAN of a client certificate, else its first DNS SAN.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -11,12 +11,12 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// parser refuses never do; the HTTP/1 stream wrapper counts those) and how
 /// many of those have finished (response complete, logged).
 #[derive(Debug)]
-pub struct PeerIdentity(pub Arc<str>, AtomicU64, AtomicU64);
+pub struct PeerIdentity(pub Arc<str>, AtomicU64, AtomicU64, OnceLock<Arc<str>>);
 
 impl PeerIdentity {
     /// A connection's identity, no request seen yet.
     pub fn new(id: Arc<str>) -> Self {
-        PeerIdentity(id, AtomicU64::new(0), AtomicU64::new(0))
+        PeerIdentity(id, AtomicU64::new(0), AtomicU64::new(0), OnceLock::new())
     }
 
     /// The identity string, e.g. `spiffe://west.example/ns/default/sa/peer`.
@@ -32,6 +32,11 @@ impl PeerIdentity {
     /// Requests on this connection that reached the gateway's hooks.
     pub fn requests_seen(&self) -> u64 {
         self.1.load(Ordering::Relaxed)
+    }
+
+    /// The connection's `peer` metric label, chosen by `choose` on first use.
+    pub fn metric_label(&self, choose: impl FnOnce(&Arc<str>) -> Arc<str>) -> Arc<str> {
+        self.3.get_or_init(|| choose(&self.0)).clone()
     }
 
     /// Notes that a request counted by [`Self::request_seen`] has finished.

@@ -172,3 +172,32 @@ fn framing_refuses_content_length_with_transfer_encoding_and_bare_lf() {
         );
     }
 }
+
+#[test]
+fn spoofable_names_and_forwarded_by_pairs() {
+    for name in [
+        "x_isthmus_peer_identity",
+        "x-isthmus_peer-identity",
+        "forwarded_",
+        "x_forwarded_for",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x_real_ip",
+    ] {
+        assert_eq!(is_spoofable(name), name != "forwarded_", "{name}");
+    }
+    for name in [
+        "x-isthmus-peer-identity",
+        "forwarded",
+        "x-request-id",
+        "x_custom",
+    ] {
+        assert!(!is_spoofable(name), "{name}");
+    }
+    assert_eq!(
+        forwarded_by_only(r#"for=1.2.3.4;by="spiffe://a/gw;x,y";proto=https, for=x, BY=gw2"#),
+        [r#"by="spiffe://a/gw;x,y""#, "BY=gw2"]
+    );
+    assert!(forwarded_by_only("for=1.2.3.4").is_empty());
+}
