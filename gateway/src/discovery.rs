@@ -10,27 +10,55 @@ pub mod crd;
 pub mod files;
 pub mod index;
 pub mod kube;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use index::{Index, IndexConfig, Object, ObjectError, ObjectKey};
+pub use status::{DiscoveryStatus, ObjectCounts};
+
+use crate::admin::recent::RecentErrors;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routes::{BackendSettings, SharedRoutes};
 
-/// Publishes freshly built tables and keeps the table-size metrics current.
+/// Publishes freshly built tables and keeps the table-size metrics current,
+/// and what the admin page shows of discovery ([`DiscoveryStatus`], and
+/// discovery errors among the [`RecentErrors`]).
 #[derive(Clone)]
 pub struct Publisher {
     routes: SharedRoutes,
     metrics: Arc<Metrics>,
+    status: Arc<DiscoveryStatus>,
+    recent: Arc<RecentErrors>,
 }
 
 impl Publisher {
     /// A publisher writing into `routes`.
     pub fn new(routes: SharedRoutes, metrics: Arc<Metrics>) -> Self {
-        Publisher { routes, metrics }
+        Publisher {
+            routes,
+            metrics,
+            status: Arc::new(DiscoveryStatus::new("unknown")),
+            recent: Arc::default(),
+        }
+    }
+
+    /// The same publisher, recording into `status` and `recent`.
+    pub fn observed(mut self, status: Arc<DiscoveryStatus>, recent: Arc<RecentErrors>) -> Self {
+        self.status = status;
+        self.recent = recent;
+        self
+    }
+
+    /// Records a source failure (a failed watch, an unreadable folder or
+    /// file) for the admin page; `reason` is the metric-style label.
+    pub fn source_error(&self, reason: &'static str, message: String) {
+        if self.status.error(&message) {
+            self.recent.discovery(reason, message);
+        }
     }
 
     /// Builds the index's table and swaps it in; `changed_at` is when the source
@@ -48,6 +76,7 @@ impl Publisher {
         gauge("endpoints", table.endpoint_count());
         // The old table is usually freed right here (no request holds it).
         self.routes.store(Arc::new(table));
+        self.status.published(index.object_counts());
         crate::memory::release_freed();
         self.metrics
             .publish_delay
@@ -69,6 +98,16 @@ impl Publisher {
             Some(file) => tracing::warn!(file, %error, "object refused; other routes unaffected"),
             None => tracing::warn!(%error, "object refused; other routes unaffected"),
         }
+        let message = match origin {
+            Some(file) => format!("{error} (in {file})"),
+            None => error.to_string(),
+        };
+        let reason = match kind {
+            "service" => "service_refused",
+            "endpointslice" => "endpointslice_refused",
+            _ => "mapping_refused",
+        };
+        self.source_error(reason, message);
     }
 }
 

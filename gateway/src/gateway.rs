@@ -153,7 +153,13 @@ impl Gateway {
         ));
 
         let routes = routes::shared_empty();
-        let publisher = Publisher::new(routes.clone(), metrics.clone());
+        let recent = Arc::new(admin::recent::RecentErrors::default());
+        let discovery_status = Arc::new(discovery::DiscoveryStatus::new(match &cfg.discovery {
+            Discovery::Files(_) => "files",
+            Discovery::Kubernetes(_) => "kubernetes",
+        }));
+        let publisher = Publisher::new(routes.clone(), metrics.clone())
+            .observed(discovery_status.clone(), recent.clone());
         let mut index = Index::new(discovery::index_config(cfg));
         match &cfg.discovery {
             Discovery::Files(files) => {
@@ -225,6 +231,7 @@ impl Gateway {
         let proxy = GatewayProxy::new(
             routes.clone(),
             metrics.clone(),
+            recent.clone(),
             &own_identity,
             RequestLimits {
                 max_header_bytes: cfg.limits.max_request_header_bytes,
@@ -283,6 +290,15 @@ impl Gateway {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             routes: routes.clone(),
+            tls: Some(tls.clone()),
+            discovery: discovery_status,
+            recent,
+            peers: Arc::default(),
+            explain: Arc::new(admin::explain::ExplainConfig {
+                cluster_domain: cfg.cluster_domain.clone(),
+                export_label: cfg.export_label.clone(),
+            }),
+            identity: own_identity.as_str().into(),
         };
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let limits = |max_connections| ServeLimits {

@@ -21,8 +21,15 @@ use super::crd::Mapping;
 use crate::metrics::ObjectKind;
 use crate::routes::{
     Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch,
-    IdentityPattern, LbPolicy, PortMatch, Route, RouteMatch, RouteTable, RouteTarget,
+    IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
+    RouteTarget,
 };
+
+/// The label that marks a mirror Service (written by Linkerd's service
+/// mirror and by `isthmus mirror`).
+pub const MIRRORED_SERVICE_LABEL: &str = "mirror.linkerd.io/mirrored-service";
+/// The label naming a mirror Service's remote cluster.
+pub const CLUSTER_NAME_LABEL: &str = "mirror.linkerd.io/cluster-name";
 
 /// What the index needs from the config.
 #[derive(Clone, Debug)]
@@ -137,6 +144,8 @@ struct ServicePort {
 struct ServiceInfo {
     exported: bool,
     ports: Vec<ServicePort>,
+    /// `mirror.linkerd.io/cluster-name` of a mirror Service.
+    mirror_cluster: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -145,6 +154,8 @@ struct SliceInfo {
     /// `(port name, port number)`; an empty name matches an unnamed Service port.
     ports: Vec<(String, Option<u16>)>,
     ready: Vec<IpAddr>,
+    /// Addresses listed with `conditions.ready: false` (counted, never routed).
+    not_ready: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +243,13 @@ pub struct Index {
     service_routes: HashMap<ObjectKey, Vec<Arc<Route>>>,
     /// Services whose cached routes are out of date.
     stale: HashSet<ObjectKey>,
+    /// Mirror Services for the table (see [`RouteTable::mirrors`]), rebuilt
+    /// only when a Service or a mirror's EndpointSlice changed.
+    mirrors: Arc<[MirrorService]>,
+    mirrors_dirty: bool,
+    /// Known, not exported Services (`ns/name`), rebuilt only when a Service changed.
+    unexported: Arc<HashSet<String>>,
+    unexported_dirty: bool,
 }
 
 impl Index {
@@ -246,6 +264,74 @@ impl Index {
             builds: 0,
             service_routes: HashMap::new(),
             stale: HashSet::new(),
+            mirrors: Arc::from(Vec::new()),
+            mirrors_dirty: false,
+            unexported: Arc::default(),
+            unexported_dirty: false,
+        }
+    }
+
+    /// Marks the mirror list out of date when `service` is a mirror Service.
+    fn touch_slice_of(&mut self, service: &ObjectKey) {
+        if self
+            .services
+            .get(service)
+            .is_some_and(|s| s.mirror_cluster.is_some())
+        {
+            self.mirrors_dirty = true;
+        }
+    }
+
+    /// Rebuilds the mirror and not-exported lists if their inputs changed.
+    fn refresh_facts(&mut self) {
+        if self.unexported_dirty {
+            self.unexported_dirty = false;
+            self.unexported = Arc::new(
+                self.services
+                    .iter()
+                    .filter(|(_, s)| !s.exported)
+                    .map(|(k, _)| k.to_string())
+                    .collect(),
+            );
+        }
+        if self.mirrors_dirty {
+            self.mirrors_dirty = false;
+            type Seen = (Vec<IpAddr>, usize);
+            let mut by_service: BTreeMap<(&str, &ObjectKey), Seen> = self
+                .services
+                .iter()
+                .filter_map(|(k, s)| Some(((s.mirror_cluster.as_deref()?, k), Seen::default())))
+                .collect();
+            if !by_service.is_empty() {
+                let clusters: HashMap<&ObjectKey, &str> =
+                    by_service.keys().map(|(c, k)| (*k, *c)).collect();
+                for slice in self.slices.values() {
+                    if let Some(c) = clusters.get(&slice.service) {
+                        if let Some((ready, not_ready)) = by_service.get_mut(&(*c, &slice.service))
+                        {
+                            ready.extend(&slice.ready);
+                            *not_ready += slice.not_ready.len();
+                        }
+                    }
+                }
+            }
+            let mut cluster_names: HashMap<&str, Arc<str>> = HashMap::new();
+            self.mirrors = by_service
+                .into_iter()
+                .map(|((cluster, key), (mut ready, not_ready))| {
+                    ready.sort();
+                    ready.dedup();
+                    MirrorService {
+                        cluster: cluster_names
+                            .entry(cluster)
+                            .or_insert_with(|| cluster.into())
+                            .clone(),
+                        service: key.to_string(),
+                        ready,
+                        not_ready,
+                    }
+                })
+                .collect();
         }
     }
 
@@ -326,15 +412,19 @@ impl Index {
             None => {}
             Some(Item::Service(info)) if self.services.get(&c.key) != Some(&info) => {
                 self.stale.insert(c.key.clone());
+                self.unexported_dirty = true;
+                self.mirrors_dirty = true;
                 self.services.insert(c.key, info);
             }
             Some(Item::Service(_)) => {}
             Some(Item::Slice(info)) => {
                 let old = self.slices.get(&c.key);
                 if old != Some(&info) {
-                    if let Some(old) = old {
-                        self.stale.insert(old.service.clone());
+                    if let Some(old) = old.map(|o| o.service.clone()) {
+                        self.touch_slice_of(&old);
+                        self.stale.insert(old);
                     }
+                    self.touch_slice_of(&info.service);
                     self.stale.insert(info.service.clone());
                     self.slices.insert(c.key, info);
                 }
@@ -350,10 +440,13 @@ impl Index {
             ObjectKind::Service => {
                 if self.services.remove(key).is_some() {
                     self.stale.insert(key.clone());
+                    self.unexported_dirty = true;
+                    self.mirrors_dirty = true;
                 }
             }
             ObjectKind::EndpointSlice => {
                 if let Some(old) = self.slices.remove(key) {
+                    self.touch_slice_of(&old.service);
                     self.stale.insert(old.service);
                 }
             }
@@ -442,6 +535,15 @@ impl Index {
         .collect()
     }
 
+    /// Objects held, by kind (for the admin page).
+    pub fn object_counts(&self) -> super::ObjectCounts {
+        super::ObjectCounts {
+            services: self.services.len(),
+            endpoint_slices: self.slices.len(),
+            mappings: self.mappings.len(),
+        }
+    }
+
     /// Acceptance of every Mapping, for status write-back.
     pub fn mapping_states(&self) -> impl Iterator<Item = (&ObjectKey, MappingState)> {
         self.mappings.iter().map(|(k, e)| {
@@ -504,7 +606,7 @@ impl Index {
                     if svc.ports.len() == 1 {
                         hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
                     }
-                    let (label, eps) = resolver.resolve(&ServiceRef {
+                    let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
                         key: key.clone(),
                         port: Some(port.port),
                     });
@@ -519,7 +621,8 @@ impl Index {
                             1,
                             eps,
                             defaults.clone(),
-                        )]),
+                        )
+                        .with_not_ready(not_ready)]),
                     })
                 })
                 .collect();
@@ -550,7 +653,7 @@ impl Index {
                         .clone()
                         .unwrap_or_else(|| self.cfg.allowed.clone()),
                 );
-                let (label, eps) = resolver.resolve(&m.service);
+                let (label, eps, not_ready) = resolver.resolve(&m.service);
                 // The same Service port as a Service route: one backend, not two.
                 let covered = self.service_routes.get(&m.service.key).is_some_and(|rs| {
                     rs.iter()
@@ -560,7 +663,9 @@ impl Index {
                 if !covered {
                     mapping_only_backends.insert(label.clone());
                 }
-                backends.push(Backend::new(label, weight, eps, m.settings.clone()));
+                backends.push(
+                    Backend::new(label, weight, eps, m.settings.clone()).with_not_ready(not_ready),
+                );
             }
             let (first, _) = members[0];
             routes.push(Arc::new(Route {
@@ -594,7 +699,9 @@ impl Index {
         // Service ports no Service route covers (non-exported or portless).
         let service_backends: usize = self.service_routes.values().map(Vec::len).sum();
         let services = service_backends + mapping_only_backends.len();
+        self.refresh_facts();
         RouteTable::from_shared(routes, services, used)
+            .with_discovery_facts(self.mirrors.clone(), self.unexported.clone())
     }
 }
 
@@ -622,13 +729,14 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    /// The backend label and ready endpoints of a Service port; none when the
-    /// Service, the port, or ready endpoints are missing (the route answers 503).
-    fn resolve(&mut self, r: &ServiceRef) -> (Arc<str>, Vec<Arc<Endpoint>>) {
+    /// The backend label, ready endpoints and the number of not-ready ones of
+    /// a Service port; none when the Service, the port, or ready endpoints are
+    /// missing (the route answers 503).
+    fn resolve(&mut self, r: &ServiceRef) -> (Arc<str>, Vec<Arc<Endpoint>>, usize) {
         let port_label = r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let label: Arc<str> = format!("{}:{}", r.key, port_label).into();
         let Some(svc) = self.services.get(&r.key) else {
-            return (label, Vec::new());
+            return (label, Vec::new(), 0);
         };
         let port = match r.port {
             Some(p) => svc.ports.iter().find(|sp| sp.port == p),
@@ -636,9 +744,10 @@ impl Resolver<'_> {
             None => None,
         };
         let Some(port) = port else {
-            return (label, Vec::new());
+            return (label, Vec::new(), 0);
         };
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut not_ready = 0;
         for slice in self.slices.get(&r.key).into_iter().flatten() {
             let target = slice
                 .ports
@@ -651,6 +760,7 @@ impl Resolver<'_> {
                 _ => continue,
             };
             addrs.extend(slice.ready.iter().map(|ip| SocketAddr::new(*ip, number)));
+            not_ready += slice.not_ready.len();
         }
         addrs.sort();
         addrs.dedup();
@@ -664,7 +774,7 @@ impl Resolver<'_> {
                     .clone()
             })
             .collect();
-        (label, eps)
+        (label, eps, not_ready)
     }
 }
 
@@ -707,7 +817,17 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
             target,
         });
     }
-    Ok(ServiceInfo { exported, ports })
+    let labels = svc.metadata.labels.as_ref();
+    let mirror_cluster = labels
+        .filter(|l| l.get(MIRRORED_SERVICE_LABEL).is_some_and(|v| v == "true"))
+        .and_then(|l| l.get(CLUSTER_NAME_LABEL))
+        .filter(|c| !c.is_empty())
+        .cloned();
+    Ok(ServiceInfo {
+        exported,
+        ports,
+        mirror_cluster,
+    })
 }
 
 /// A slice's compact form, and the addresses it refused (with why).
@@ -744,6 +864,7 @@ fn convert_slice(
         ports.push((p.name.clone().unwrap_or_default(), number));
     }
     let mut ready = Vec::new();
+    let mut not_ready = Vec::new();
     let mut refused = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
@@ -755,6 +876,8 @@ fn convert_slice(
                 refused.push(format!("endpoints[{i}].addresses: {a:?} is {why}"));
             } else if is_ready {
                 ready.push(ip);
+            } else {
+                not_ready.push(ip);
             }
         }
     }
@@ -763,6 +886,7 @@ fn convert_slice(
             service: ObjectKey::new(&key.namespace, service),
             ports,
             ready,
+            not_ready,
         },
         refused,
     ))

@@ -57,6 +57,7 @@ pub struct TlsMaterial {
     key: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
     identity: Option<String>,
+    anchors: Arc<Vec<CertificateDer<'static>>>,
 }
 
 impl TlsMaterial {
@@ -83,7 +84,8 @@ impl TlsMaterial {
         })?;
 
         let mut roots = RootCertStore::empty();
-        for ca in read_certs(&cfg.trust_anchors)? {
+        let anchors = read_certs(&cfg.trust_anchors)?;
+        for ca in anchors.iter().cloned() {
             roots.add(ca).map_err(|e| TlsError::Invalid {
                 path: cfg.trust_anchors.clone(),
                 what: format!("not a usable CA certificate: {e}"),
@@ -99,6 +101,7 @@ impl TlsMaterial {
             key: Arc::new(key),
             verifier,
             identity,
+            anchors: Arc::new(anchors),
         })
     }
 
@@ -151,6 +154,8 @@ pub struct TlsServer {
     verifier: Arc<PeerVerifier>,
     sessions: Arc<SessionCache>,
     generation: Arc<AtomicU64>,
+    /// The trust anchors in force, as loaded (for the admin page).
+    anchors: Arc<ArcSwap<Vec<CertificateDer<'static>>>>,
 }
 
 /// The server's TLS session cache. A resumed session skips client-certificate
@@ -224,7 +229,18 @@ impl TlsServer {
             verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new((0, material.verifier))))),
             sessions: Arc::new(SessionCache::new(generation.clone())),
             generation,
+            anchors: Arc::new(ArcSwap::new(material.anchors)),
         }
+    }
+
+    /// The serving certificate chain in force (leaf first), DER.
+    pub fn serving_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.resolver.0.load().cert.clone()
+    }
+
+    /// The trust anchors in force, DER, in bundle order.
+    pub fn trust_anchors(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.anchors.load_full()
     }
 
     /// Replaces certificate, key and trust anchors for new handshakes and
@@ -233,6 +249,7 @@ impl TlsServer {
     pub fn replace(&self, material: TlsMaterial) {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         self.resolver.0.store(material.key);
+        self.anchors.store(material.anchors);
         self.verifier
             .0
             .store(Arc::new((generation, material.verifier)));
