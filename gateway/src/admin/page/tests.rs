@@ -86,6 +86,7 @@ fn routes_page_of_ten_thousand_routes_stays_small() {
         "100 routes should be well under 100 KiB, got {} bytes",
         body.len()
     );
+    eprintln!("/routes?limit=100 of 10,000 routes: {} bytes", body.len());
     let page = json_of(&body);
     assert_eq!(page["routes"].as_array().map(Vec::len), Some(100));
     assert_eq!(page["total"], 10_000);
