@@ -187,7 +187,25 @@ pub fn explain(table: &RouteTable, cfg: &ExplainConfig, q: &Question) -> Value {
             let unexported = service_of_host(authority.host(), &cfg.cluster_domain)
                 .map(|(name, ns)| format!("{ns}/{name}"))
                 .filter(|s| table.is_unexported(s));
+            let ports: Vec<String> = table
+                .ports_of(authority.host())
+                .iter()
+                .map(|p| match p {
+                    PortMatch::Port(n) => n.to_string(),
+                    PortMatch::Any => "any port".to_string(),
+                    PortMatch::Absent => "no port".to_string(),
+                })
+                .collect();
             let (rule, reason) = match unexported {
+                None if !ports.is_empty() => (
+                    "no route",
+                    format!(
+                        "{} has routes, but none for {normalised} {} {path} (ports: {}; check the port, path prefix, method and headers)",
+                        authority.host(),
+                        q.method,
+                        ports.join(", ")
+                    ),
+                ),
                 Some(svc) => (
                     "not exported",
                     format!(

@@ -619,6 +619,18 @@ impl RouteTable {
         self
     }
 
+    /// The ports an exact host has routes for (for `/explain` to say "this
+    /// host, but not this port"); empty when the host has none.
+    pub fn ports_of(&self, host: &str) -> Vec<PortMatch> {
+        let mut ports: Vec<PortMatch> = self
+            .exact
+            .get(host)
+            .map(|ps| ps.iter().map(|(p, _)| *p).collect())
+            .unwrap_or_default();
+        ports.sort();
+        ports
+    }
+
     /// Mirror Services, by cluster then name.
     pub fn mirrors(&self) -> &[MirrorService] {
         &self.mirrors

@@ -162,6 +162,14 @@ fn refusals_name_their_rule() {
         (&unknown["status"], &unknown["rule"]),
         (&json!(404), &json!("no route"))
     );
+    let wrong_port = ask(&format!("{HOST}:80"), "/", WEST);
+    assert_eq!(wrong_port["status"], 404);
+    assert!(
+        wrong_port["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ports: 9898, no port")),
+        "{wrong_port:#}"
+    );
     let hidden = ask("secret.test.svc.cluster.local:80", "/", WEST);
     assert_eq!(
         (&hidden["status"], &hidden["rule"]),
