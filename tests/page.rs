@@ -1,7 +1,8 @@
 //! The admin page in a real browser: headless Chromium driven by selenium
 //! (`tests/support/browser.py`) against an in-process gateway with routes,
-//! a peer that made requests, and a dead remote gateway (a mirror Service
-//! whose EndpointSlice has no ready endpoint). Asserts each section's DOM
+//! a peer that made requests, a dead remote gateway (a mirror Service
+//! whose EndpointSlice has no ready endpoint) beside a live one, and a
+//! broken manifest file. Asserts each section's DOM
 //! and the Explain form's answers, checks the page fits a phone screen, and
 //! writes `docs/screenshots/admin-page.png`.
 //!
@@ -17,20 +18,24 @@ use isthmus_tests::{manifests, workspace_path, Harness, Upstream};
 const HOST: &str = "podinfo.test.svc.cluster.local:9898";
 const WEST: &str = "spiffe://west.example/ns/default/sa/peer";
 
-/// The mirror Service of a remote cluster `east` whose gateway is dead.
-fn dead_mirror() -> String {
+/// A mirror Service `<name>` of remote cluster `cluster`, as the mirror
+/// controller writes it, with one gateway endpoint `gateway` ready or not.
+fn mirror(name: &str, cluster: &str, gateway: &str, ready: bool) -> String {
+    let labels = format!(
+        "    mirror.linkerd.io/mirrored-service: \"true\"\n    mirror.linkerd.io/cluster-name: {cluster}\n"
+    );
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: podinfo-east\n  namespace: test\n  labels:\n    mirror.linkerd.io/mirrored-service: \"true\"\n    mirror.linkerd.io/cluster-name: east\n  annotations:\n    mirror.linkerd.io/remote-svc-fq-name: podinfo.test.svc.cluster.local\nspec:\n  ports:\n    - name: http\n      port: 9898\n      targetPort: http\n---\n{}",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: test\n  labels:\n{labels}  annotations:\n    mirror.linkerd.io/remote-svc-fq-name: podinfo.test.svc.cluster.local\nspec:\n  ports:\n    - name: http\n      port: 9898\n      targetPort: http\n---\n{}",
         manifests::slice(
             "test",
-            "podinfo-east-1",
-            "podinfo-east",
-            "192.0.2.10:4143".parse().expect("addr"),
-            false,
+            &format!("{name}-1"),
+            name,
+            gateway.parse().expect("addr"),
+            ready,
         )
         .replace(
-            "  labels:\n    kubernetes.io/service-name: podinfo-east\n",
-            "  labels:\n    kubernetes.io/service-name: podinfo-east\n    mirror.linkerd.io/mirrored-service: \"true\"\n    mirror.linkerd.io/cluster-name: east\n",
+            &format!("    kubernetes.io/service-name: {name}\n"),
+            &format!("    kubernetes.io/service-name: {name}\n{labels}"),
         )
     )
 }
@@ -87,7 +92,14 @@ async fn admin_page_in_a_real_browser() {
             ),
         ),
         ("secret.yaml", manifests::service("test", "secret", false, 80)),
-        ("mirror.yaml", dead_mirror()),
+        (
+            "mirror-east.yaml",
+            mirror("podinfo-east", "east", "192.0.2.10:4143", false),
+        ),
+        (
+            "mirror-north.yaml",
+            mirror("podinfo-north", "north", "192.0.2.20:4143", true),
+        ),
     ])
     .await;
 
@@ -99,6 +111,15 @@ async fn admin_page_in_a_real_browser() {
     assert_eq!(west.status("nothing.example.test", "/").await, 404);
     h.wait_metric("isthmus_request_errors_total{reason=\"no_route\"}", 1.0)
         .await;
+
+    // A discovery error: a manifest that is not YAML.
+    h.write_manifest("broken.yaml", "kind: [unclosed\n");
+    isthmus_tests::eventually("the broken manifest is reported", || async {
+        let (_, body) = h.admin_get("/status.json").await;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|s| s["discovery"]["errors"].as_u64() >= Some(1))
+    })
+    .await;
 
     let (status, html) = h.admin_get("/").await;
     assert_eq!(status, 200);
@@ -171,7 +192,15 @@ async fn admin_page_in_a_real_browser() {
     );
 
     let remotes = section("remotes");
-    for want in ["east", "dead", "n/a", "none ready"] {
+    for want in [
+        "east",
+        "dead",
+        "n/a",
+        "none ready",
+        "north",
+        "alive",
+        "192.0.2.20",
+    ] {
         assert!(
             remotes.contains(want),
             "remote gateways lack {want:?}:\n{remotes}"
@@ -182,9 +211,10 @@ async fn admin_page_in_a_real_browser() {
     for want in [
         "files",
         "synced",
-        "3 Services",
-        "2 EndpointSlices",
+        "4 Services",
+        "3 EndpointSlices",
         "1 Mapping",
+        "broken.yaml",
     ] {
         assert!(
             discovery.contains(want),
@@ -206,6 +236,10 @@ async fn admin_page_in_a_real_browser() {
     let errors = section("errors");
     assert!(
         errors.contains("404 no_route") && errors.contains("nothing.example.test"),
+        "recent errors:\n{errors}"
+    );
+    assert!(
+        errors.contains("discovery") && errors.contains("broken.yaml"),
         "recent errors:\n{errors}"
     );
 
