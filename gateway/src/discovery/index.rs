@@ -412,8 +412,13 @@ impl Index {
             None => {}
             Some(Item::Service(info)) if self.services.get(&c.key) != Some(&info) => {
                 self.stale.insert(c.key.clone());
-                self.unexported_dirty = true;
-                self.mirrors_dirty = true;
+                let old = self.services.get(&c.key);
+                // The lists change only when a Service joins or leaves them.
+                let was_unexported = old.is_some_and(|o| !o.exported);
+                let is_unexported = !info.exported;
+                self.unexported_dirty |= was_unexported != is_unexported;
+                self.mirrors_dirty |= info.mirror_cluster.is_some()
+                    || old.is_some_and(|o| o.mirror_cluster.is_some());
                 self.services.insert(c.key, info);
             }
             Some(Item::Service(_)) => {}
@@ -438,10 +443,10 @@ impl Index {
     fn remove(&mut self, kind: ObjectKind, key: &ObjectKey) {
         match kind {
             ObjectKind::Service => {
-                if self.services.remove(key).is_some() {
+                if let Some(old) = self.services.remove(key) {
                     self.stale.insert(key.clone());
-                    self.unexported_dirty = true;
-                    self.mirrors_dirty = true;
+                    self.unexported_dirty |= !old.exported;
+                    self.mirrors_dirty |= old.mirror_cluster.is_some();
                 }
             }
             ObjectKind::EndpointSlice => {

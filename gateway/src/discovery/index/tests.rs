@@ -818,3 +818,20 @@ fn mirrors_not_ready_counts_and_unexported_services_reach_the_table() {
     let t = idx.build();
     assert_eq!(t.mirrors()[1].ready.len(), 1);
 }
+
+#[test]
+fn not_exported_list_follows_export_flips_and_deletes() {
+    let mut idx = Index::new(cfg());
+    let port = [("http", 80, IntOrString::Int(8080))];
+    idx.apply(&mk_service("test", "a", false, &port))
+        .expect("valid");
+    assert!(idx.build().is_unexported("test/a"));
+    idx.apply(&mk_service("test", "a", true, &port))
+        .expect("valid");
+    assert!(!idx.build().is_unexported("test/a"));
+    idx.apply(&mk_service("test", "a", false, &port))
+        .expect("valid");
+    assert!(idx.build().is_unexported("test/a"));
+    idx.delete(ObjectKind::Service, &ObjectKey::new("test", "a"));
+    assert!(!idx.build().is_unexported("test/a"));
+}
