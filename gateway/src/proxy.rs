@@ -379,7 +379,8 @@ impl ProxyHttp for GatewayProxy {
                 .request_errors
                 .with_label_values(&[kind.label()])
                 .inc();
-            // Error answers only: one allocation and a lock-free slot store.
+            // Error answers only: the event (a string and an Arc) and a
+            // lock-free slot store; the success path records nothing.
             let req = session.req_header();
             self.recent.record(ErrorEvent {
                 seq: 0,
