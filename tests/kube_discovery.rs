@@ -216,6 +216,23 @@ async fn watch_drop_and_410_relist_lose_nothing() {
             > 0.0
     })
     .await;
+    // ... and on the admin page's data: the last error and a recent error.
+    let (_, status) = h.admin_get("/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let d = &status["discovery"];
+    assert_eq!(
+        (&d["source"], &d["synced"]),
+        (&"kubernetes".into(), &true.into())
+    );
+    assert!(
+        d["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("watch failed")),
+        "{d:#}"
+    );
+    assert!(status["recent_errors"].as_array().is_some_and(|e| e
+        .iter()
+        .any(|e| e["source"] == "discovery" && e["reason"] == "watch")));
 
     // Back: the stale resourceVersion gets 410, the gateway re-lists, and the
     // deletion that happened in the gap is applied.

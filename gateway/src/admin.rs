@@ -1,5 +1,8 @@
-//! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text) and
-//! `/routes` (JSON of the current table); and beside it the [`probe`] port.
+//! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text),
+//! `/routes` (JSON of the current table, paged: `?filter=&offset=&limit=`),
+//! `/explain` (what the gateway would do with a request, [`explain`]), the
+//! web page `/` and its data `/status.json` ([`page`]); and beside it the
+//! [`probe`] port. The admin port is never exposed through the LoadBalancer.
 //!
 //! Both are served from shared state only, so a reload never blocks them, on
 //! their own thread (see [`crate::gateway`]) so admin work never runs where
@@ -9,15 +12,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response, StatusCode, Uri};
 use http_body_util::Full;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::discovery::DiscoveryStatus;
 use crate::metrics::Metrics;
 use crate::routes::SharedRoutes;
+use crate::tls::TlsServer;
 
+pub mod explain;
+pub mod page;
+pub mod peers;
 pub mod probe;
+pub mod query;
+pub mod recent;
 mod server;
 pub use server::{accept_backoff, ServeLimits};
 
@@ -42,6 +53,10 @@ impl Readiness {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
+    /// Whether discovery has completed its first full sync.
+    pub fn discovery_synced(&self) -> bool {
+        self.discovery.load(Ordering::Acquire)
+    }
     /// Whether the gateway should receive traffic.
     pub fn is_ready(&self) -> bool {
         self.certs.load(Ordering::Acquire)
@@ -59,7 +74,24 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The published routes.
     pub routes: SharedRoutes,
+    /// The TLS material in force (`None` in tests without TLS).
+    pub tls: Option<TlsServer>,
+    /// Discovery's state for the page.
+    pub discovery: Arc<DiscoveryStatus>,
+    /// The last error answers and discovery errors.
+    pub recent: Arc<recent::RecentErrors>,
+    /// Peers seen, sampled from the requests metric.
+    pub peers: Arc<peers::PeersSeen>,
+    /// What `/explain` needs from the config.
+    pub explain: Arc<explain::ExplainConfig>,
+    /// This gateway's identity.
+    pub identity: Arc<str>,
 }
+
+/// Default and largest `limit` of `/routes`.
+pub const ROUTES_DEFAULT_LIMIT: usize = 100;
+/// See [`ROUTES_DEFAULT_LIMIT`].
+pub const ROUTES_MAX_LIMIT: usize = 1000;
 
 fn text(
     status: StatusCode,
@@ -75,8 +107,63 @@ fn text(
     resp
 }
 
+fn json_answer(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = text(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn bad_param(message: String) -> Response<Full<Bytes>> {
+    json_answer(StatusCode::BAD_REQUEST, &json!({"error": message}))
+}
+
+/// A `usize` query parameter: absent or empty gives `default`.
+fn number(pairs: &[(String, String)], name: &str, default: usize) -> Result<usize, String> {
+    match query::get(pairs, name) {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("invalid parameter: {name} {v:?} is not a number")),
+    }
+}
+
+/// `/routes?filter=&offset=&limit=`: one page of the table (default and
+/// largest limit [`ROUTES_DEFAULT_LIMIT`] / [`ROUTES_MAX_LIMIT`]).
+fn routes_page(state: &AdminState, uri: &Uri) -> Response<Full<Bytes>> {
+    let pairs = query::parse(uri.query());
+    let (offset, limit) = match (
+        number(&pairs, "offset", 0),
+        number(&pairs, "limit", ROUTES_DEFAULT_LIMIT),
+    ) {
+        (Ok(o), Ok(l)) => (o, l.min(ROUTES_MAX_LIMIT)),
+        (Err(e), _) | (_, Err(e)) => return bad_param(e),
+    };
+    let filter = query::get(&pairs, "filter").unwrap_or_default();
+    let page = state.routes.load().page(filter, offset, limit);
+    json_answer(StatusCode::OK, &page)
+}
+
+fn explain_answer(state: &AdminState, uri: &Uri) -> Response<Full<Bytes>> {
+    let pairs = query::parse(uri.query());
+    match explain::Question::from_query(&pairs) {
+        Ok(q) => json_answer(
+            StatusCode::OK,
+            &explain::explain(&state.routes.load(), &state.explain, &q),
+        ),
+        Err(e) => bad_param(e),
+    }
+}
+
 /// Answers one admin request.
-pub fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+pub fn handle(state: &AdminState, method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+    let path = uri.path();
     if method != Method::GET && method != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -106,10 +193,18 @@ pub fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<
                 state.metrics.render(),
             )
         }
-        "/routes" => {
-            let body =
-                serde_json::to_vec_pretty(&state.routes.load().describe()).unwrap_or_default();
-            text(StatusCode::OK, "application/json", body)
+        "/routes" => routes_page(state, uri),
+        "/explain" => explain_answer(state, uri),
+        "/status.json" => json_answer(StatusCode::OK, &page::status(state)),
+        "/" => {
+            let mut resp = text(StatusCode::OK, "text/html; charset=utf-8", page::PAGE);
+            resp.headers_mut().insert(
+                http::header::CONTENT_SECURITY_POLICY,
+                http::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                ),
+            );
+            resp
         }
         _ => not_found(),
     }
@@ -128,6 +223,16 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = state.metrics.clone();
+    let (peers, sampled, mut stop) = (state.peers.clone(), metrics.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(peers::SAMPLE_PERIOD);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => peers.sample(&sampled),
+                _ = stop.changed() => return,
+            }
+        }
+    });
     server::accept_loop(
         listener,
         server::Port::Admin,
@@ -143,7 +248,7 @@ pub async fn serve(
                 {
                     return;
                 }
-                let answer = move |method: &Method, path: &str| handle(&state, method, path);
+                let answer = move |method: &Method, uri: &Uri| handle(&state, method, uri);
                 server::serve_http(stream, limits, answer).await;
             }
         },

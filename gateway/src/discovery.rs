@@ -10,12 +10,16 @@ pub mod crd;
 pub mod files;
 pub mod index;
 pub mod kube;
+pub mod status;
 pub mod trafficsplit;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use index::{Index, IndexConfig, Object, ObjectError, ObjectKey};
+pub use status::{DiscoveryStatus, ObjectCounts};
+
+use crate::admin::recent::RecentErrors;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -40,7 +44,9 @@ impl Source {
     }
 }
 
-/// Publishes freshly built tables and keeps the table metrics current:
+/// Publishes freshly built tables and keeps the table metrics current (and
+/// what the admin page shows of discovery: [`DiscoveryStatus`], and discovery
+/// errors among the [`RecentErrors`]):
 /// sizes, `isthmus_table_generation`, and the source's
 /// `isthmus_discovery_last_sync_timestamp_seconds`.
 #[derive(Clone)]
@@ -49,6 +55,8 @@ pub struct Publisher {
     egress: Option<SharedRoutes>,
     metrics: Arc<Metrics>,
     source: Source,
+    status: Arc<DiscoveryStatus>,
+    recent: Arc<RecentErrors>,
 }
 
 impl Publisher {
@@ -59,6 +67,8 @@ impl Publisher {
             egress: None,
             metrics,
             source,
+            status: Arc::new(DiscoveryStatus::new(source.label())),
+            recent: Arc::default(),
         }
     }
 
@@ -66,6 +76,21 @@ impl Publisher {
     pub fn with_egress(mut self, egress: SharedRoutes) -> Self {
         self.egress = Some(egress);
         self
+    }
+
+    /// The same publisher, recording into `status` and `recent`.
+    pub fn observed(mut self, status: Arc<DiscoveryStatus>, recent: Arc<RecentErrors>) -> Self {
+        self.status = status;
+        self.recent = recent;
+        self
+    }
+
+    /// Records a source failure (a failed watch, an unreadable folder or
+    /// file) for the admin page; `reason` is the metric-style label.
+    pub fn source_error(&self, reason: &'static str, message: String) {
+        if self.status.error(&message) {
+            self.recent.discovery(reason, message);
+        }
     }
 
     /// Notes a successful contact with the source that changed nothing (a
@@ -109,6 +134,7 @@ impl Publisher {
         }
         self.metrics.table_generation.inc();
         self.synced();
+        self.status.published(index.object_counts());
         crate::memory::release_freed();
         self.metrics
             .publish_delay
@@ -131,6 +157,16 @@ impl Publisher {
             Some(file) => tracing::warn!(file, %error, "object refused; other routes unaffected"),
             None => tracing::warn!(%error, "object refused; other routes unaffected"),
         }
+        let message = match origin {
+            Some(file) => format!("{error} (in {file})"),
+            None => error.to_string(),
+        };
+        let reason = match kind {
+            "service" => "service_refused",
+            "endpointslice" => "endpointslice_refused",
+            _ => "mapping_refused",
+        };
+        self.source_error(reason, message);
     }
 }
 

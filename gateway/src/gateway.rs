@@ -164,8 +164,11 @@ impl Gateway {
             Discovery::Files(_) => discovery::Source::Files,
             Discovery::Kubernetes(_) => discovery::Source::Kubernetes,
         };
+        let recent = Arc::new(admin::recent::RecentErrors::default());
+        let discovery_status = Arc::new(discovery::DiscoveryStatus::new(source.label()));
         let publisher = Publisher::new(routes.clone(), metrics.clone(), source)
-            .with_egress(egress_routes.clone());
+            .with_egress(egress_routes.clone())
+            .observed(discovery_status.clone(), recent.clone());
         let mut index = Index::new(discovery::index_config(cfg));
         match &cfg.discovery {
             Discovery::Files(files) => {
@@ -250,6 +253,7 @@ impl Gateway {
         let proxy = GatewayProxy::new(
             routes.clone(),
             metrics.clone(),
+            recent.clone(),
             &own_identity,
             RequestLimits {
                 max_header_bytes: cfg.limits.max_request_header_bytes,
@@ -309,6 +313,15 @@ impl Gateway {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             routes: routes.clone(),
+            tls: Some(tls.clone()),
+            discovery: discovery_status,
+            recent,
+            peers: Arc::default(),
+            explain: Arc::new(admin::explain::ExplainConfig {
+                cluster_domain: cfg.cluster_domain.clone(),
+                export_label: cfg.export_label.clone(),
+            }),
+            identity: own_identity.as_str().into(),
         };
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let limits = |max_connections| ServeLimits {

@@ -25,6 +25,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::admin::recent::{ErrorEvent, RecentErrors};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::routes::{InFlight, PassiveHealth, Route, SharedRoutes};
 use crate::tls::PeerIdentity;
@@ -47,6 +48,8 @@ pub struct RequestLimits {
 pub struct GatewayProxy {
     routes: SharedRoutes,
     metrics: Arc<Metrics>,
+    /// Error answers for the admin page (one lock-free ring write per error).
+    recent: Arc<RecentErrors>,
     /// `by="<identity>"`: the value this gateway adds to `Forwarded`.
     forwarded_by: http::HeaderValue,
     own_identity: Arc<str>,
@@ -55,10 +58,12 @@ pub struct GatewayProxy {
 }
 
 impl GatewayProxy {
-    /// A proxy reading `routes`, counting into `metrics`, identifying itself as `own_identity`.
+    /// A proxy reading `routes`, counting into `metrics` and `recent`,
+    /// identifying itself as `own_identity`.
     pub fn new(
         routes: SharedRoutes,
         metrics: Arc<Metrics>,
+        recent: Arc<RecentErrors>,
         own_identity: &str,
         limits: RequestLimits,
         health: PassiveHealth,
@@ -66,6 +71,7 @@ impl GatewayProxy {
         GatewayProxy {
             routes,
             metrics,
+            recent,
             forwarded_by: http::HeaderValue::from_str(&format!("by=\"{own_identity}\""))
                 .unwrap_or_else(|_| http::HeaderValue::from_static("by=unknown")),
             own_identity: own_identity.into(),
@@ -199,18 +205,23 @@ impl ProxyHttp for GatewayProxy {
             return self.answer(session, ctx, ErrorKind::Loop).await;
         }
         let table = self.routes.load();
-        let Some(route) = table.lookup(&authority, req.uri.path(), &req.method, &req.headers)
-        else {
-            return self.answer(session, ctx, ErrorKind::NoRoute).await;
+        let route = match request::route_for(
+            &table,
+            &authority,
+            req.uri.path(),
+            &req.method,
+            &req.headers,
+        ) {
+            Ok(r) => r.clone(),
+            Err(kind) => return self.answer(session, ctx, kind).await,
         };
-        ctx.route = Some(route.clone());
-        // A connection without identity never completes the handshake; deny regardless.
-        if !ctx.peer.as_deref().is_some_and(|p| route.authz.allows(p)) {
-            return self.answer(session, ctx, ErrorKind::Forbidden).await;
-        }
-        match route.target.choose() {
-            Some(i) if !route.target.backends[i].endpoints.is_empty() => ctx.backend = i,
-            _ => return self.answer(session, ctx, ErrorKind::NoEndpoints).await,
+        drop(table);
+        let chosen = request::authorize(&route, ctx.peer.as_deref())
+            .and_then(|()| request::choose_backend(&route));
+        ctx.route = Some(route);
+        match chosen {
+            Ok(i) => ctx.backend = i,
+            Err(kind) => return self.answer(session, ctx, kind).await,
         }
         Ok(false)
     }
@@ -375,6 +386,24 @@ impl ProxyHttp for GatewayProxy {
                 .request_errors
                 .with_label_values(&[kind.label()])
                 .inc();
+            // Error answers only: the event (a string and an Arc) and a
+            // lock-free slot store; the success path records nothing.
+            let req = session.req_header();
+            self.recent.record(ErrorEvent {
+                seq: 0,
+                at: std::time::SystemTime::now(),
+                source: "request",
+                reason: kind.label(),
+                status: kind.status(),
+                route: ctx.route.as_ref().map(|r| r.name.clone()),
+                peer: ctx.peer.clone(),
+                detail: format!(
+                    "{} {}{}",
+                    req.method,
+                    request_authority(req),
+                    req.uri.path()
+                ),
+            });
         }
         drop(ctx.in_flight.take());
         if tracing::enabled!(target: "isthmus::access", tracing::Level::INFO) {
@@ -385,7 +414,7 @@ impl ProxyHttp for GatewayProxy {
                 peer,
                 status,
                 method = %req.method,
-                authority = %req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
+                authority = %request_authority(req),
                 path = req.uri.path(),
                 upstream = ctx.backend().map_or("-", |b| &*b.service),
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -399,6 +428,19 @@ impl ProxyHttp for GatewayProxy {
         // Errors the gateway answered itself are already in the access log and metrics.
         ctx.error.is_some() || matches!(error.esource(), ErrorSource::Downstream)
     }
+}
+
+/// The authority as the client sent it (URI, else Host), for logs; `-` if none.
+fn request_authority(req: &RequestHeader) -> &str {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("-")
 }
 
 /// How long pingora keeps an idle downstream HTTP/1.1 connection.

@@ -15,7 +15,8 @@ pub use authority::{Authority, AuthorityError};
 pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
 pub use table::{
-    Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PassiveHealth,
+    describe_route, host_label, match_label, route_source, Backend, BackendSettings, Endpoint,
+    EndpointPreview, HeaderMatch, HostMatch, InFlight, LbPolicy, MirrorService, PassiveHealth,
     PortMatch, RemoteTarget, Route, RouteMatch, RouteTable, RouteTarget,
 };
 

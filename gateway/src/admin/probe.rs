@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Response};
+use http::{Method, Response, Uri};
 use http_body_util::Full;
 use pingora_rustls::TlsAcceptor;
 use rustls::ServerConfig;
@@ -24,10 +24,10 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Answers one probe request: the admin port's `/ready` and `/live`, 404 for
 /// anything else.
-pub fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+pub fn handle(state: &AdminState, method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
     let probe_method = method == Method::GET || method == Method::HEAD;
-    match path {
-        "/ready" | "/live" if probe_method => super::handle(state, method, path),
+    match uri.path() {
+        "/ready" | "/live" if probe_method => super::handle(state, method, uri),
         _ => super::not_found(),
     }
 }
@@ -65,7 +65,7 @@ async fn connection(
     let Some(first) = server::first_byte(&stream, limits.header_timeout).await else {
         return;
     };
-    let answer = move |method: &Method, path: &str| handle(&state, method, path);
+    let answer = move |method: &Method, uri: &Uri| handle(&state, method, uri);
     if first != TLS_HANDSHAKE {
         return server::serve_http(stream, limits, answer).await;
     }

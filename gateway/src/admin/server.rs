@@ -154,7 +154,7 @@ pub(crate) async fn first_byte(stream: &TcpStream, within: Duration) -> Option<u
 pub(crate) async fn serve_http<I, H>(io: I, limits: ServeLimits, handler: H)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(&Method, &str) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    H: Fn(&Method, &http::Uri) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let activity = Activity::new();
     let io = Idle {
@@ -162,7 +162,7 @@ where
         activity: activity.clone(),
     };
     let svc = service_fn(move |req: Request<Incoming>| {
-        let resp = handler(req.method(), req.uri().path());
+        let resp = handler(req.method(), req.uri());
         async move { Ok::<_, Infallible>(resp) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

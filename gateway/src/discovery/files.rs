@@ -367,6 +367,7 @@ pub async fn run(
             Err(e) => {
                 metrics.discovery_errors.with_label_values(&["file"]).inc();
                 tracing::warn!(error = %e, "manifest directory unreadable; keeping the last routes");
+                publisher.source_error("file", format!("manifest directory unreadable: {e}"));
                 continue;
             }
         };
@@ -397,6 +398,14 @@ pub fn apply_scan(
     for e in &scan.errors {
         metrics.discovery_errors.with_label_values(&["file"]).inc();
         tracing::warn!(file = %e.path.display(), reason = %e.reason, "manifest file refused; its last good objects stay in force");
+        publisher.source_error(
+            "file",
+            format!(
+                "{}: {} (last good objects stay)",
+                e.path.display(),
+                e.reason
+            ),
+        );
     }
     let objects = source.objects();
     if scan.changed {

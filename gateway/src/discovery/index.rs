@@ -22,8 +22,15 @@ use super::trafficsplit::{Split, TrafficSplit};
 use crate::metrics::ObjectKind;
 use crate::routes::{
     Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch,
-    IdentityPattern, LbPolicy, PortMatch, Route, RouteMatch, RouteTable, RouteTarget,
+    IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
+    RouteTarget,
 };
+
+/// The label that marks a mirror Service (written by Linkerd's service
+/// mirror and by `isthmus mirror`).
+pub const MIRRORED_SERVICE_LABEL: &str = "mirror.linkerd.io/mirrored-service";
+/// The label naming a mirror Service's remote cluster.
+pub const CLUSTER_NAME_LABEL: &str = "mirror.linkerd.io/cluster-name";
 
 /// What the index needs from the config.
 #[derive(Clone, Debug)]
@@ -148,6 +155,8 @@ struct ServicePort {
 struct ServiceInfo {
     exported: bool,
     ports: Vec<ServicePort>,
+    /// `mirror.linkerd.io/cluster-name` of a mirror Service.
+    mirror_cluster: Option<String>,
     /// Set on a mirror Service (`mirror.linkerd.io/mirrored-service: "true"`).
     mirror: Option<MirrorInfo>,
 }
@@ -169,6 +178,8 @@ struct SliceInfo {
     /// `(port name, port number)`; an empty name matches an unnamed Service port.
     ports: Vec<(String, Option<u16>)>,
     ready: Vec<IpAddr>,
+    /// Addresses listed with `conditions.ready: false` (counted, never routed).
+    not_ready: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -269,6 +280,13 @@ pub struct Index {
     service_routes: HashMap<ObjectKey, Vec<Arc<Route>>>,
     /// Services whose cached routes are out of date.
     stale: HashSet<ObjectKey>,
+    /// Mirror Services for the table (see [`RouteTable::mirrors`]), rebuilt
+    /// only when a Service or a mirror's EndpointSlice changed.
+    mirrors: Arc<[MirrorService]>,
+    mirrors_dirty: bool,
+    /// Known, not exported Services (`ns/name`), rebuilt only when a Service changed.
+    unexported: Arc<HashSet<String>>,
+    unexported_dirty: bool,
 }
 
 impl Index {
@@ -287,6 +305,74 @@ impl Index {
             builds: 0,
             service_routes: HashMap::new(),
             stale: HashSet::new(),
+            mirrors: Arc::from(Vec::new()),
+            mirrors_dirty: false,
+            unexported: Arc::default(),
+            unexported_dirty: false,
+        }
+    }
+
+    /// Marks the mirror list out of date when `service` is a mirror Service.
+    fn touch_slice_of(&mut self, service: &ObjectKey) {
+        if self
+            .services
+            .get(service)
+            .is_some_and(|s| s.mirror_cluster.is_some())
+        {
+            self.mirrors_dirty = true;
+        }
+    }
+
+    /// Rebuilds the mirror and not-exported lists if their inputs changed.
+    fn refresh_facts(&mut self) {
+        if self.unexported_dirty {
+            self.unexported_dirty = false;
+            self.unexported = Arc::new(
+                self.services
+                    .iter()
+                    .filter(|(_, s)| !s.exported)
+                    .map(|(k, _)| k.to_string())
+                    .collect(),
+            );
+        }
+        if self.mirrors_dirty {
+            self.mirrors_dirty = false;
+            type Seen = (Vec<IpAddr>, usize);
+            let mut by_service: BTreeMap<(&str, &ObjectKey), Seen> = self
+                .services
+                .iter()
+                .filter_map(|(k, s)| Some(((s.mirror_cluster.as_deref()?, k), Seen::default())))
+                .collect();
+            if !by_service.is_empty() {
+                let clusters: HashMap<&ObjectKey, &str> =
+                    by_service.keys().map(|(c, k)| (*k, *c)).collect();
+                for slice in self.slices.values() {
+                    if let Some(c) = clusters.get(&slice.service) {
+                        if let Some((ready, not_ready)) = by_service.get_mut(&(*c, &slice.service))
+                        {
+                            ready.extend(&slice.ready);
+                            *not_ready += slice.not_ready.len();
+                        }
+                    }
+                }
+            }
+            let mut cluster_names: HashMap<&str, Arc<str>> = HashMap::new();
+            self.mirrors = by_service
+                .into_iter()
+                .map(|((cluster, key), (mut ready, not_ready))| {
+                    ready.sort();
+                    ready.dedup();
+                    MirrorService {
+                        cluster: cluster_names
+                            .entry(cluster)
+                            .or_insert_with(|| cluster.into())
+                            .clone(),
+                        service: key.to_string(),
+                        ready,
+                        not_ready,
+                    }
+                })
+                .collect();
         }
     }
 
@@ -368,15 +454,24 @@ impl Index {
             None => {}
             Some(Item::Service(info)) if self.services.get(&c.key) != Some(&info) => {
                 self.stale.insert(c.key.clone());
+                let old = self.services.get(&c.key);
+                // The lists change only when a Service joins or leaves them.
+                let was_unexported = old.is_some_and(|o| !o.exported);
+                let is_unexported = !info.exported;
+                self.unexported_dirty |= was_unexported != is_unexported;
+                self.mirrors_dirty |= info.mirror_cluster.is_some()
+                    || old.is_some_and(|o| o.mirror_cluster.is_some());
                 self.services.insert(c.key, info);
             }
             Some(Item::Service(_)) => {}
             Some(Item::Slice(info)) => {
                 let old = self.slices.get(&c.key);
                 if old != Some(&info) {
-                    if let Some(old) = old {
-                        self.stale.insert(old.service.clone());
+                    if let Some(old) = old.map(|o| o.service.clone()) {
+                        self.touch_slice_of(&old);
+                        self.stale.insert(old);
                     }
+                    self.touch_slice_of(&info.service);
                     self.stale.insert(info.service.clone());
                     self.slices.insert(c.key, info);
                 }
@@ -393,12 +488,15 @@ impl Index {
     fn remove(&mut self, kind: ObjectKind, key: &ObjectKey) {
         match kind {
             ObjectKind::Service => {
-                if self.services.remove(key).is_some() {
+                if let Some(old) = self.services.remove(key) {
                     self.stale.insert(key.clone());
+                    self.unexported_dirty |= !old.exported;
+                    self.mirrors_dirty |= old.mirror_cluster.is_some();
                 }
             }
             ObjectKind::EndpointSlice => {
                 if let Some(old) = self.slices.remove(key) {
+                    self.touch_slice_of(&old.service);
                     self.stale.insert(old.service);
                 }
             }
@@ -492,6 +590,15 @@ impl Index {
         .collect()
     }
 
+    /// Objects held, by kind (for the admin page).
+    pub fn object_counts(&self) -> super::ObjectCounts {
+        super::ObjectCounts {
+            services: self.services.len(),
+            endpoint_slices: self.slices.len(),
+            mappings: self.mappings.len(),
+        }
+    }
+
     /// Acceptance of every Mapping, for status write-back.
     pub fn mapping_states(&self) -> impl Iterator<Item = (&ObjectKey, MappingState)> {
         self.mappings.iter().map(|(k, e)| {
@@ -554,7 +661,7 @@ impl Index {
                     if svc.ports.len() == 1 {
                         hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
                     }
-                    let (label, eps) = resolver.resolve(&ServiceRef {
+                    let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
                         key: key.clone(),
                         port: Some(port.port),
                     });
@@ -569,7 +676,8 @@ impl Index {
                             1,
                             eps,
                             defaults.clone(),
-                        )]),
+                        )
+                        .with_not_ready(not_ready)]),
                     })
                 })
                 .collect();
@@ -600,7 +708,7 @@ impl Index {
                         .clone()
                         .unwrap_or_else(|| self.cfg.allowed.clone()),
                 );
-                let (label, eps) = resolver.resolve(&m.service);
+                let (label, eps, not_ready) = resolver.resolve(&m.service);
                 // The same Service port as a Service route: one backend, not two.
                 let covered = self.service_routes.get(&m.service.key).is_some_and(|rs| {
                     rs.iter()
@@ -610,7 +718,9 @@ impl Index {
                 if !covered {
                     mapping_only_backends.insert(label.clone());
                 }
-                backends.push(Backend::new(label, weight, eps, m.settings.clone()));
+                backends.push(
+                    Backend::new(label, weight, eps, m.settings.clone()).with_not_ready(not_ready),
+                );
             }
             let (first, _) = members[0];
             routes.push(Arc::new(Route {
@@ -658,7 +768,9 @@ impl Index {
         // Service ports no Service route covers (non-exported or portless).
         let service_backends: usize = self.service_routes.values().map(Vec::len).sum();
         let services = service_backends + mapping_only_backends.len();
+        self.refresh_facts();
         RouteTable::from_shared(routes, services, used)
+            .with_discovery_facts(self.mirrors.clone(), self.unexported.clone())
     }
 }
 
@@ -686,13 +798,14 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    /// The backend label and ready endpoints of a Service port; none when the
-    /// Service, the port, or ready endpoints are missing (the route answers 503).
-    fn resolve(&mut self, r: &ServiceRef) -> (Arc<str>, Vec<Arc<Endpoint>>) {
+    /// The backend label, ready endpoints and the number of not-ready ones of
+    /// a Service port; none when the Service, the port, or ready endpoints are
+    /// missing (the route answers 503).
+    fn resolve(&mut self, r: &ServiceRef) -> (Arc<str>, Vec<Arc<Endpoint>>, usize) {
         let port_label = r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let label: Arc<str> = format!("{}:{}", r.key, port_label).into();
         let Some(svc) = self.services.get(&r.key) else {
-            return (label, Vec::new());
+            return (label, Vec::new(), 0);
         };
         let port = match r.port {
             Some(p) => svc.ports.iter().find(|sp| sp.port == p),
@@ -700,9 +813,10 @@ impl Resolver<'_> {
             None => None,
         };
         let Some(port) = port else {
-            return (label, Vec::new());
+            return (label, Vec::new(), 0);
         };
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut not_ready = 0;
         for slice in self.slices.get(&r.key).into_iter().flatten() {
             let target = slice
                 .ports
@@ -715,6 +829,7 @@ impl Resolver<'_> {
                 _ => continue,
             };
             addrs.extend(slice.ready.iter().map(|ip| SocketAddr::new(*ip, number)));
+            not_ready += slice.not_ready.len();
         }
         addrs.sort();
         addrs.dedup();
@@ -728,7 +843,7 @@ impl Resolver<'_> {
                     .clone()
             })
             .collect();
-        (label, eps)
+        (label, eps, not_ready)
     }
 }
 
@@ -772,27 +887,26 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
         });
     }
     let labels = svc.metadata.labels.as_ref();
+    let mirror_cluster = labels
+        .filter(|l| l.get(MIRRORED_SERVICE_LABEL).is_some_and(|v| v == "true"))
+        .and_then(|l| l.get(CLUSTER_NAME_LABEL))
+        .filter(|c| !c.is_empty())
+        .cloned();
     let annotations = svc.metadata.annotations.as_ref();
     let mirrored = labels
         .and_then(|l| l.get("mirror.linkerd.io/mirrored-service"))
         .is_some_and(|v| v == "true");
     let mirror = if mirrored {
         let ann = |k: &str| annotations.and_then(|a| a.get(k)).filter(|v| !v.is_empty());
+        // Without both annotations the egress cannot reach it (and will not
+        // send it plaintext): the Service is no egress destination.
         let fq = ann("mirror.linkerd.io/remote-svc-fq-name")
-            .ok_or("a mirror Service needs the annotation mirror.linkerd.io/remote-svc-fq-name")?;
-        Authority::parse(fq.as_bytes())
-            .map_err(|e| format!("mirror.linkerd.io/remote-svc-fq-name {fq:?}: {e}"))?;
-        let identity = ann("mirror.linkerd.io/remote-gateway-identity").ok_or(
-            "a mirror Service needs the annotation mirror.linkerd.io/remote-gateway-identity",
-        )?;
-        let cluster = labels
-            .and_then(|l| l.get("mirror.linkerd.io/cluster-name"))
-            .cloned()
-            .unwrap_or_default();
-        Some(MirrorInfo {
+            .filter(|fq| Authority::parse(fq.as_bytes()).is_ok());
+        let identity = ann("mirror.linkerd.io/remote-gateway-identity");
+        fq.zip(identity).map(|(fq, identity)| MirrorInfo {
             fq_name: fq.clone(),
             identity: identity.as_str().into(),
-            cluster: cluster.into(),
+            cluster: mirror_cluster.clone().unwrap_or_default().into(),
         })
     } else {
         None
@@ -800,6 +914,7 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
     Ok(ServiceInfo {
         exported,
         ports,
+        mirror_cluster,
         mirror,
     })
 }
@@ -838,6 +953,7 @@ fn convert_slice(
         ports.push((p.name.clone().unwrap_or_default(), number));
     }
     let mut ready = Vec::new();
+    let mut not_ready = Vec::new();
     let mut refused = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
@@ -849,6 +965,8 @@ fn convert_slice(
                 refused.push(format!("endpoints[{i}].addresses: {a:?} is {why}"));
             } else if is_ready {
                 ready.push(ip);
+            } else {
+                not_ready.push(ip);
             }
         }
     }
@@ -857,6 +975,7 @@ fn convert_slice(
             service: ObjectKey::new(&key.namespace, service),
             ports,
             ready,
+            not_ready,
         },
         refused,
     ))

@@ -410,6 +410,10 @@ fn handle(
                 .with_label_values(&[t.kind.label()])
                 .inc();
             tracing::warn!(kind = t.kind.label(), error = %e, "watch failed; retrying with backoff, last routes keep serving");
+            publisher.source_error(
+                "watch",
+                format!("{} watch failed (retrying): {e}", t.kind.object_kind()),
+            );
             return false;
         }
     };

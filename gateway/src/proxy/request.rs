@@ -1,13 +1,19 @@
 //! Request-path decisions as plain functions: authority extraction, limits,
-//! loop detection, upstream rewrites and error classification.
+//! loop detection, route lookup, authorization, backend choice, upstream
+//! rewrites and error classification. The admin port's `/explain` calls the
+//! same functions, so what it says is what the proxy does.
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::header::{FORWARDED, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::RequestHeader;
 
 use super::RequestLimits;
 use crate::metrics::ErrorKind;
-use crate::routes::{Authority, BackendSettings};
+use crate::routes::{Authority, Backend, BackendSettings, Route, RouteTable};
 
 /// The body the gateway sends with its own error answers. The same body for
 /// unknown and non-exported hosts: nothing about what exists leaks.
@@ -83,7 +89,7 @@ pub fn authority(req: &RequestHeader, http2: bool) -> Result<Authority, ErrorKin
     if hosts.next().is_some() {
         return Err(ErrorKind::BadRequest);
     }
-    let parse = |raw: &[u8]| Authority::parse(raw).map_err(|_| ErrorKind::BadRequest);
+    let parse = |raw: &[u8]| parse_authority(raw).map_err(|_| ErrorKind::BadRequest);
     let from_uri = req
         .uri
         .authority()
@@ -95,6 +101,54 @@ pub fn authority(req: &RequestHeader, http2: bool) -> Result<Authority, ErrorKin
         (Some(u), _) => Ok(u),
         (None, Some(h)) if !http2 || req.uri.authority().is_none() => Ok(h),
         _ => Err(ErrorKind::BadRequest),
+    }
+}
+
+/// One Host / `:authority` value, normalised; refused values are a bad request.
+pub fn parse_authority(raw: &[u8]) -> Result<Authority, crate::routes::AuthorityError> {
+    Authority::parse(raw)
+}
+
+/// The request path as routes match it (see [`crate::routes::normalize_path`]);
+/// a refused path is a bad request.
+pub fn normalized_path(path: &str) -> Result<Cow<'_, str>, ErrorKind> {
+    crate::routes::normalize_path(path).map_err(|_| ErrorKind::BadRequest)
+}
+
+/// Route lookup: the most specific route, or 404 (unknown and not exported
+/// hosts alike).
+pub fn route_for<'t>(
+    table: &'t RouteTable,
+    authority: &Authority,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<&'t Arc<Route>, ErrorKind> {
+    table
+        .lookup(authority, path, method, headers)
+        .ok_or(ErrorKind::NoRoute)
+}
+
+/// Authorization: the peer identity must be admitted by the route. A
+/// connection without identity never completes the handshake; denied regardless.
+pub fn authorize(route: &Route, peer: Option<&str>) -> Result<(), ErrorKind> {
+    match peer {
+        Some(p) if route.authz.allows(p) => Ok(()),
+        _ => Err(ErrorKind::Forbidden),
+    }
+}
+
+/// Whether a chosen backend can take the request (it has a ready endpoint).
+pub fn backend_can_serve(backend: &Backend) -> bool {
+    !backend.endpoints.is_empty()
+}
+
+/// Backend choice: one backend by weight; 503 when the route has no weight
+/// or the chosen backend has no ready endpoint.
+pub fn choose_backend(route: &Route) -> Result<usize, ErrorKind> {
+    match route.target.choose() {
+        Some(i) if route.target.backends.get(i).is_some_and(backend_can_serve) => Ok(i),
+        _ => Err(ErrorKind::NoEndpoints),
     }
 }
 
@@ -122,10 +176,9 @@ pub fn is_loop(req: &RequestHeader, own_identity: &str) -> bool {
 /// The request URI with its path normalised (see [`crate::routes::normalize_path`]);
 /// `None` when it already is. A refused path is a bad request.
 pub fn normalize_uri(uri: &http::Uri) -> Result<Option<http::Uri>, ErrorKind> {
-    let path = match crate::routes::normalize_path(uri.path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(None),
-        Ok(std::borrow::Cow::Owned(p)) => p,
-        Err(_) => return Err(ErrorKind::BadRequest),
+    let path = match normalized_path(uri.path())? {
+        Cow::Borrowed(_) => return Ok(None),
+        Cow::Owned(p) => p,
     };
     let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),

@@ -109,6 +109,24 @@ impl Authorization {
                 .all(|ps| ps.iter().any(|p| p.matches(identity)))
     }
 
+    /// Why `identity` is or is not admitted, for `/explain`; agrees with
+    /// [`Authorization::allows`]. `Ok`: the pattern of each policy that
+    /// admitted it. `Err`: the patterns of the first policy that admits it
+    /// not (empty when the route has no policy at all).
+    pub fn explain(&self, identity: &str) -> Result<Vec<String>, Vec<String>> {
+        if self.policies.is_empty() {
+            return Err(Vec::new());
+        }
+        let mut admitted = Vec::with_capacity(self.policies.len());
+        for ps in &self.policies {
+            match ps.iter().find(|p| p.matches(identity)) {
+                Some(p) => admitted.push(p.to_string()),
+                None => return Err(ps.iter().map(IdentityPattern::to_string).collect()),
+            }
+        }
+        Ok(admitted)
+    }
+
     /// The patterns, for `/routes`.
     pub fn describe(&self) -> Vec<Vec<String>> {
         self.policies
@@ -132,6 +150,32 @@ impl std::fmt::Display for IdentityPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explain_agrees_with_allows_and_names_the_pattern() {
+        let mut a = Authorization::new(pats(&["spiffe://west.example/*", "*.dns.example"]));
+        a.and(pats(&["spiffe://west.example/ns/a/*"]));
+        for id in [
+            "spiffe://west.example/ns/a/sa/x",
+            "spiffe://west.example/ns/b/sa/x",
+            "x.dns.example",
+            "spiffe://east.example/ns/a/sa/x",
+        ] {
+            assert_eq!(a.explain(id).is_ok(), a.allows(id), "{id}");
+        }
+        assert_eq!(
+            a.explain("spiffe://west.example/ns/a/sa/x"),
+            Ok(vec![
+                "spiffe://west.example/*".to_string(),
+                "spiffe://west.example/ns/a/*".to_string()
+            ])
+        );
+        assert_eq!(
+            a.explain("spiffe://west.example/ns/b/sa/x"),
+            Err(vec!["spiffe://west.example/ns/a/*".to_string()])
+        );
+        assert_eq!(Authorization::default().explain("x"), Err(Vec::new()));
+    }
 
     fn pats(raw: &[&str]) -> Arc<[IdentityPattern]> {
         raw.iter()

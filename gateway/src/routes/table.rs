@@ -272,7 +272,23 @@ pub struct Backend {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Upstream settings.
     pub settings: Arc<BackendSettings>,
+    /// Endpoints the Service's slices list as not ready (never picked; shown
+    /// on the admin page as ready/total).
+    not_ready: usize,
     next: AtomicUsize,
+}
+
+/// What [`Backend::pick`] would choose for the next request, read without
+/// advancing the round robin (see [`Backend::preview`]).
+#[derive(Debug)]
+pub enum EndpointPreview<'a> {
+    /// No ready endpoint: the request would be answered 503.
+    None,
+    /// Round robin: this endpoint is next (unless another request takes it first).
+    Next(&'a Arc<Endpoint>),
+    /// Least request picks among these at random (two choices), so which one
+    /// cannot be said in advance.
+    OneOf(Vec<&'a Arc<Endpoint>>),
 }
 
 impl Backend {
@@ -289,6 +305,7 @@ impl Backend {
             next: AtomicUsize::new(fastrand::usize(..endpoints.len().max(1))),
             endpoints,
             settings,
+            not_ready: 0,
         }
     }
 
@@ -297,10 +314,44 @@ impl Backend {
         self.endpoints.iter().any(|e| !e.is_ejected())
     }
 
+    /// The same backend, recording `n` endpoints that are listed but not ready.
+    pub fn with_not_ready(mut self, n: usize) -> Self {
+        self.not_ready = n;
+        self
+    }
+
+    /// Endpoints listed but not ready.
+    pub fn not_ready(&self) -> usize {
+        self.not_ready
+    }
+
     /// Picks an endpoint, skipping `avoid` and ejected endpoints when there
     /// is another choice (when every endpoint is ejected, they are all tried
     /// rather than failing the request).
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Arc<Endpoint>> {
+        self.choose(avoid, true)
+    }
+
+    /// What [`Backend::pick`] would do for the next request, without moving
+    /// the round robin on (for `/explain`).
+    pub fn preview(&self) -> EndpointPreview<'_> {
+        let eps = &self.endpoints;
+        if self.settings.lb == LbPolicy::LeastRequest && eps.len() > 1 {
+            let healthy: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| !e.is_ejected()).collect();
+            return EndpointPreview::OneOf(if healthy.is_empty() {
+                eps.iter().collect()
+            } else {
+                healthy
+            });
+        }
+        match self.choose(None, false) {
+            Some(e) => EndpointPreview::Next(e),
+            None => EndpointPreview::None,
+        }
+    }
+
+    /// [`Backend::pick`]; `advance` false reads the round robin without moving it.
+    fn choose(&self, avoid: Option<SocketAddr>, advance: bool) -> Option<&Arc<Endpoint>> {
         let eps = &self.endpoints;
         let n = eps.len();
         if n == 0 {
@@ -311,18 +362,26 @@ impl Backend {
         }
         let healthy = |e: &Arc<Endpoint>| Some(e.addr) != avoid && !e.is_ejected();
         if eps.iter().any(healthy) {
-            self.pick_among(healthy)
+            self.pick_among(healthy, advance)
         } else {
-            self.pick_among(|e: &Arc<Endpoint>| Some(e.addr) != avoid)
+            self.pick_among(|e: &Arc<Endpoint>| Some(e.addr) != avoid, advance)
         }
     }
 
-    fn pick_among(&self, ok: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
+    fn pick_among(
+        &self,
+        ok: impl Fn(&Arc<Endpoint>) -> bool,
+        advance: bool,
+    ) -> Option<&Arc<Endpoint>> {
         let eps = &self.endpoints;
         let n = eps.len();
         match self.settings.lb {
             LbPolicy::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let start = if advance {
+                    self.next.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.next.load(Ordering::Relaxed)
+                };
                 (0..n)
                     .map(|i| &eps[(start + i) % n])
                     .find(|e| ok(e))
@@ -414,6 +473,11 @@ impl RouteTarget {
         None
     }
 
+    /// The sum of the backends' weights (0: the route never picks a backend).
+    pub fn total_weight(&self) -> u32 {
+        self.total_weight
+    }
+
     /// Chooses a backend by weight; returns its index in `backends`.
     pub fn choose(&self) -> Option<usize> {
         if self.total_weight == 0 {
@@ -448,6 +512,42 @@ pub struct Route {
     pub target: RouteTarget,
 }
 
+impl Route {
+    /// The object the route comes from, from its name: `("Service",
+    /// "ns/name")` for `service/ns/name:port`, `("Mapping", "ns/name")` for
+    /// `mapping/ns/name` (a split names its first Mapping).
+    pub fn source(&self) -> (&'static str, &str) {
+        route_source(&self.name)
+    }
+}
+
+/// See [`Route::source`]; an unknown form is returned whole as kind `Route`.
+pub fn route_source(name: &str) -> (&'static str, &str) {
+    if let Some(rest) = name.strip_prefix("service/") {
+        let object = rest.rsplit_once(':').map_or(rest, |(o, _)| o);
+        return ("Service", object);
+    }
+    if let Some(rest) = name.strip_prefix("mapping/") {
+        return ("Mapping", rest);
+    }
+    ("Route", name)
+}
+
+/// A mirror Service (labelled `mirror.linkerd.io/mirrored-service: "true"`
+/// with `mirror.linkerd.io/cluster-name`) seen by discovery: the remote
+/// gateways of the admin page are derived from these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorService {
+    /// `mirror.linkerd.io/cluster-name`.
+    pub cluster: Arc<str>,
+    /// `ns/name` of the mirror Service.
+    pub service: String,
+    /// Ready endpoints in its EndpointSlices (the remote gateway addresses).
+    pub ready: Vec<std::net::IpAddr>,
+    /// Endpoints listed but not ready.
+    pub not_ready: usize,
+}
+
 /// The routes of one exact host, by port.
 type PortRoutes = Vec<(PortMatch, Vec<Arc<Route>>)>;
 
@@ -462,6 +562,11 @@ pub struct RouteTable {
     routes: usize,
     services: usize,
     endpoints: usize,
+    /// Mirror Services, sorted by cluster then Service (for the admin page).
+    mirrors: Arc<[MirrorService]>,
+    /// `ns/name` of Services discovery knows but that are not exported (so
+    /// `/explain` can tell the operator "not exported" from "unknown").
+    unexported: Arc<std::collections::HashSet<String>>,
 }
 
 impl RouteTable {
@@ -570,6 +675,40 @@ impl RouteTable {
         first(&self.any).and_then(|i| self.any.get(i))
     }
 
+    /// Attaches what discovery knows beyond routes: mirror Services and
+    /// Services that exist but are not exported.
+    pub fn with_discovery_facts(
+        mut self,
+        mirrors: Arc<[MirrorService]>,
+        unexported: Arc<std::collections::HashSet<String>>,
+    ) -> Self {
+        self.mirrors = mirrors;
+        self.unexported = unexported;
+        self
+    }
+
+    /// The ports an exact host has routes for (for `/explain` to say "this
+    /// host, but not this port"); empty when the host has none.
+    pub fn ports_of(&self, host: &str) -> Vec<PortMatch> {
+        let mut ports: Vec<PortMatch> = self
+            .exact
+            .get(host)
+            .map(|ps| ps.iter().map(|(p, _)| *p).collect())
+            .unwrap_or_default();
+        ports.sort();
+        ports
+    }
+
+    /// Mirror Services, by cluster then name.
+    pub fn mirrors(&self) -> &[MirrorService] {
+        &self.mirrors
+    }
+
+    /// Whether `ns/name` is a Service discovery knows that is not exported.
+    pub fn is_unexported(&self, namespaced_name: &str) -> bool {
+        self.unexported.contains(namespaced_name)
+    }
+
     /// Number of routes.
     pub fn route_count(&self) -> usize {
         self.routes
@@ -597,49 +736,103 @@ impl RouteTable {
             .filter(move |r| seen.insert(Arc::as_ptr(r)))
     }
 
-    /// A JSON description for `/routes`, sorted for stable output.
+    /// A JSON description of every route, sorted for stable output.
     pub fn describe(&self) -> Value {
-        let mut routes: Vec<Value> = self
+        self.page("", 0, usize::MAX)
+    }
+
+    /// One page of `/routes`: the routes whose name, hosts or backend
+    /// Services contain `filter` (case-insensitive), sorted by host then
+    /// name, `limit` of them from `offset`; with the counts of the table and
+    /// of the routes that matched (`total`). Only the page is serialised.
+    pub fn page(&self, filter: &str, offset: usize, limit: usize) -> Value {
+        let needle = filter.to_ascii_lowercase();
+        let mut matched: Vec<(String, &Arc<Route>)> = self
             .iter()
-            .map(|r| {
-                let hosts: Vec<String> = r
-                    .hosts
-                    .iter()
-                    .map(|h| match h {
-                        HostMatch::Exact(h, PortMatch::Port(p)) => format!("{h}:{p}"),
-                        HostMatch::Exact(h, PortMatch::Any) => h.clone(),
-                        HostMatch::Exact(h, PortMatch::Absent) => format!("{h} (no port)"),
-                        HostMatch::Wildcard(s) => format!("*{s}"),
-                        HostMatch::Any => "*".into(),
-                    })
-                    .collect();
-                json!({
-                    "name": &*r.name,
-                    "host": hosts.first(),
-                    "hosts": hosts,
-                    "prefix": r.matcher.prefix,
-                    "prefix_exact": r.matcher.prefix_exact,
-                    "method": r.matcher.method,
-                    "headers": r.matcher.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
-                    "allowed_identities": r.authz.describe(),
-                    "backends": r.target.backends.iter().map(|b| json!({
-                        "service": &*b.service,
-                        "weight": b.weight,
-                        "endpoints": b.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
-                        "rewrite": b.settings.rewrite,
-                        "timeout_ms": b.settings.timeout.as_millis() as u64,
-                    })).collect::<Vec<_>>(),
-                })
-            })
+            .filter(|r| needle.is_empty() || route_mentions(r, &needle))
+            .map(|r| (r.hosts.first().map(host_label).unwrap_or_default(), r))
             .collect();
-        routes.sort_by(|a, b| {
-            (a["host"].as_str(), a["name"].as_str()).cmp(&(b["host"].as_str(), b["name"].as_str()))
-        });
+        matched.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+        let total = matched.len();
+        let routes: Vec<Value> = matched
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, r)| describe_route(r))
+            .collect();
         json!({
             "routes": routes,
+            "total": total,
+            "offset": offset,
+            "limit": limit.min(total),
             "counts": {"routes": self.routes, "services": self.services, "endpoints": self.endpoints},
         })
     }
+}
+
+/// How `/routes` names one host match.
+pub fn host_label(h: &HostMatch) -> String {
+    match h {
+        HostMatch::Exact(h, PortMatch::Port(p)) => format!("{h}:{p}"),
+        HostMatch::Exact(h, PortMatch::Any) => h.clone(),
+        HostMatch::Exact(h, PortMatch::Absent) => format!("{h} (no port)"),
+        HostMatch::Wildcard(s) => format!("*{s}"),
+        HostMatch::Any => "*".into(),
+    }
+}
+
+/// A route's match besides the host, in words: `prefix /api (exact), GET, x-env=blue`.
+pub fn match_label(m: &RouteMatch) -> String {
+    let mut out = format!("prefix {}", m.prefix);
+    if m.prefix_exact {
+        out.push_str(" (exact)");
+    }
+    if let Some(method) = &m.method {
+        out.push_str(", ");
+        out.push_str(method);
+    }
+    for h in &m.headers {
+        out.push_str(&format!(", {}={}", h.name, h.value));
+    }
+    out
+}
+
+/// Whether the route's name, hosts or backends contain `needle` (lower-case).
+fn route_mentions(r: &Route, needle: &str) -> bool {
+    let has = |s: &str| s.to_ascii_lowercase().contains(needle);
+    has(&r.name)
+        || r.hosts.iter().any(|h| has(&host_label(h)))
+        || r.target.backends.iter().any(|b| has(&b.service))
+}
+
+/// Endpoints listed per backend in `/routes`; the counts are always complete.
+const LISTED_ENDPOINTS: usize = 20;
+
+/// One route as `/routes` shows it.
+pub fn describe_route(r: &Route) -> Value {
+    let hosts: Vec<String> = r.hosts.iter().map(host_label).collect();
+    let (kind, object) = r.source();
+    json!({
+        "name": &*r.name,
+        "source": format!("{kind} {object}"),
+        "host": hosts.first(),
+        "hosts": hosts,
+        "match": match_label(&r.matcher),
+        "prefix": r.matcher.prefix,
+        "prefix_exact": r.matcher.prefix_exact,
+        "method": r.matcher.method,
+        "headers": r.matcher.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+        "allowed_identities": r.authz.describe(),
+        "backends": r.target.backends.iter().map(|b| json!({
+            "service": &*b.service,
+            "weight": b.weight,
+            "ready": b.endpoints.len(),
+            "total": b.endpoints.len() + b.not_ready(),
+            "endpoints": b.endpoints.iter().take(LISTED_ENDPOINTS).map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+            "rewrite": b.settings.rewrite,
+            "timeout_ms": b.settings.timeout.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]

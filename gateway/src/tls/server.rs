@@ -60,6 +60,7 @@ pub struct TlsMaterial {
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
     identity: Option<String>,
     expiry: Expiry,
+    anchors: Arc<Vec<CertificateDer<'static>>>,
 }
 
 /// When the material stops being usable: not-after times in unix seconds.
@@ -108,7 +109,8 @@ impl TlsMaterial {
         })?;
 
         let mut roots = RootCertStore::empty();
-        for ca in read_certs(&cfg.trust_anchors)? {
+        let anchors = read_certs(&cfg.trust_anchors)?;
+        for ca in anchors.iter().cloned() {
             expiry.trust_anchors.extend(not_after(&ca));
             roots.add(ca).map_err(|e| TlsError::Invalid {
                 path: cfg.trust_anchors.clone(),
@@ -137,6 +139,7 @@ impl TlsMaterial {
             server_verifier,
             identity,
             expiry,
+            anchors: Arc::new(anchors),
         })
     }
 
@@ -200,6 +203,8 @@ pub struct TlsServer {
     server_verifier: Arc<ArcSwap<rustls::client::WebPkiServerVerifier>>,
     sessions: Arc<SessionCache>,
     generation: Arc<AtomicU64>,
+    /// The trust anchors in force, as loaded (for the admin page).
+    anchors: Arc<ArcSwap<Vec<CertificateDer<'static>>>>,
 }
 
 /// The server's TLS session cache. A resumed session skips client-certificate
@@ -274,7 +279,18 @@ impl TlsServer {
             server_verifier: Arc::new(ArcSwap::new(material.server_verifier)),
             sessions: Arc::new(SessionCache::new(generation.clone())),
             generation,
+            anchors: Arc::new(ArcSwap::new(material.anchors)),
         }
+    }
+
+    /// The serving certificate chain in force (leaf first), DER.
+    pub fn serving_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.resolver.0.load().cert.clone()
+    }
+
+    /// The trust anchors in force, DER, in bundle order.
+    pub fn trust_anchors(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.anchors.load_full()
     }
 
     /// Replaces certificate, key and trust anchors for new handshakes and
@@ -284,6 +300,7 @@ impl TlsServer {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         self.resolver.0.store(material.key);
         self.server_verifier.store(material.server_verifier);
+        self.anchors.store(material.anchors);
         self.verifier
             .0
             .store(Arc::new((generation, material.verifier)));

@@ -65,6 +65,11 @@ impl Index {
         let mut routes = Vec::new();
         let mut services = 0;
         for (key, svc) in self.services.iter() {
+            if svc.mirror_cluster.is_some() && svc.mirror.is_none() {
+                // A mirror without its remote's name and identity: unreachable
+                // (never sent in plaintext to a remote gateway).
+                continue;
+            }
             let names = [
                 format!("{}.{}", key.name, key.namespace),
                 format!("{}.{}.svc", key.name, key.namespace),
@@ -88,13 +93,14 @@ impl Index {
                 }
                 let (name, target) = match split {
                     None => {
-                        let (label, eps) = resolver.resolve(&ServiceRef {
+                        let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
                             key: key.clone(),
                             port: Some(port.port),
                         });
                         services += 1;
                         let backend =
-                            Backend::new(label, 1, eps, settings_for(Some(svc), port.port));
+                            Backend::new(label, 1, eps, settings_for(Some(svc), port.port))
+                                .with_not_ready(not_ready);
                         (
                             format!("egress/{}/{}:{}", key.namespace, key.name, port.port),
                             RouteTarget::new(vec![backend]),
@@ -112,6 +118,13 @@ impl Index {
                                 );
                                 continue;
                             };
+                            if bsvc.mirror_cluster.is_some() && bsvc.mirror.is_none() {
+                                problems.insert(
+                                    (*split_key).clone(),
+                                    format!("backend {bkey} is a mirror without the remote-svc-fq-name and remote-gateway-identity annotations; it gets no traffic"),
+                                );
+                                continue;
+                            }
                             if !bsvc.ports.iter().any(|p| p.port == port.port) {
                                 problems.insert(
                                     (*split_key).clone(),
@@ -122,7 +135,7 @@ impl Index {
                                 );
                                 continue;
                             }
-                            let (label, eps) = resolver.resolve(&ServiceRef {
+                            let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
                                 key: bkey,
                                 port: Some(port.port),
                             });
@@ -130,12 +143,15 @@ impl Index {
                             if split.primary.as_deref() == Some(b.as_str()) {
                                 primary = Some(backends.len());
                             }
-                            backends.push(Backend::new(
-                                label,
-                                *weight,
-                                eps,
-                                settings_for(Some(bsvc), port.port),
-                            ));
+                            backends.push(
+                                Backend::new(
+                                    label,
+                                    *weight,
+                                    eps,
+                                    settings_for(Some(bsvc), port.port),
+                                )
+                                .with_not_ready(not_ready),
+                            );
                         }
                         (
                             format!(

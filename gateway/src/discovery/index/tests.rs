@@ -873,3 +873,112 @@ fn a_split_root_splits_for_egress_only_and_problems_are_reported_once() {
     ));
     assert!(bad.unwrap_err().reason.contains("integers"));
 }
+
+#[test]
+fn mirrors_not_ready_counts_and_unexported_services_reach_the_table() {
+    let mut idx = Index::new(cfg());
+    let port = [("http", 80, IntOrString::Int(8080))];
+    let mirror = |name: &str, cluster: &str| {
+        let mut svc = mk_service("test", name, false, &port);
+        if let Object::Service(s) = &mut svc {
+            s.metadata.labels = Some(
+                [
+                    (MIRRORED_SERVICE_LABEL.to_string(), "true".to_string()),
+                    (CLUSTER_NAME_LABEL.to_string(), cluster.to_string()),
+                ]
+                .into(),
+            );
+        }
+        svc
+    };
+    for o in [
+        mk_service("test", "podinfo", true, &port),
+        mk_slice(
+            "test",
+            "podinfo-1",
+            "podinfo",
+            &[("http", 8080)],
+            &[("10.0.0.1", true), ("10.0.0.2", false)],
+        ),
+        mk_service("test", "hidden", false, &port),
+        mirror("podinfo-east", "east"),
+        mk_slice(
+            "test",
+            "podinfo-east-1",
+            "podinfo-east",
+            &[("http", 4143)],
+            &[("192.0.2.1", true)],
+        ),
+        mirror("podinfo-north", "north"),
+        mk_slice(
+            "test",
+            "podinfo-north-1",
+            "podinfo-north",
+            &[("http", 4143)],
+            &[("192.0.2.9", false)],
+        ),
+    ] {
+        idx.apply(&o).expect("valid object");
+    }
+    let t = idx.build();
+    let r = t
+        .iter()
+        .find(|r| &*r.name == "service/test/podinfo:80")
+        .expect("route");
+    assert_eq!(r.target.backends[0].endpoints.len(), 1);
+    assert_eq!(r.target.backends[0].not_ready(), 1);
+    assert!(t.is_unexported("test/hidden"));
+    assert!(
+        t.is_unexported("test/podinfo-east"),
+        "mirrors are not exported"
+    );
+    assert!(!t.is_unexported("test/podinfo"));
+    let m = t.mirrors();
+    assert_eq!(m.len(), 2);
+    assert_eq!(
+        (&*m[0].cluster, m[0].service.as_str()),
+        ("east", "test/podinfo-east")
+    );
+    assert_eq!(m[0].ready, vec!["192.0.2.1".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        (&*m[1].cluster, m[1].ready.len(), m[1].not_ready),
+        ("north", 0, 1)
+    );
+    assert_eq!(
+        idx.object_counts(),
+        crate::discovery::ObjectCounts {
+            services: 4,
+            endpoint_slices: 3,
+            mappings: 0
+        }
+    );
+
+    // The north gateway comes back: only its slice changed, the list follows.
+    idx.apply(&mk_slice(
+        "test",
+        "podinfo-north-1",
+        "podinfo-north",
+        &[("http", 4143)],
+        &[("192.0.2.9", true)],
+    ))
+    .expect("valid");
+    let t = idx.build();
+    assert_eq!(t.mirrors()[1].ready.len(), 1);
+}
+
+#[test]
+fn not_exported_list_follows_export_flips_and_deletes() {
+    let mut idx = Index::new(cfg());
+    let port = [("http", 80, IntOrString::Int(8080))];
+    idx.apply(&mk_service("test", "a", false, &port))
+        .expect("valid");
+    assert!(idx.build().is_unexported("test/a"));
+    idx.apply(&mk_service("test", "a", true, &port))
+        .expect("valid");
+    assert!(!idx.build().is_unexported("test/a"));
+    idx.apply(&mk_service("test", "a", false, &port))
+        .expect("valid");
+    assert!(idx.build().is_unexported("test/a"));
+    idx.delete(ObjectKind::Service, &ObjectKey::new("test", "a"));
+    assert!(!idx.build().is_unexported("test/a"));
+}

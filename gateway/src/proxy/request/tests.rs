@@ -201,3 +201,54 @@ fn spoofable_names_and_forwarded_by_pairs() {
     );
     assert!(forwarded_by_only("for=1.2.3.4").is_empty());
 }
+
+#[test]
+fn lookup_authorize_and_backend_choice() {
+    use std::sync::Arc;
+
+    use crate::routes::{
+        Authorization, Backend, Endpoint, HostMatch, IdentityPattern, PortMatch, Route, RouteMatch,
+        RouteTable, RouteTarget,
+    };
+    let settings = Arc::new(BackendSettings::with_timeouts(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    ));
+    let ep = Arc::new(Endpoint::new("10.0.0.1:80".parse().expect("addr")));
+    let route = |name: &str, host: &str, eps: Vec<Arc<Endpoint>>| Route {
+        name: name.into(),
+        hosts: vec![HostMatch::Exact(host.into(), PortMatch::Any)],
+        matcher: RouteMatch::any(),
+        authz: Authorization::new(Arc::from(vec![IdentityPattern::parse(
+            "spiffe://west.example/*",
+        )
+        .expect("pattern")])),
+        target: RouteTarget::new(vec![Backend::new(name.into(), 1, eps, settings.clone())]),
+    };
+    let t = RouteTable::new(
+        vec![
+            route("up", "up.example", vec![ep]),
+            route("down", "down.example", vec![]),
+        ],
+        2,
+        1,
+    );
+    let get = |host: &str| {
+        let a = parse_authority(host.as_bytes()).expect("authority");
+        route_for(&t, &a, "/", &http::Method::GET, &http::HeaderMap::new()).cloned()
+    };
+    assert_eq!(get("nope.example").err(), Some(ErrorKind::NoRoute));
+    let up = get("up.example").expect("route");
+    assert_eq!(authorize(&up, None), Err(ErrorKind::Forbidden));
+    assert_eq!(
+        authorize(&up, Some("spiffe://east.example/x")),
+        Err(ErrorKind::Forbidden)
+    );
+    assert_eq!(authorize(&up, Some("spiffe://west.example/x")), Ok(()));
+    assert_eq!(choose_backend(&up), Ok(0));
+    let down = get("down.example").expect("route");
+    assert_eq!(choose_backend(&down), Err(ErrorKind::NoEndpoints));
+    assert!(normalized_path("/a%2Fb").is_err());
+    assert_eq!(normalized_path("/a/../b").expect("path"), "/b");
+}
