@@ -315,7 +315,10 @@ async fn an_undecodable_mapping_is_refused_alone() {
         "    hostname: good.example.com\n    prefix: /\n    service: internal:80\n",
     )));
     // weight does not fit the Mapping's u32: the object cannot be decoded.
-    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 4_294_967_296));
+    api.apply_json(
+        "mappings",
+        raw_mapping("bad", "bad.example.com", 4_294_967_296),
+    );
     let h = start(&api, &[]).await;
     let c = h.client("peer-west");
     assert_eq!(status_of(&c, "good.example.com").await, 200);
@@ -346,7 +349,10 @@ async fn an_undecodable_mapping_is_refused_alone() {
     api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 50));
     wait_status(&c, "bad.example.com", 200).await;
     // Broken again by an update: refused again, the rest unaffected.
-    api.apply_json("mappings", raw_mapping("bad", "bad.example.com", 4_294_967_296));
+    api.apply_json(
+        "mappings",
+        raw_mapping("bad", "bad.example.com", 4_294_967_296),
+    );
     wait_status(&c, "bad.example.com", 404).await;
     assert_eq!(status_of(&c, "good.example.com").await, 200);
 }
