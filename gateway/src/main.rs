@@ -20,9 +20,17 @@ use kube::CustomResourceExt;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `isthmus --version`: `isthmus 0.1.0 (commit abc1234)`; the commit comes from build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ISTHMUS_COMMIT"),
+    ")"
+);
+
 /// Isthmus: mTLS ingress gateway for cross-cluster Kubernetes traffic.
 #[derive(Parser)]
-#[command(name = "isthmus", version, about)]
+#[command(name = "isthmus", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
