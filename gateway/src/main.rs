@@ -20,9 +20,17 @@ use kube::CustomResourceExt;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `isthmus --version`: `isthmus 0.1.0 (commit abc1234)`; the commit comes from build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ISTHMUS_COMMIT"),
+    ")"
+);
+
 /// Isthmus: mTLS ingress gateway for cross-cluster Kubernetes traffic.
 #[derive(Parser)]
-#[command(name = "isthmus", version, about)]
+#[command(name = "isthmus", version = VERSION, about)]
 struct Cli {
     /// Log line format: `text` or `json` (one JSON object per line). Default:
     /// $ISTHMUS_LOG_FORMAT, else the config's `log.format` (`run`), else `text`.

@@ -1,5 +1,5 @@
-//! The `isthmus` binary itself: `certs dev`, `check`, `crds`, `--help`, and
-//! start-up failures that must be loud.
+//! The `isthmus` binary itself: `certs dev`, `check`, `crds`, `--help`,
+//! `--version`, and start-up failures that must be loud.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -36,6 +36,40 @@ fn help_for_every_command() {
         let o = isthmus(args);
         assert!(o.status.success(), "{args:?}: {}", text(&o));
         assert!(text(&o).contains("Usage"), "{args:?}");
+    }
+}
+
+#[test]
+fn version_names_the_commit() {
+    let o = isthmus(&["--version"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // build.rs sets ISTHMUS_COMMIT for every target of the package, this test too.
+    let commit = env!("ISTHMUS_COMMIT");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("isthmus {} (commit {commit})\n", env!("CARGO_PKG_VERSION"))
+    );
+    match env!("ISTHMUS_COMMIT_SOURCE") {
+        // From git: the checkout's HEAD now (build.rs reruns when HEAD moves).
+        "git" => {
+            let head = Command::new("git")
+                .args([
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ])
+                .output()
+                .expect("git");
+            assert_eq!(
+                commit,
+                String::from_utf8_lossy(&head.stdout).trim(),
+                "stale commit"
+            );
+        }
+        "none" => assert_eq!(commit, "unknown"),
+        _ => {} // ISTHMUS_COMMIT set at build time: whatever the builder said
     }
 }
 

@@ -2,6 +2,8 @@
 //! its k8s-openapi type with the properties the deployment relies on: the
 //! gateway, the target side of a Link (read-only remote access) and the calling
 //! side (`isthmus mirror`, the only writer of Services and EndpointSlices).
+//! The two-cluster example's overlays (`examples/overlays/{west,east}`) render
+//! the same objects with each cluster's identities.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +23,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
 fn render() -> Vec<serde_yaml::Value> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests");
+    render_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests"))
+}
+
+fn render_dir(dir: &str) -> Vec<serde_yaml::Value> {
     let out = Command::new("kubectl")
         .args(["kustomize", dir])
         .output()
@@ -44,8 +49,12 @@ struct Rendered(BTreeMap<(String, String), serde_yaml::Value>);
 
 impl Rendered {
     fn new() -> Rendered {
+        Rendered::from(render())
+    }
+
+    fn from(rendered: Vec<serde_yaml::Value>) -> Rendered {
         let mut docs = BTreeMap::new();
-        for d in render() {
+        for d in rendered {
             let kind = d["kind"].as_str().expect("kind").to_string();
             let name = d["metadata"]["name"].as_str().expect("name").to_string();
             let dup = docs.insert((kind.clone(), name.clone()), d);
@@ -664,4 +673,84 @@ fn only_the_mirror_writes_services_and_endpointslices() {
     assert!(by_sa["isthmus/isthmus-mirror-remote-access"]
         .iter()
         .all(|g| g.ends_with(":get") || g.ends_with(":list") || g.ends_with(":watch")));
+}
+
+/// The config lines an overlay may change: `identity`, `allowed_identities` and comments.
+fn config_without_identities(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            !l.starts_with('#')
+                && !l.starts_with("identity:")
+                && !l.starts_with("allowed_identities:")
+        })
+        .collect()
+}
+
+/// `kubectl kustomize examples/overlays/<cluster>`: the base's objects, the
+/// cluster's own gateway identity, and the peer's trust domain allowed.
+fn check_overlay(cluster: &str, peer: &str) {
+    let dir = format!(
+        "{}/../examples/overlays/{cluster}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let docs = Rendered::from(render_dir(&dir));
+    let base = Rendered::new();
+    let keys = |r: &Rendered| r.0.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&docs),
+        keys(&base),
+        "{cluster}: the same objects as manifests/"
+    );
+
+    let own = format!("spiffe://{cluster}.example/ns/isthmus/sa/isthmus-gateway");
+    let cm: ConfigMap = docs.get("ConfigMap", "isthmus-gateway");
+    let text = cm
+        .data
+        .expect("data")
+        .remove("config.yaml")
+        .expect("config.yaml key");
+    let cfg = Config::parse(
+        &text,
+        Path::new("configmap/config.yaml"),
+        Path::new("/etc/isthmus"),
+    )
+    .unwrap_or_else(|e| panic!("{cluster}: invalid config: {e}"));
+    assert_eq!(cfg.identity.as_deref(), Some(own.as_str()), "{cluster}");
+    assert_eq!(
+        cfg.allowed_identities,
+        [format!("spiffe://{peer}.example/*")],
+        "{cluster} admits {peer}"
+    );
+    // The rest of the config is the base's (the overlay repeats it in full).
+    let base_cm: ConfigMap = base.get("ConfigMap", "isthmus-gateway");
+    let base_text = base_cm
+        .data
+        .expect("data")
+        .remove("config.yaml")
+        .expect("config.yaml key");
+    assert_eq!(
+        config_without_identities(&text),
+        config_without_identities(&base_text),
+        "{cluster}: examples/overlays/{cluster}/config.yaml drifted from manifests/configmap.yaml"
+    );
+
+    let svc: Service = docs.get("Service", "isthmus-gateway");
+    let ann = svc.metadata.annotations.expect("annotations");
+    assert_eq!(
+        ann.get("mirror.linkerd.io/gateway-identity")
+            .map(String::as_str),
+        Some(own.as_str())
+    );
+    // The patch merges: the probe annotations of the base stay.
+    assert_eq!(
+        ann.get("mirror.linkerd.io/probe-port").map(String::as_str),
+        Some("4191")
+    );
+}
+
+#[test]
+fn overlays_west_and_east_patch_identities() {
+    check_overlay("west", "east");
+    check_overlay("east", "west");
 }
