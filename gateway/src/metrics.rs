@@ -87,6 +87,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for tests that enumerate the metric's label values.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::NoRoute,
+        ErrorKind::Forbidden,
+        ErrorKind::NoEndpoints,
+        ErrorKind::UpstreamConnect,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamError,
+        ErrorKind::BadRequest,
+        ErrorKind::HeadersTooLarge,
+        ErrorKind::Loop,
+        ErrorKind::Internal,
+    ];
+
     /// The HTTP status a client sees for this error.
     pub fn status(self) -> u16 {
         match self {
@@ -141,6 +155,18 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// Every reason, for tests that enumerate the metric's label values.
+    pub const ALL: [HandshakeFailure; 8] = [
+        HandshakeFailure::NoClientCert,
+        HandshakeFailure::UnknownCa,
+        HandshakeFailure::Expired,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::BadIdentity,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+    ];
+
     /// The metric label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -170,6 +196,14 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// Every kind, for tests that enumerate the metric's label values.
+    pub const ALL: [ObjectKind; 4] = [
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::Mapping,
+        ObjectKind::File,
+    ];
+
     /// The metric label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -330,8 +364,26 @@ impl Metrics {
         m
     }
 
+    /// Every exported metric family as (name, variable label names), for
+    /// checking a sample's spelling against what the gateway can export.
+    pub fn families(&self) -> Vec<(String, Vec<String>)> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter())
+            .map(|d| (d.fq_name.clone(), d.variable_labels.clone()))
+            .collect()
+    }
+
     fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        for c in self.collectors() {
+            self.registry
+                .register(c)
+                .expect("metric names are unique within the registry");
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
             Box::new(self.requests.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.request_errors.clone()),
@@ -349,12 +401,7 @@ impl Metrics {
             Box::new(self.status_writes.clone()),
             Box::new(self.publish_delay.clone()),
             Box::new(self.ready.clone()),
-        ];
-        for c in collectors {
-            self.registry
-                .register(c)
-                .expect("metric names are unique within the registry");
-        }
+        ]
     }
 
     /// Renders the registry in the Prometheus text format.
