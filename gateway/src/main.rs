@@ -134,8 +134,11 @@ fn run(
             tracing::info!(%addr, "demo upstream serving");
             tokio::spawn(isthmus::demo::serve(l, "podinfo".into()));
         }
+        // Handlers first: "serving" (and /ready) must never precede them, or a
+        // SIGTERM right after start-up would kill the process undrained.
+        let signals = Signals::install()?;
         let gateway = Gateway::start(&cfg).await?;
-        wait_for_signal().await?;
+        signals.wait().await;
         let grace = std::time::Duration::from_millis(cfg.limits.shutdown_grace_ms);
         tracing::info!(?grace, "draining");
         gateway.shutdown(grace).await;
@@ -143,14 +146,27 @@ fn run(
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Everything `run` would refuse, as far as it can be known without binding
