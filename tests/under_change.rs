@@ -322,12 +322,12 @@ async fn endpoint_churn_under_load_fails_nothing() {
 
     // 3. An endpoint with a slow request in flight leaves the EndpointSlice:
     //    the slow request completes, then nothing more reaches it, then it stops.
+    //    The slow requests are held by the upstreams until released (a latch,
+    //    not a delay that might run out before the removal is published).
     let mut slow = Vec::new();
     for attempt in 1..=16 {
         let client = client.clone();
-        slow.push(tokio::spawn(
-            async move { client.get(WEB, "/delay/1").await },
-        ));
+        slow.push(tokio::spawn(async move { client.get(WEB, "/hold").await }));
         let want = slow.len();
         eventually("the slow request reaches an upstream", || {
             let n: usize = pods.iter().map(|p| p.slow_in_flight()).sum();
@@ -347,6 +347,10 @@ async fn endpoint_churn_under_load_fails_nothing() {
         "the slow request is still in flight when web-c's removal is published"
     );
     load.settle().await;
+    assert_eq!(c.slow_in_flight(), 1, "held through the settling");
+    for p in &pods {
+        p.release_held();
+    }
     let mut slow_on_c = 0;
     for s in slow {
         let r = s.await.expect("slow request task");

@@ -14,6 +14,7 @@ mod table;
 pub use authority::{Authority, AuthorityError};
 pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
+pub use table::health_clock;
 pub use table::{
     Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PassiveHealth,
     PortMatch, Route, RouteMatch, RouteTable, RouteTarget,

@@ -15,6 +15,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// The settling clock: tokio's, so tests drive it with paused time (outside a
+// runtime, and in production, it is the monotonic clock).
+use tokio::time::Instant as SettleInstant;
+
 use serde::Deserialize;
 
 use super::{Index, Object, ObjectKey, Publisher};
@@ -46,9 +50,7 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, FileState>,
     /// Files seen changed in the last [`FileSource::rescan`] and not read yet,
     /// with the stamp they had then.
-    settling: BTreeMap<PathBuf, (Stamp, Instant)>,
-    /// [`EMPTY_FILE_QUIET`] (shorter in tests).
-    empty_quiet: Duration,
+    settling: BTreeMap<PathBuf, (Stamp, SettleInstant)>,
     /// Directories the last scan skipped (loops), reported when first seen.
     skipped_dirs: BTreeMap<PathBuf, String>,
 }
@@ -71,7 +73,6 @@ impl FileSource {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             settling: BTreeMap::new(),
-            empty_quiet: EMPTY_FILE_QUIET,
             skipped_dirs: BTreeMap::new(),
         }
     }
@@ -112,7 +113,8 @@ impl FileSource {
         let before = self.files.len();
         self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
         scan.changed |= self.files.len() != before;
-        let mut settling: BTreeMap<PathBuf, (Stamp, Instant)> = BTreeMap::new();
+        let mut settling: BTreeMap<PathBuf, (Stamp, SettleInstant)> = BTreeMap::new();
+        let now = SettleInstant::now();
         for (path, stamp) in found {
             if self.files.get(&path).is_some_and(|s| s.stamp == stamp) {
                 continue;
@@ -121,18 +123,18 @@ impl FileSource {
                 // Since when this version has been seen (now, if it is new).
                 let since = match self.settling.get(&path) {
                     Some((s, since)) if *s == stamp => *since,
-                    _ => Instant::now(),
+                    _ => now,
                 };
                 // An in-place rewrite empties the file first; a writer that
                 // stalls right then leaves an empty file that looks quiet.
                 // Emptying a file on purpose is rare: it must stay empty longer.
                 let quiet = if stamp.is_empty() {
-                    self.empty_quiet
+                    EMPTY_FILE_QUIET
                 } else {
                     Duration::ZERO
                 };
                 let settled = self.settling.get(&path).is_some_and(|(s, _)| *s == stamp)
-                    && since.elapsed() >= quiet;
+                    && now.duration_since(since) >= quiet;
                 if !settled {
                     settling.insert(path, (stamp, since));
                     continue;
@@ -141,10 +143,10 @@ impl FileSource {
             let read = std::fs::read_to_string(&path);
             if settle {
                 match Stamp::of_path(&path) {
-                    Some(now) if now == stamp => {}
+                    Some(now_stamp) if now_stamp == stamp => {}
                     // Written to while we read it: try again once it is quiet.
-                    Some(now) => {
-                        settling.insert(path, (now, Instant::now()));
+                    Some(now_stamp) => {
+                        settling.insert(path, (now_stamp, SettleInstant::now()));
                         continue;
                     }
                     // Gone meanwhile: the next scan no longer lists it.
@@ -411,8 +413,8 @@ mod tests {
     const SERVICE: &str =
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: t}\nspec: {ports: [{port: 80}]}\n";
 
-    #[test]
-    fn rescan_reads_a_changed_file_only_once_it_is_quiet() {
+    #[tokio::test(start_paused = true)]
+    async fn rescan_reads_a_changed_file_only_once_it_is_quiet() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("a.yaml");
         std::fs::write(&file, SERVICE).expect("write");
@@ -448,16 +450,18 @@ mod tests {
 
         // A file left empty is applied once it has stayed so for the longer
         // quiet period (a stalled in-place rewrite looks like this at first).
-        source.empty_quiet = Duration::from_millis(50);
+        // The settling clock is tokio's, paused here: only `advance` moves it.
         std::fs::write(&file, "").expect("empty");
         assert!(!source.rescan().expect("rescan").changed);
         assert!(!source.rescan().expect("rescan").changed, "too soon");
+        tokio::time::advance(EMPTY_FILE_QUIET - Duration::from_millis(1)).await;
+        assert!(!source.rescan().expect("rescan").changed, "still too soon");
         assert_eq!(source.objects().len(), 2);
-        let started = Instant::now();
-        while !source.rescan().expect("rescan").changed {
-            assert!(started.elapsed() < Duration::from_secs(5), "never applied");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            source.rescan().expect("rescan").changed,
+            "quiet long enough"
+        );
         assert!(source.objects().is_empty());
 
         // A removed file is gone at once.
