@@ -474,6 +474,57 @@ mod tests {
         assert!(source.objects().is_empty());
     }
 
+    /// The poll loop itself on paused time: its ticker and the empty-file quiet
+    /// period both run on tokio's clock, so which tick applies the change is
+    /// decided by virtual time alone. Ticks come at 0, 1, 2, 3 s; the test
+    /// looks half-way between them.
+    #[tokio::test(start_paused = true)]
+    async fn the_poll_loop_withdraws_an_emptied_file_after_the_quiet_period() {
+        use crate::routes::{shared_empty, BackendSettings};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, SERVICE).expect("write");
+        let mut source = FileSource::new(dir.path());
+        let mut index = Index::new(super::super::IndexConfig {
+            cluster_domain: "cluster.local".into(),
+            export_label: "mirror.linkerd.io/exported".into(),
+            namespaces: Vec::new(),
+            allowed: Arc::from(Vec::new()),
+            defaults: BackendSettings::with_timeouts(
+                Duration::from_secs(15),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ),
+        });
+        source.load_into(&mut index).expect("initial load");
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(shared_empty(), metrics.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(
+            source,
+            index,
+            publisher,
+            metrics.clone(),
+            Duration::from_secs(1),
+            stopped,
+        ));
+        let applied = || metrics.discovery_events.with_label_values(&["file"]).get();
+        let half = Duration::from_millis(500);
+
+        tokio::time::sleep(half).await; // t = 0.5: the first tick (t = 0) changed nothing
+        assert_eq!(applied(), 0);
+        std::fs::write(&file, "").expect("empty");
+        // t = 1: seen empty; t = 2: empty for 1 s; t = 3: empty for 2 s, withdrawn.
+        tokio::time::sleep(Duration::from_secs(2)).await; // t = 2.5
+        assert_eq!(applied(), 0, "withdrawn before the quiet period");
+        tokio::time::sleep(Duration::from_secs(1)).await; // t = 3.5
+        assert_eq!(applied(), 1, "withdrawn once quiet for 2 s");
+        stop.send_replace(true);
+        task.await.expect("poll loop ends on shutdown");
+    }
+
     #[cfg(unix)]
     #[test]
     fn directory_symlink_loops_are_skipped_and_reported_once() {
