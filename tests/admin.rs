@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isthmus_tests::{eventually, metric_value, Harness};
+use isthmus_tests::{eventually, Harness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,7 +76,7 @@ async fn connections_beyond_the_cap_are_closed_at_accept() {
         .await
         .expect("the connection over the cap is closed");
     assert_eq!(answer, "", "no answer over the cap");
-    let refused = metric_value(
+    let refused = isthmus_tests::sample_value(
         &h.gateway.metrics.render(),
         r#"isthmus_limits_exceeded_total{limit="admin_max_connections"}"#,
     );

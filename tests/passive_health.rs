@@ -23,6 +23,9 @@ async fn failing_endpoint_is_ejected_and_comes_back() {
             &[("127.0.0.1", true), ("127.0.0.2", true)],
         )
     );
+    // The ejection window runs on the passive-health clock, paused here: the
+    // endpoint stays ejected until the test advances it, however slow the run.
+    isthmus::routes::health_clock::pause();
     let h = Harness::start_with(&[("podinfo.yaml", yaml)], |cfg| {
         cfg.upstream.eject_after_failures = 2;
         cfg.upstream.ejection_ms = 3_000;
@@ -50,6 +53,17 @@ async fn failing_endpoint_is_ejected_and_comes_back() {
         .await
         .expect("bind the second endpoint");
     let revived = tokio::spawn(isthmus::demo::serve(listener, "revived".into()));
+    // Still ejected (the clock has not moved): not tried, though it would work.
+    for i in 0..10 {
+        let r = client.get(HOST, "/").await.expect("exchange");
+        assert_eq!(r.upstream().as_deref(), Some("live"), "request {i}");
+    }
+    isthmus::routes::health_clock::advance(std::time::Duration::from_millis(2_999));
+    let r = client.get(HOST, "/").await.expect("exchange");
+    assert_eq!(r.upstream().as_deref(), Some("live"), "1 ms before the end");
+    let r = client.get(HOST, "/").await.expect("exchange");
+    assert_eq!(r.upstream().as_deref(), Some("live"), "1 ms before the end");
+    isthmus::routes::health_clock::advance(std::time::Duration::from_millis(1));
     eventually("the ejected endpoint serves again", || async {
         client
             .get(HOST, "/")

@@ -59,7 +59,7 @@ async fn invalid_file_is_reported_and_last_good_objects_stay() {
     .await;
     let c = h.client("peer-west");
     let errors = "isthmus_discovery_errors_total{kind=\"file\"}";
-    let before = h.metric(errors).await;
+    let before = h.metric_or_absent(errors).await;
 
     // A brand-new broken file: reported, nothing else changes.
     h.write_manifest(
@@ -67,7 +67,7 @@ async fn invalid_file_is_reported_and_last_good_objects_stay() {
         "apiVersion: v1\nkind: Service\nmetadata: [not, a, map\n",
     );
     eventually("broken file counted", || async {
-        h.metric(errors).await >= before + 1.0
+        h.metric_or_absent(errors).await >= before + 1.0
     })
     .await;
 
@@ -77,7 +77,7 @@ async fn invalid_file_is_reported_and_last_good_objects_stay() {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: second\nspec:\n  ports: 12\n",
     );
     eventually("second file refused", || async {
-        h.metric(errors).await >= before + 2.0
+        h.metric_or_absent(errors).await >= before + 2.0
     })
     .await;
     for host in [
@@ -116,7 +116,7 @@ async fn invalid_mapping_is_skipped_and_others_route() {
     })
     .await;
     eventually("mapping error counted", || async {
-        h.metric(errors).await >= 1.0
+        h.metric_or_absent(errors).await >= 1.0
     })
     .await;
     assert_eq!(c.status("bad.example", "/").await, 404);

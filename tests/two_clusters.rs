@@ -652,7 +652,7 @@ async fn the_seed_demo_across_two_network_namespaces() {
         .await
         .1;
     assert!(
-        isthmus_tests::metric_value(
+        isthmus_tests::sample_value(
             &east_metrics,
             "isthmus_request_errors_total{reason=\"forbidden\"}"
         ) >= 1.0
@@ -661,7 +661,7 @@ async fn the_seed_demo_across_two_network_namespaces() {
         .await
         .1;
     assert!(
-        isthmus_tests::metric_value(
+        isthmus_tests::sample_value(
             &west_metrics,
             "isthmus_egress_requests_total{status_class=\"4xx\",target_cluster_name=\"east\"}"
         ) >= 1.0

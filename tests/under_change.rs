@@ -234,7 +234,7 @@ async fn watch_errors(h: &Harness) -> f64 {
     let mut sum = 0.0;
     for kind in ["service", "endpointslice", "mapping"] {
         sum += h
-            .metric(&format!(
+            .metric_or_absent(&format!(
                 "isthmus_discovery_watch_errors_total{{kind=\"{kind}\"}}"
             ))
             .await;
@@ -323,12 +323,12 @@ async fn endpoint_churn_under_load_fails_nothing() {
 
     // 3. An endpoint with a slow request in flight leaves the EndpointSlice:
     //    the slow request completes, then nothing more reaches it, then it stops.
+    //    The slow requests are held by the upstreams until released (a latch,
+    //    not a delay that might run out before the removal is published).
     let mut slow = Vec::new();
     for attempt in 1..=16 {
         let client = client.clone();
-        slow.push(tokio::spawn(
-            async move { client.get(WEB, "/delay/1").await },
-        ));
+        slow.push(tokio::spawn(async move { client.get(WEB, "/hold").await }));
         let want = slow.len();
         eventually("the slow request reaches an upstream", || {
             let n: usize = pods.iter().map(|p| p.slow_in_flight()).sum();
@@ -348,6 +348,10 @@ async fn endpoint_churn_under_load_fails_nothing() {
         "the slow request is still in flight when web-c's removal is published"
     );
     load.settle().await;
+    assert_eq!(c.slow_in_flight(), 1, "held through the settling");
+    for p in &pods {
+        p.release_held();
+    }
     let mut slow_on_c = 0;
     for s in slow {
         let r = s.await.expect("slow request task");
@@ -782,7 +786,7 @@ async fn certificate_and_trust_anchor_rotation_under_load_fails_nothing() {
 
     // 3. A bad key: refused and counted; the rotated certificate, its key and
     //    the two-CA bundle stay in force for every new handshake.
-    let refused = h.metric(errors).await;
+    let refused = h.metric_or_absent(errors).await;
     let loaded = h.metric(reloads).await;
     let at_bad_key = load.handshakes();
     replace_file(
@@ -790,7 +794,7 @@ async fn certificate_and_trust_anchor_rotation_under_load_fails_nothing() {
         "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
     );
     eventually("the bad key is refused", || async {
-        h.metric(errors).await > refused
+        h.metric_or_absent(errors).await > refused
     })
     .await;
     let seen = load.server_certs();

@@ -274,7 +274,7 @@ fn mirror(
             format!("{}-{}", host.trim(), std::process::id())
         });
     runtime()?.block_on(async move {
-        let signals = catch_signals()?;
+        let signals = Signals::install()?;
         let client = discovery::kube::client(kubeconfig.as_deref()).await?;
         let metrics = MirrorMetrics::new();
         let listener = tokio::net::TcpListener::bind(admin)
@@ -291,7 +291,7 @@ fn mirror(
             resolver: std::sync::Arc::new(SystemResolver),
             metrics,
         });
-        signals.await;
+        signals.wait().await;
         tracing::info!("stopping the mirror controller");
         controller.shutdown().await;
         stop_tx.send_replace(true);
@@ -399,9 +399,11 @@ fn run(
             tracing::info!(%addr, "demo upstream serving");
             tokio::spawn(isthmus::demo::serve(l, name));
         }
-        let signals = catch_signals()?;
+        // Handlers first: "serving" (and /ready) must never precede them, or a
+        // SIGTERM right after start-up would kill the process undrained.
+        let signals = Signals::install()?;
         let gateway = Gateway::start(&cfg).await?;
-        signals.await;
+        signals.wait().await;
         let grace = std::time::Duration::from_millis(cfg.limits.shutdown_grace_ms);
         tracing::info!(?grace, "draining");
         gateway.shutdown(grace).await;
@@ -409,18 +411,27 @@ fn run(
     })
 }
 
-/// SIGTERM or SIGINT, caught from the moment this is called: a signal that
-/// arrives while the gateway is still starting is kept, not fatal.
-fn catch_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
         tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    })
+    }
 }
 
 /// Everything `run` would refuse, as far as it can be known without binding

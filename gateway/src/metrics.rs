@@ -109,6 +109,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for tests that enumerate the metric's label values.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::NoRoute,
+        ErrorKind::Forbidden,
+        ErrorKind::NoEndpoints,
+        ErrorKind::UpstreamConnect,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamError,
+        ErrorKind::BadRequest,
+        ErrorKind::HeadersTooLarge,
+        ErrorKind::Loop,
+        ErrorKind::Internal,
+        ErrorKind::NotInCluster,
+        ErrorKind::MethodNotAllowed,
+    ];
+
     /// The HTTP status a client sees for this error.
     pub fn status(self) -> u16 {
         match self {
@@ -167,6 +183,18 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// Every reason, for tests that enumerate the metric's label values.
+    pub const ALL: [HandshakeFailure; 8] = [
+        HandshakeFailure::NoClientCert,
+        HandshakeFailure::UnknownCa,
+        HandshakeFailure::Expired,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::BadIdentity,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+    ];
+
     /// The metric label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -198,6 +226,15 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// Every kind, for tests that enumerate the metric's label values.
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::Mapping,
+        ObjectKind::TrafficSplit,
+        ObjectKind::File,
+    ];
+
     /// The metric label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -400,6 +437,16 @@ impl Metrics {
         };
         m.register_all();
         m
+    }
+
+    /// Every exported metric family as (name, variable label names), for
+    /// checking a sample's spelling against what the gateway can export.
+    pub fn families(&self) -> Vec<(String, Vec<String>)> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter())
+            .map(|d| (d.fq_name.clone(), d.variable_labels.clone()))
+            .collect()
     }
 
     fn register_all(&self) {

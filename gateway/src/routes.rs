@@ -14,6 +14,7 @@ mod table;
 pub use authority::{Authority, AuthorityError};
 pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
+pub use table::health_clock;
 pub use table::{
     describe_route, host_label, match_label, route_source, Backend, BackendSettings, Endpoint,
     EndpointPreview, HeaderMatch, HostMatch, InFlight, LbPolicy, MirrorService, PassiveHealth,

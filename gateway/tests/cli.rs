@@ -1,15 +1,197 @@
 //! The `isthmus` binary itself: `certs dev`, `check`, `crds`, `--help`,
 //! `--version`, and start-up failures that must be loud.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
+/// The longest any one `isthmus` process may run before the test kills it and
+/// fails with what it printed: a hang is a failure, never a stuck CI run.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `isthmus` to completion, bounded by [`PROCESS_DEADLINE`].
 fn isthmus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_isthmus"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run isthmus")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_isthmus"));
+    cmd.args(args).env("RUST_LOG", "error");
+    Running::spawn(cmd, &format!("{args:?}")).finish()
+}
+
+/// Which pipe a line came from.
+#[derive(Clone, Copy, PartialEq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+enum Event {
+    Line(Stream, Vec<u8>),
+    Exited(ExitStatus),
+}
+
+/// A spawned `isthmus` with a deadline: its output arrives line by line from
+/// reader threads, its exit from a waiter thread, so nothing here blocks past
+/// the deadline. Killed on timeout and on drop.
+struct Running {
+    what: String,
+    pid: u32,
+    events: Receiver<Event>,
+    deadline: Instant,
+    budget: Duration,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Option<ExitStatus>,
+}
+
+impl Running {
+    fn spawn(cmd: Command, what: &str) -> Self {
+        Self::spawn_within(cmd, what, PROCESS_DEADLINE)
+    }
+
+    fn spawn_within(mut cmd: Command, what: &str, budget: Duration) -> Self {
+        let mut child: Child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn isthmus");
+        let (tx, events) = mpsc::channel();
+        fn forward(pipe: impl Read + Send + 'static, stream: Stream, tx: mpsc::Sender<Event>) {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(pipe);
+                loop {
+                    let mut line = Vec::new();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            if tx.send(Event::Line(stream, line)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        forward(
+            child.stdout.take().expect("stdout"),
+            Stream::Out,
+            tx.clone(),
+        );
+        forward(
+            child.stderr.take().expect("stderr"),
+            Stream::Err,
+            tx.clone(),
+        );
+        let pid = child.id();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::Exited(status));
+            }
+        });
+        Running {
+            what: what.to_string(),
+            pid,
+            events,
+            deadline: Instant::now() + budget,
+            budget,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            status: None,
+        }
+    }
+
+    fn output_so_far(&self) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        )
+    }
+
+    /// The next event, or a kill and a failure with the output at the deadline.
+    /// `None` once the process has exited and both pipes are closed.
+    fn next(&mut self, waiting_for: &str) -> Option<Stream> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(left) {
+            Ok(Event::Line(stream, line)) => {
+                match stream {
+                    Stream::Out => self.stdout.extend_from_slice(&line),
+                    Stream::Err => self.stderr.extend_from_slice(&line),
+                }
+                Some(stream)
+            }
+            Ok(Event::Exited(status)) => {
+                self.status = Some(status);
+                self.next(waiting_for)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill("KILL");
+                panic!(
+                    "isthmus {}: no {waiting_for} within {:?}; killed. Output:\n{}",
+                    self.what,
+                    self.budget,
+                    self.output_so_far()
+                )
+            }
+        }
+    }
+
+    /// Reads output until a line of `stream` contains `needle`; false when the
+    /// process ends first. Fails at the deadline.
+    fn wait_line(&mut self, stream: Stream, needle: &str) -> bool {
+        loop {
+            let seen = match stream {
+                Stream::Out => self.stdout.len(),
+                Stream::Err => self.stderr.len(),
+            };
+            match self.next(&format!("line containing {needle:?}")) {
+                None => return false,
+                Some(s) if s == stream => {
+                    let buf = match stream {
+                        Stream::Out => &self.stdout,
+                        Stream::Err => &self.stderr,
+                    };
+                    if String::from_utf8_lossy(&buf[seen..]).contains(needle) {
+                        return true;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn kill(&self, signal: &str) {
+        if self.status.is_none() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &self.pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the exit (and the end of the output), bounded by the deadline.
+    fn finish(mut self) -> Output {
+        while self.next("exit").is_some() {}
+        let status = self.status.take().unwrap_or_else(|| {
+            panic!(
+                "isthmus {}: pipes closed without an exit status. Output:\n{}",
+                self.what,
+                self.output_so_far()
+            )
+        });
+        Output {
+            status,
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: std::mem::take(&mut self.stderr),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill("KILL");
+    }
 }
 
 fn text(o: &Output) -> String {
@@ -178,7 +360,6 @@ fn crds_prints_the_mapping_crd() {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    use std::io::{BufRead, BufReader};
     let dir = example_copy();
     let config = dir.path().join("isthmus.yaml");
     let text = std::fs::read_to_string(&config).expect("read");
@@ -190,29 +371,27 @@ fn sigterm_drains_and_exits_zero() {
             .replace("127.0.0.1:4140", "127.0.0.1:0"),
     )
     .expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
-        .args(["run", "--config", config.to_str().expect("utf8")])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_isthmus"));
+    cmd.args(["run", "--config", config.to_str().expect("utf8")])
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn isthmus");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("isthmus gateway serving"));
-    assert!(serving, "gateway never reported serving");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let drained = lines.map_while(Result::ok).any(|l| l.contains("drained"));
-    let status = child.wait().expect("wait");
-    assert!(drained, "no drain log line");
-    assert_eq!(status.code(), Some(0), "SIGTERM must end in exit code 0");
+        .env("NO_COLOR", "1");
+    let mut run = Running::spawn(cmd, "run (SIGTERM)");
+    let serving = run.wait_line(Stream::Err, "isthmus gateway serving");
+    assert!(
+        serving,
+        "gateway never reported serving:\n{}",
+        run.output_so_far()
+    );
+    run.kill("TERM");
+    let drained = run.wait_line(Stream::Err, "drained");
+    let out = run.output_so_far();
+    let o = run.finish();
+    assert!(drained, "no drain log line:\n{out}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "SIGTERM must end in exit code 0:\n{out}"
+    );
 }
 
 #[test]
@@ -471,4 +650,36 @@ fn check_refuses_what_run_refuses() {
     let check = isthmus(&["check", "--config", cfg]);
     assert!(!check.status.success(), "{}", text(&check));
     assert!(text(&check).contains("listen.admin"), "{}", text(&check));
+}
+
+#[test]
+fn a_process_that_hangs_is_killed_and_fails_with_its_output() {
+    // `run` serves until signalled: with a short budget the harness must kill
+    // it and fail, showing what it printed, instead of waiting forever.
+    let dir = example_copy();
+    let config = dir.path().join("isthmus.yaml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:4143", "127.0.0.1:0")
+            .replace("127.0.0.1:4191", "127.0.0.1:0"),
+    )
+    .expect("write");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_isthmus"));
+    cmd.args(["run", "--config", config.to_str().expect("utf8")])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    let started = Instant::now();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut run = Running::spawn_within(cmd, "run (hangs)", Duration::from_secs(3));
+        run.wait_line(Stream::Err, "a line the gateway never prints")
+    }))
+    .expect_err("a hung process must fail the test");
+    let msg = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("killed"), "{msg}");
+    assert!(
+        msg.contains("isthmus gateway serving"),
+        "output shown: {msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
 }

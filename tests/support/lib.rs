@@ -200,12 +200,35 @@ impl Harness {
         client::plain_get(self.gateway.admin_addr, path).await
     }
 
-    /// Waits until a metric sample equals `want` (request metrics are recorded
-    /// just after the response is sent, so a scrape may briefly lag).
+    /// Waits until a metric sample is present and equals `want` (request
+    /// metrics are recorded just after the response is sent, so a scrape may
+    /// briefly lag). A sample that never appears fails, whatever `want` is.
     pub async fn wait_metric(&self, sample: &str, want: f64) {
+        self.wait_metric_by(sample, want, false).await
+    }
+
+    /// [`Harness::wait_metric`] for a labelled series that may not exist yet
+    /// (a counter no one has bumped): absent reads as 0, and the sample's
+    /// name, label names and closed-set label values must be ones the gateway
+    /// exports (see [`check_sample_name`]).
+    pub async fn wait_metric_or_absent(&self, sample: &str, want: f64) {
+        check_sample_name(sample);
+        self.wait_metric_by(sample, want, true).await
+    }
+
+    async fn wait_metric_by(&self, sample: &str, want: f64, absent_is_zero: bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let got = self.metric(sample).await;
+            let (_, text) = self.admin_get("/metrics").await;
+            let got = match metric_value(&text, sample) {
+                Some(v) => v,
+                None if absent_is_zero => 0.0,
+                None if Instant::now() >= deadline => {
+                    sample_value(&text, sample);
+                    unreachable!("sample_value panics for an absent sample")
+                }
+                None => f64::NAN,
+            };
             if got == want {
                 return;
             }
@@ -215,20 +238,153 @@ impl Harness {
     }
 
     /// The value of one metric sample, e.g. `isthmus_request_errors_total{reason="no_route"}`.
+    /// Panics when the scrape has no such sample: a misspelled name never reads as 0.
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
-        metric_value(&text, sample)
+        sample_value(&text, sample)
+    }
+
+    /// The value of a labelled series that may legitimately be absent (never
+    /// bumped): absent reads as 0. Panics unless the sample is spelled as the
+    /// gateway exports it ([`check_sample_name`]).
+    pub async fn metric_or_absent(&self, sample: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        sample_value_or_absent(&text, sample)
     }
 }
 
-/// Reads one sample from Prometheus text; 0 when absent.
-pub fn metric_value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+/// Reads one sample from Prometheus text; `None` when absent.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Reads one sample that must be present; panics (showing the samples of the
+/// same family that are there) when it is not.
+pub fn sample_value(text: &str, sample: &str) -> f64 {
+    metric_value(text, sample).unwrap_or_else(|| {
+        let family = sample.split('{').next().unwrap_or(sample);
+        let present: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(family))
+            .collect();
+        panic!(
+            "metric sample {sample} is absent from /metrics; present of that family: {present:?}"
+        )
+    })
+}
+
+/// Reads one sample that may be absent (0 then), after checking that its
+/// spelling is one the gateway can export ([`check_sample_name`]).
+pub fn sample_value_or_absent(text: &str, sample: &str) -> f64 {
+    check_sample_name(sample);
+    metric_value(text, sample).unwrap_or(0.0)
+}
+
+/// The closed sets of label values, per (family, label): a sample naming a
+/// value outside them is misspelled. Labels not listed (route, peer,
+/// status_class, le) are open and only their names are checked.
+fn known_label_values(family: &str, label: &str) -> Option<Vec<String>> {
+    use isthmus::metrics::{ErrorKind, HandshakeFailure, ObjectKind};
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Some(match (family, label) {
+        ("isthmus_request_errors_total", "reason") => ErrorKind::ALL
+            .iter()
+            .map(|k| k.label().to_string())
+            .chain(["unparsable_request".to_string()])
+            .collect(),
+        ("isthmus_tls_handshake_failures_total", "reason") => HandshakeFailure::ALL
+            .iter()
+            .map(|k| k.label().to_string())
+            .collect(),
+        ("isthmus_tls_reloads_total" | "isthmus_mapping_status_writes_total", "result") => {
+            owned(&["ok", "error"])
+        }
+        ("isthmus_limits_exceeded_total", "limit") => owned(&[
+            "max_connections",
+            "max_connections_per_identity",
+            "max_handshakes",
+            "max_handshakes_per_source",
+            "request_header_timeout",
+            "idle_timeout",
+            "admin_max_connections",
+            "probe_max_connections",
+        ]),
+        ("isthmus_egress_tls_failures_total", "reason") => {
+            owned(&["identity_mismatch", "handshake"])
+        }
+        (
+            "isthmus_discovery_events_total"
+            | "isthmus_discovery_errors_total"
+            | "isthmus_discovery_watch_errors_total",
+            "kind",
+        ) => ObjectKind::ALL
+            .iter()
+            .map(|k| k.label().to_string())
+            .collect(),
+        ("isthmus_table_objects", "kind") => owned(&["routes", "services", "endpoints"]),
+        _ => return None,
+    })
+}
+
+/// Panics unless `sample` names a family the gateway registers, with exactly
+/// that family's label names, and label values from its closed sets.
+pub fn check_sample_name(sample: &str) {
+    let (name, labels) = match sample.split_once('{') {
+        Some((n, rest)) => (
+            n,
+            rest.strip_suffix('}')
+                .unwrap_or_else(|| panic!("{sample}: unterminated label set")),
+        ),
+        None => (sample, ""),
+    };
+    let mut pairs = Vec::new();
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("{sample}: malformed labels"));
+        let end = after
+            .find('"')
+            .unwrap_or_else(|| panic!("{sample}: unterminated label value"));
+        pairs.push((key, &after[..end]));
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    let families = isthmus::metrics::Metrics::new().families();
+    let found = families.iter().find_map(|(family, labels)| {
+        if name == family {
+            return Some((family, labels.clone()));
+        }
+        let suffix = name.strip_prefix(family.as_str())?;
+        let mut labels = labels.clone();
+        match suffix {
+            "_sum" | "_count" => Some((family, labels)),
+            "_bucket" => {
+                labels.push("le".to_string());
+                Some((family, labels))
+            }
+            _ => None,
+        }
+    });
+    let Some((family, mut want)) = found else {
+        panic!("{sample}: no metric family {name} is exported")
+    };
+    let mut got: Vec<String> = pairs.iter().map(|(k, _)| k.to_string()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{sample}: label names of {family}");
+    for (key, value) in pairs {
+        if let Some(known) = known_label_values(family, key) {
+            assert!(
+                known.iter().any(|k| k == value),
+                "{sample}: {key}={value:?} is none of {known:?}"
+            );
+        }
+    }
 }
 
 /// Path to a file under the workspace root.
@@ -317,4 +473,66 @@ pub fn kubectl_apply(kubeconfig: &Path, cache: &Path, yaml: &str) -> std::proces
         .write_all(yaml.as_bytes())
         .expect("write");
     child.wait_with_output().expect("kubectl output")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRAPE: &str = "# TYPE isthmus_tls_reloads_total counter\n\
+        isthmus_tls_reloads_total{result=\"ok\"} 2\n\
+        isthmus_upstream_connect_errors_total 0\n";
+
+    #[test]
+    fn a_present_sample_reads_its_value() {
+        assert_eq!(
+            sample_value(SCRAPE, "isthmus_tls_reloads_total{result=\"ok\"}"),
+            2.0
+        );
+        assert_eq!(
+            sample_value(SCRAPE, "isthmus_upstream_connect_errors_total"),
+            0.0
+        );
+        assert_eq!(
+            sample_value_or_absent(SCRAPE, "isthmus_tls_reloads_total{result=\"error\"}"),
+            0.0
+        );
+        assert_eq!(
+            sample_value_or_absent(
+                SCRAPE,
+                "isthmus_request_duration_seconds_bucket{route=\"r\",le=\"0.5\"}"
+            ),
+            0.0
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "absent from /metrics")]
+    fn a_misspelled_sample_name_panics() {
+        sample_value(SCRAPE, "isthmus_upstream_conect_errors_total");
+    }
+
+    #[test]
+    #[should_panic(expected = "absent from /metrics")]
+    fn a_misspelled_label_value_panics() {
+        sample_value(SCRAPE, "isthmus_tls_reloads_total{result=\"okk\"}");
+    }
+
+    #[test]
+    #[should_panic(expected = "no metric family")]
+    fn a_misspelled_family_panics_even_where_absence_is_allowed() {
+        sample_value_or_absent(SCRAPE, "isthmus_tls_reload_total{result=\"error\"}");
+    }
+
+    #[test]
+    #[should_panic(expected = "is none of")]
+    fn a_misspelled_label_value_panics_even_where_absence_is_allowed() {
+        sample_value_or_absent(SCRAPE, "isthmus_tls_reloads_total{result=\"eror\"}");
+    }
+
+    #[test]
+    #[should_panic(expected = "label names")]
+    fn a_misspelled_label_name_panics_even_where_absence_is_allowed() {
+        sample_value_or_absent(SCRAPE, "isthmus_tls_reloads_total{reslt=\"error\"}");
+    }
 }

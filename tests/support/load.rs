@@ -964,11 +964,28 @@ struct Counters {
     hits: AtomicU64,
     in_flight: AtomicUsize,
     slow_in_flight: AtomicUsize,
+    hold: Latch,
+}
+
+/// Closed once: `/hold` requests wait for it.
+struct Latch(tokio::sync::Semaphore);
+
+impl Default for Latch {
+    fn default() -> Self {
+        Latch(tokio::sync::Semaphore::new(0))
+    }
+}
+
+impl Latch {
+    async fn wait(&self) {
+        // No permit is ever added: acquire returns (an error) once closed.
+        let _ = self.0.acquire().await;
+    }
 }
 
 /// An upstream that counts the requests reaching it. Like the demo upstream it
 /// answers JSON naming itself (`upstream`, `path`); `/delay/<seconds>` answers
-/// late. [`CountingUpstream::stop`] closes it as a pod going away would: no
+/// late, `/hold` only once [`CountingUpstream::release_held`] was called. [`CountingUpstream::stop`] closes it as a pod going away would: no
 /// more accepts and every open connection closed.
 pub struct CountingUpstream {
     /// Where it listens.
@@ -1051,9 +1068,14 @@ impl CountingUpstream {
         self.counters.in_flight.load(Ordering::SeqCst)
     }
 
-    /// `/delay/...` requests being answered right now.
+    /// `/delay/...` and `/hold` requests being answered right now.
     pub fn slow_in_flight(&self) -> usize {
         self.counters.slow_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Answers every `/hold` request, now and from now on.
+    pub fn release_held(&self) {
+        self.counters.hold.0.close();
     }
 
     /// Stops accepting and closes every connection (requests in flight are
@@ -1117,6 +1139,9 @@ async fn answer(
         let _slow = InFlight::new(&counters, |c| &c.slow_in_flight);
         let secs: f64 = secs.parse().unwrap_or(0.0);
         tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 60.0))).await;
+    } else if path == "/hold" {
+        let _slow = InFlight::new(&counters, |c| &c.slow_in_flight);
+        counters.hold.wait().await;
     }
     let body = json!({"upstream": &*name, "path": path});
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));

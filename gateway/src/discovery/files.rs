@@ -15,6 +15,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// The settling clock: tokio's, so tests drive it with paused time (outside a
+// runtime, and in production, it is the monotonic clock).
+use tokio::time::Instant as SettleInstant;
+
 use serde::Deserialize;
 
 use super::{Index, Object, ObjectKey, Publisher};
@@ -46,9 +50,7 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, FileState>,
     /// Files seen changed in the last [`FileSource::rescan`] and not read yet,
     /// with the stamp they had then.
-    settling: BTreeMap<PathBuf, (Stamp, Instant)>,
-    /// [`EMPTY_FILE_QUIET`] (shorter in tests).
-    empty_quiet: Duration,
+    settling: BTreeMap<PathBuf, (Stamp, SettleInstant)>,
     /// Directories the last scan skipped (loops), reported when first seen.
     skipped_dirs: BTreeMap<PathBuf, String>,
 }
@@ -71,7 +73,6 @@ impl FileSource {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             settling: BTreeMap::new(),
-            empty_quiet: EMPTY_FILE_QUIET,
             skipped_dirs: BTreeMap::new(),
         }
     }
@@ -112,7 +113,8 @@ impl FileSource {
         let before = self.files.len();
         self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
         scan.changed |= self.files.len() != before;
-        let mut settling: BTreeMap<PathBuf, (Stamp, Instant)> = BTreeMap::new();
+        let mut settling: BTreeMap<PathBuf, (Stamp, SettleInstant)> = BTreeMap::new();
+        let now = SettleInstant::now();
         for (path, stamp) in found {
             if self.files.get(&path).is_some_and(|s| s.stamp == stamp) {
                 continue;
@@ -121,18 +123,18 @@ impl FileSource {
                 // Since when this version has been seen (now, if it is new).
                 let since = match self.settling.get(&path) {
                     Some((s, since)) if *s == stamp => *since,
-                    _ => Instant::now(),
+                    _ => now,
                 };
                 // An in-place rewrite empties the file first; a writer that
                 // stalls right then leaves an empty file that looks quiet.
                 // Emptying a file on purpose is rare: it must stay empty longer.
                 let quiet = if stamp.is_empty() {
-                    self.empty_quiet
+                    EMPTY_FILE_QUIET
                 } else {
                     Duration::ZERO
                 };
                 let settled = self.settling.get(&path).is_some_and(|(s, _)| *s == stamp)
-                    && since.elapsed() >= quiet;
+                    && now.duration_since(since) >= quiet;
                 if !settled {
                     settling.insert(path, (stamp, since));
                     continue;
@@ -141,10 +143,10 @@ impl FileSource {
             let read = std::fs::read_to_string(&path);
             if settle {
                 match Stamp::of_path(&path) {
-                    Some(now) if now == stamp => {}
+                    Some(now_stamp) if now_stamp == stamp => {}
                     // Written to while we read it: try again once it is quiet.
-                    Some(now) => {
-                        settling.insert(path, (now, Instant::now()));
+                    Some(now_stamp) => {
+                        settling.insert(path, (now_stamp, SettleInstant::now()));
                         continue;
                     }
                     // Gone meanwhile: the next scan no longer lists it.
@@ -427,8 +429,8 @@ mod tests {
     const SERVICE: &str =
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: t}\nspec: {ports: [{port: 80}]}\n";
 
-    #[test]
-    fn rescan_reads_a_changed_file_only_once_it_is_quiet() {
+    #[tokio::test(start_paused = true)]
+    async fn rescan_reads_a_changed_file_only_once_it_is_quiet() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("a.yaml");
         std::fs::write(&file, SERVICE).expect("write");
@@ -464,16 +466,18 @@ mod tests {
 
         // A file left empty is applied once it has stayed so for the longer
         // quiet period (a stalled in-place rewrite looks like this at first).
-        source.empty_quiet = Duration::from_millis(50);
+        // The settling clock is tokio's, paused here: only `advance` moves it.
         std::fs::write(&file, "").expect("empty");
         assert!(!source.rescan().expect("rescan").changed);
         assert!(!source.rescan().expect("rescan").changed, "too soon");
+        tokio::time::advance(EMPTY_FILE_QUIET - Duration::from_millis(1)).await;
+        assert!(!source.rescan().expect("rescan").changed, "still too soon");
         assert_eq!(source.objects().len(), 2);
-        let started = Instant::now();
-        while !source.rescan().expect("rescan").changed {
-            assert!(started.elapsed() < Duration::from_secs(5), "never applied");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            source.rescan().expect("rescan").changed,
+            "quiet long enough"
+        );
         assert!(source.objects().is_empty());
 
         // A removed file is gone at once.
@@ -484,6 +488,59 @@ mod tests {
         std::fs::remove_file(&file).expect("remove");
         assert!(source.rescan().expect("rescan").changed);
         assert!(source.objects().is_empty());
+    }
+
+    /// The poll loop itself on paused time: its ticker and the empty-file quiet
+    /// period both run on tokio's clock, so which tick applies the change is
+    /// decided by virtual time alone. Ticks come at 0, 1, 2, 3 s; the test
+    /// looks half-way between them.
+    #[tokio::test(start_paused = true)]
+    async fn the_poll_loop_withdraws_an_emptied_file_after_the_quiet_period() {
+        use crate::routes::{shared_empty, BackendSettings};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, SERVICE).expect("write");
+        let mut source = FileSource::new(dir.path());
+        let mut index = Index::new(super::super::IndexConfig {
+            cluster_domain: "cluster.local".into(),
+            export_label: "mirror.linkerd.io/exported".into(),
+            namespaces: Vec::new(),
+            allowed: Arc::from(Vec::new()),
+            defaults: BackendSettings::with_timeouts(
+                Duration::from_secs(15),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ),
+            egress: false,
+        });
+        source.load_into(&mut index).expect("initial load");
+        let metrics = Arc::new(Metrics::new());
+        let publisher =
+            Publisher::new(shared_empty(), metrics.clone(), super::super::Source::Files);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(
+            source,
+            index,
+            publisher,
+            metrics.clone(),
+            Duration::from_secs(1),
+            stopped,
+        ));
+        let applied = || metrics.discovery_events.with_label_values(&["file"]).get();
+        let half = Duration::from_millis(500);
+
+        tokio::time::sleep(half).await; // t = 0.5: the first tick (t = 0) changed nothing
+        assert_eq!(applied(), 0);
+        std::fs::write(&file, "").expect("empty");
+        // t = 1: seen empty; t = 2: empty for 1 s; t = 3: empty for 2 s, withdrawn.
+        tokio::time::sleep(Duration::from_secs(2)).await; // t = 2.5
+        assert_eq!(applied(), 0, "withdrawn before the quiet period");
+        tokio::time::sleep(Duration::from_secs(1)).await; // t = 3.5
+        assert_eq!(applied(), 1, "withdrawn once quiet for 2 s");
+        stop.send_replace(true);
+        task.await.expect("poll loop ends on shutdown");
     }
 
     #[cfg(unix)]

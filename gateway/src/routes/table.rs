@@ -174,9 +174,50 @@ pub struct PassiveHealth {
 
 /// Milliseconds on a process-wide monotonic clock (0 is never "now").
 fn now_ms() -> u64 {
+    let paused = health_clock::PAUSED_AT.load(Ordering::Relaxed);
+    if paused != 0 {
+        return paused;
+    }
+    real_now_ms()
+}
+
+fn real_now_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = *START.get_or_init(std::time::Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// The passive-health clock, for tests of ejection windows in the same
+/// process: paused, it stands still until advanced, so "still ejected" and
+/// "ejection over" are decided by the test, not by how fast the machine is.
+/// Never paused in the gateway itself.
+pub mod health_clock {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// The paused reading (0: running).
+    pub(super) static PAUSED_AT: AtomicU64 = AtomicU64::new(0);
+
+    /// Stops the clock at its current reading (process-wide).
+    pub fn pause() {
+        let _ = PAUSED_AT.compare_exchange(
+            0,
+            super::real_now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Moves the paused clock forward; panics unless paused.
+    pub fn advance(by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let before = PAUSED_AT
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                (p != 0).then(|| p.saturating_add(ms))
+            })
+            .unwrap_or(0);
+        assert!(before != 0, "health_clock::advance needs a paused clock");
+    }
 }
 
 /// One upstream endpoint, with its live in-flight count and passive-health
