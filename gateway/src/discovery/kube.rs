@@ -30,6 +30,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::crd::{Mapping, MappingCondition, MappingStatus};
 use super::index::Converted;
@@ -72,6 +73,9 @@ pub struct WatchScope {
     /// How often a synced source asks the API server for `/version`; a success
     /// counts as a sync (the watches are quiet, not lost).
     pub contact_interval: Duration,
+    /// How often API discovery is asked again for CRDs that were not
+    /// installed (Mapping, TrafficSplit); a watch starts when one appears.
+    pub crd_recheck_interval: Duration,
 }
 
 /// One event from one watch stream.
@@ -178,23 +182,186 @@ fn watch_dynamic<K: DeserializeOwned + 'static>(
         .boxed()
 }
 
-/// The TrafficSplit version the API server prefers, if the SMI CRD is installed.
-async fn split_resource(client: &Client) -> Option<ApiResource> {
-    use super::trafficsplit::GROUP;
-    match kube::discovery::group(client, GROUP).await {
-        Ok(g) => {
-            let found = g.recommended_kind("TrafficSplit").map(|(r, _)| r);
-            match &found {
-                Some(r) => tracing::info!(version = %r.version, "watching SMI TrafficSplits"),
-                None => tracing::warn!("{GROUP} is served without TrafficSplit; egress splits from TrafficSplits are off"),
-            }
-            found
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the SMI TrafficSplit CRD ({GROUP}) is not installed: egress splits come from Mappings only; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)");
-            None
+/// A CRD-backed kind: watched only where its CRD is installed. A cluster
+/// without it logs one warning, readiness does not wait for it, and API
+/// discovery is asked again every [`WatchScope::crd_recheck_interval`] until it
+/// appears; its watch starts then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OptionalKind {
+    /// `isthmus.dev/v1alpha1 Mapping`.
+    Mapping,
+    /// `split.smi-spec.io TrafficSplit` (the version the server prefers).
+    TrafficSplit,
+}
+
+impl OptionalKind {
+    const ALL: [OptionalKind; 2] = [OptionalKind::Mapping, OptionalKind::TrafficSplit];
+
+    fn group(self) -> &'static str {
+        match self {
+            OptionalKind::Mapping => "isthmus.dev",
+            OptionalKind::TrafficSplit => super::trafficsplit::GROUP,
         }
     }
+
+    /// The kinds that must all be served.
+    fn kinds(self) -> &'static [&'static str] {
+        match self {
+            OptionalKind::Mapping => &["Mapping"],
+            OptionalKind::TrafficSplit => &["TrafficSplit"],
+        }
+    }
+
+    /// The CRD name(s) and how to install them, for the warning.
+    fn missing_message(self) -> &'static str {
+        match self {
+            OptionalKind::Mapping => "the Mapping CRD (mappings.isthmus.dev) is not installed: Mappings are off until it is; install it with `isthmus crds | kubectl apply -f -` (or crds/)",
+            OptionalKind::TrafficSplit => "the SMI TrafficSplit CRD (trafficsplits.split.smi-spec.io) is not installed: egress splits come from Mappings only until it is; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)",
+        }
+    }
+}
+
+/// What API discovery says of an optional kind.
+enum Presence {
+    /// Served: the resources to watch, in [`OptionalKind::kinds`] order.
+    Installed(Vec<ApiResource>),
+    /// Definitely not served (group or kind missing).
+    Absent(String),
+    /// Discovery failed (API server unreachable): ask again.
+    Unknown(String),
+}
+
+async fn presence(client: &Client, kind: OptionalKind) -> Presence {
+    match kube::discovery::group(client, kind.group()).await {
+        Ok(g) => {
+            let found: Option<Vec<ApiResource>> = kind
+                .kinds()
+                .iter()
+                .map(|k| g.recommended_kind(k).map(|(r, _)| r))
+                .collect();
+            match found {
+                Some(rs) => Presence::Installed(rs),
+                None => Presence::Absent(format!(
+                    "{} is served without {}",
+                    kind.group(),
+                    kind.kinds().join(", ")
+                )),
+            }
+        }
+        Err(kube::Error::Discovery(e)) => Presence::Absent(e.to_string()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Presence::Absent(e.to_string()),
+        Err(e) => Presence::Unknown(e.to_string()),
+    }
+}
+
+/// What the CRD discovery task tells the watch loop.
+enum CrdEvent {
+    /// An optional kind is served: watch these resources.
+    Found(OptionalKind, Vec<ApiResource>),
+    /// Every optional kind had its first answer (found or not).
+    Answered,
+}
+
+/// API discovery for the optional kinds: first a definite answer for each
+/// (asking again, backing off up to 5 s, while the API server cannot say), then
+/// every `interval` for the kinds not installed, until all are or shutdown.
+async fn crd_discovery(
+    client: Client,
+    interval: Duration,
+    events: tokio::sync::mpsc::UnboundedSender<CrdEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut missing = Vec::new();
+    for kind in OptionalKind::ALL {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match presence(&client, kind).await {
+                Presence::Installed(rs) => {
+                    tracing::info!(group = kind.group(), versions = ?rs.iter().map(|r| r.version.as_str()).collect::<Vec<_>>(), "watching {}", kind.kinds().join(", "));
+                    if events.send(CrdEvent::Found(kind, rs)).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Presence::Absent(why) => {
+                    tracing::warn!(detail = %why, "{}", kind.missing_message());
+                    missing.push(kind);
+                    break;
+                }
+                Presence::Unknown(e) => {
+                    tracing::debug!(group = kind.group(), error = %e, "API discovery failed; asking again");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    if events.send(CrdEvent::Answered).is_err() {
+        return;
+    }
+    let mut ticker = crate::poll::Ticker::new(interval.max(Duration::from_millis(50)), shutdown);
+    ticker.tick().await; // the immediate first tick: discovery was just asked
+    while !missing.is_empty() && ticker.tick().await {
+        let mut still = Vec::new();
+        for kind in missing {
+            match presence(&client, kind).await {
+                Presence::Installed(rs) => {
+                    tracing::info!(group = kind.group(), kinds = ?kind.kinds(), "CRD installed; starting its watch");
+                    if events.send(CrdEvent::Found(kind, rs)).is_err() {
+                        return;
+                    }
+                }
+                Presence::Absent(_) => still.push(kind),
+                Presence::Unknown(e) => {
+                    tracing::debug!(group = kind.group(), error = %e, "API discovery failed; asking again later");
+                    still.push(kind);
+                }
+            }
+        }
+        missing = still;
+    }
+}
+
+/// The watch streams of an optional kind, one per namespace scope, numbered from `next`.
+fn optional_streams(
+    client: &Client,
+    namespaces: &[Option<&str>],
+    kind: OptionalKind,
+    resources: &[ApiResource],
+    next: &mut usize,
+) -> Vec<BoxStream<'static, Tagged>> {
+    let mut streams = Vec::new();
+    for ns in namespaces {
+        for resource in resources {
+            let n = *next;
+            *next += 1;
+            let cfg = watcher::Config::default();
+            streams.push(match kind {
+                OptionalKind::Mapping => watch_dynamic::<Mapping>(
+                    client,
+                    *ns,
+                    resource.clone(),
+                    cfg,
+                    n,
+                    ObjectKind::Mapping,
+                    |o| Object::Mapping(Box::new(o)),
+                ),
+                OptionalKind::TrafficSplit => watch_dynamic::<TrafficSplit>(
+                    client,
+                    *ns,
+                    resource.clone(),
+                    cfg,
+                    n,
+                    ObjectKind::TrafficSplit,
+                    |o| Object::TrafficSplit(Box::new(o)),
+                ),
+            });
+        }
+    }
+    streams
 }
 
 /// The status a Mapping should carry, compared against what it has.
@@ -255,7 +422,6 @@ pub async fn run(
     } else {
         scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let splits = split_resource(&client).await;
     let mut streams = Vec::new();
     for ns in &namespaces {
         let mut svc_cfg = watcher::Config::default();
@@ -280,28 +446,23 @@ pub async fn run(
             ObjectKind::EndpointSlice,
             |o| Object::EndpointSlice(Box::new(o)),
         ));
-        let n = streams.len();
-        streams.push(watch_stream::<Mapping>(
-            &client,
-            *ns,
-            watcher::Config::default(),
-            n,
-            ObjectKind::Mapping,
-            |o| Object::Mapping(Box::new(o)),
-        ));
-        if let Some(resource) = &splits {
-            let n = streams.len();
-            streams.push(watch_dynamic::<TrafficSplit>(
-                &client,
-                *ns,
-                resource.clone(),
-                watcher::Config::default(),
-                n,
-                ObjectKind::TrafficSplit,
-                |o| Object::TrafficSplit(Box::new(o)),
-            ));
-        }
     }
+    // CRD-backed kinds: watched (and waited for) where installed at the
+    // first answer of API discovery; the others are warned about once and
+    // picked up when they appear. Service and EndpointSlice watches run
+    // meanwhile (an API server that is down shows in their errors).
+    let mut next_stream = streams.len();
+    let mut crds_answered = false;
+    let (crd_tx, mut crd_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        crd_discovery(
+            client.clone(),
+            scope.crd_recheck_interval,
+            crd_tx,
+            shutdown.clone(),
+        )
+        .instrument(tracing::info_span!("crd-discovery")),
+    );
     let mut unsynced: HashSet<usize> = (0..streams.len()).collect();
     let mut events = select_all(streams);
     let mut buffers: HashMap<usize, Vec<Converted>> = HashMap::new();
@@ -319,14 +480,36 @@ pub async fn run(
     loop {
         let first = tokio::select! {
             e = events.next() => match e {
-                Some(e) => e,
+                Some(e) => Some(e),
                 None => return,
+            },
+            Some(crd) = crd_rx.recv() => match crd {
+                CrdEvent::Found(kind, resources) => {
+                    // Found at the first answer: readiness waits for its
+                    // list. Found later: it joins without holding anything
+                    // up; its objects route once it has listed.
+                    for st in optional_streams(&client, &namespaces, kind, &resources, &mut next_stream) {
+                        if !crds_answered {
+                            unsynced.insert(next_stream - 1);
+                        }
+                        events.push(st);
+                    }
+                    continue;
+                }
+                CrdEvent::Answered => {
+                    crds_answered = true;
+                    if !unsynced.is_empty() || readiness.is_ready() {
+                        continue;
+                    }
+                    // Every watch had listed already: publish now.
+                    None
+                }
             },
             _ = shutdown.changed() => return,
         };
         let seen = Instant::now();
-        let mut changed = false;
-        let mut next = Some(first);
+        let mut changed = first.is_none();
+        let mut next = first;
         // Apply everything already waiting before publishing once.
         let mut batch = 0;
         while let Some(t) = next.take() {
@@ -344,7 +527,7 @@ pub async fn run(
                 next = events.next().now_or_never().flatten();
             }
         }
-        if !changed || !unsynced.is_empty() {
+        if !changed || !unsynced.is_empty() || !crds_answered {
             continue;
         }
         publisher.publish(&mut index, seen);
