@@ -8,6 +8,7 @@
 
 pub mod crd;
 pub mod files;
+pub mod httproute;
 pub mod index;
 pub mod kube;
 pub mod trafficsplit;

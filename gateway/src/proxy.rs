@@ -26,7 +26,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::metrics::{ErrorKind, Metrics};
-use crate::routes::{InFlight, PassiveHealth, Route, SharedRoutes};
+use crate::routes::{DirectAnswer, InFlight, PassiveHealth, Route, SharedRoutes};
 use crate::tls::PeerIdentity;
 
 /// Header carrying the verified peer identity to upstreams (inbound copies are dropped).
@@ -149,6 +149,18 @@ async fn respond(session: &mut Session, kind: ErrorKind) {
     }
 }
 
+/// A redirect the gateway answers itself (Gateway API `RequestRedirect`).
+async fn redirect(session: &mut Session, status: u16, location: &str) {
+    let Ok(mut resp) = ResponseHeader::build(status, Some(2)) else {
+        return;
+    };
+    let _ = resp.insert_header(http::header::LOCATION, location);
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, 0);
+    if let Err(e) = session.write_error_response(resp, Bytes::new()).await {
+        tracing::debug!(error = %e, "could not write redirect");
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
@@ -195,8 +207,13 @@ impl ProxyHttp for GatewayProxy {
             return self.answer(session, ctx, ErrorKind::Loop).await;
         }
         let table = self.routes.load();
-        let Some(route) = table.lookup(&authority, req.uri.path(), &req.method, &req.headers)
-        else {
+        let Some(route) = table.lookup_query(
+            &authority,
+            req.uri.path(),
+            req.uri.query(),
+            &req.method,
+            &req.headers,
+        ) else {
             return self.answer(session, ctx, ErrorKind::NoRoute).await;
         };
         ctx.route = Some(route.clone());
@@ -204,7 +221,29 @@ impl ProxyHttp for GatewayProxy {
         if !ctx.peer.as_deref().is_some_and(|p| route.authz.allows(p)) {
             return self.answer(session, ctx, ErrorKind::Forbidden).await;
         }
-        match route.target.choose() {
+        let choice = route.target.choose();
+        if let Some(answer) = choice.and_then(|i| route.target.backends[i].settings.answer.as_ref())
+        {
+            ctx.backend = choice.unwrap_or_default();
+            return match answer {
+                DirectAnswer::InvalidBackend => {
+                    self.answer(session, ctx, ErrorKind::InvalidBackend).await
+                }
+                DirectAnswer::Redirect(r) => {
+                    let req = session.req_header();
+                    let location = request::redirect_location(
+                        r,
+                        &authority,
+                        req.uri.path(),
+                        req.uri.query(),
+                        &route.matcher.prefix,
+                    );
+                    redirect(session, r.status, &location).await;
+                    Ok(true)
+                }
+            };
+        }
+        match choice {
             Some(i) if !route.target.backends[i].endpoints.is_empty() => ctx.backend = i,
             _ => return self.answer(session, ctx, ErrorKind::NoEndpoints).await,
         }
@@ -282,9 +321,7 @@ impl ProxyHttp for GatewayProxy {
             session.set_keepalive(None);
         }
         if let Some(b) = ctx.backend() {
-            for (name, value) in &b.settings.add_response_headers {
-                upstream.insert_header(name.clone(), value.clone())?;
-            }
+            request::edit_response(upstream, &b.settings)?;
         }
         Ok(())
     }

@@ -15,8 +15,9 @@ pub use authority::{Authority, AuthorityError};
 pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
 pub use table::{
-    Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy, PassiveHealth,
-    PortMatch, RemoteTarget, Route, RouteMatch, RouteTable, RouteTarget,
+    Backend, BackendSettings, DirectAnswer, Endpoint, HeaderMatch, HostMatch, InFlight, LbPolicy,
+    PassiveHealth, PortMatch, Redirect, RemoteTarget, RewriteMode, Route, RouteMatch, RouteTable,
+    RouteTarget,
 };
 
 use std::sync::Arc;

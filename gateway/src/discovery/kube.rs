@@ -33,7 +33,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::crd::{Mapping, MappingCondition, MappingStatus};
+use super::httproute::{Gateway, GatewayClass, HttpRoute, CONTROLLER_NAME};
 use super::index::Converted;
+use super::index::RouteStatus;
 use super::trafficsplit::TrafficSplit;
 use super::{Index, Object, ObjectKey, Publisher};
 use crate::admin::Readiness;
@@ -192,15 +194,22 @@ enum OptionalKind {
     Mapping,
     /// `split.smi-spec.io TrafficSplit` (the version the server prefers).
     TrafficSplit,
+    /// `gateway.networking.k8s.io/v1` HTTPRoute, Gateway and GatewayClass.
+    GatewayApi,
 }
 
 impl OptionalKind {
-    const ALL: [OptionalKind; 2] = [OptionalKind::Mapping, OptionalKind::TrafficSplit];
+    const ALL: [OptionalKind; 3] = [
+        OptionalKind::Mapping,
+        OptionalKind::TrafficSplit,
+        OptionalKind::GatewayApi,
+    ];
 
     fn group(self) -> &'static str {
         match self {
             OptionalKind::Mapping => "isthmus.dev",
             OptionalKind::TrafficSplit => super::trafficsplit::GROUP,
+            OptionalKind::GatewayApi => super::httproute::GROUP,
         }
     }
 
@@ -209,6 +218,7 @@ impl OptionalKind {
         match self {
             OptionalKind::Mapping => &["Mapping"],
             OptionalKind::TrafficSplit => &["TrafficSplit"],
+            OptionalKind::GatewayApi => &["HTTPRoute", "Gateway", "GatewayClass"],
         }
     }
 
@@ -216,6 +226,7 @@ impl OptionalKind {
     fn missing_message(self) -> &'static str {
         match self {
             OptionalKind::Mapping => "the Mapping CRD (mappings.isthmus.dev) is not installed: Mappings are off until it is; install it with `isthmus crds | kubectl apply -f -` (or crds/)",
+            OptionalKind::GatewayApi => "the Gateway API CRDs (httproutes, gateways, gatewayclasses.gateway.networking.k8s.io, v1) are not installed: HTTPRoutes are off until they are; install them with the Gateway API standard channel (kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml)",
             OptionalKind::TrafficSplit => "the SMI TrafficSplit CRD (trafficsplits.split.smi-spec.io) is not installed: egress splits come from Mappings only until it is; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)",
         }
     }
@@ -334,12 +345,50 @@ fn optional_streams(
     next: &mut usize,
 ) -> Vec<BoxStream<'static, Tagged>> {
     let mut streams = Vec::new();
-    for ns in namespaces {
+    for (i, ns) in namespaces.iter().enumerate() {
         for resource in resources {
+            // Cluster-scoped (GatewayClass): one watch of everything.
+            if resource.kind == "GatewayClass" && i > 0 {
+                continue;
+            }
+            let ns = if resource.kind == "GatewayClass" {
+                &None
+            } else {
+                ns
+            };
             let n = *next;
             *next += 1;
             let cfg = watcher::Config::default();
             streams.push(match kind {
+                OptionalKind::GatewayApi => match resource.kind.as_str() {
+                    "HTTPRoute" => watch_dynamic::<HttpRoute>(
+                        client,
+                        *ns,
+                        resource.clone(),
+                        cfg,
+                        n,
+                        ObjectKind::HttpRoute,
+                        |o| Object::HttpRoute(Box::new(o)),
+                    ),
+                    "Gateway" => watch_dynamic::<Gateway>(
+                        client,
+                        *ns,
+                        resource.clone(),
+                        cfg,
+                        n,
+                        ObjectKind::Gateway,
+                        |o| Object::Gateway(Box::new(o)),
+                    ),
+                    _ => watch_dynamic::<GatewayClass>(
+                        client,
+                        None,
+                        resource.clone(),
+                        cfg,
+                        n,
+                        ObjectKind::GatewayClass,
+                        |o| Object::GatewayClass(Box::new(o)),
+                    ),
+                },
                 OptionalKind::Mapping => watch_dynamic::<Mapping>(
                     client,
                     *ns,
@@ -467,8 +516,23 @@ pub async fn run(
     let mut events = select_all(streams);
     let mut buffers: HashMap<usize, Vec<Converted>> = HashMap::new();
     let mut statuses: HashMap<ObjectKey, Option<MappingStatus>> = HashMap::new();
+    let mut routes_seen: HashMap<ObjectKey, Option<serde_json::Value>> = HashMap::new();
     let (status_tx, status_rx) = watch::channel(Arc::new(BTreeMap::new()));
-    tokio::spawn(write_statuses(client.clone(), status_rx, metrics.clone()));
+    tokio::spawn(write_statuses(
+        client.clone(),
+        ApiResource::erase::<Mapping>(&()),
+        status_rx,
+        |d: &DesiredStatus| json!({"status": MappingStatus { conditions: vec![d.condition()] }}),
+        metrics.clone(),
+    ));
+    let (route_status_tx, route_status_rx) = watch::channel(Arc::new(BTreeMap::new()));
+    tokio::spawn(write_statuses(
+        client.clone(),
+        httproute_resource(),
+        route_status_rx,
+        |body: &serde_json::Value| body.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(keep_contact(
         client.clone(),
         publisher.clone(),
@@ -519,6 +583,7 @@ pub async fn run(
                 &mut buffers,
                 &mut unsynced,
                 &mut statuses,
+                &mut routes_seen,
                 &publisher,
                 &metrics,
             );
@@ -549,7 +614,82 @@ pub async fn run(
             .filter(|(k, d)| !d.matches(statuses.get(k).and_then(Option::as_ref)))
             .collect();
         status_tx.send_replace(Arc::new(desired));
+        let routes: BTreeMap<ObjectKey, serde_json::Value> = index
+            .httproute_states()
+            .filter_map(|(k, s)| {
+                let current = routes_seen.get(k).and_then(Option::as_ref);
+                route_status_patch(s, current).map(|p| (k.clone(), p))
+            })
+            .collect();
+        route_status_tx.send_replace(Arc::new(routes));
     }
+}
+
+fn httproute_resource() -> ApiResource {
+    ApiResource {
+        group: super::httproute::GROUP.into(),
+        version: "v1".into(),
+        api_version: format!("{}/v1", super::httproute::GROUP),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    }
+}
+
+/// The `status` merge patch an HTTPRoute needs, or `None` when it already
+/// says that. Entries of other controllers are kept; ours are replaced.
+fn route_status_patch(
+    want: &RouteStatus,
+    current: Option<&serde_json::Value>,
+) -> Option<serde_json::Value> {
+    let condition = |type_: &str, c: &super::index::RouteCondition| {
+        json!({
+            "type": type_,
+            "status": if c.status { "True" } else { "False" },
+            "reason": c.reason,
+            "message": c.message,
+            "observedGeneration": want.generation,
+        })
+    };
+    let ours: Vec<serde_json::Value> = want
+        .parents
+        .iter()
+        .map(|p| {
+            json!({
+                "parentRef": p.parent_ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": [condition("Accepted", &p.accepted), condition("ResolvedRefs", &p.resolved_refs)],
+            })
+        })
+        .collect();
+    let current_parents: Vec<serde_json::Value> = current
+        .and_then(|s| s["parents"].as_array().cloned())
+        .unwrap_or_default();
+    let (mut theirs, mine): (Vec<_>, Vec<_>) = current_parents
+        .into_iter()
+        .partition(|p| p["controllerName"].as_str() != Some(CONTROLLER_NAME));
+    let strip = |mut p: serde_json::Value| {
+        if let Some(cs) = p["conditions"].as_array_mut() {
+            for c in cs {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("lastTransitionTime");
+                }
+            }
+        }
+        p
+    };
+    let mine: Vec<serde_json::Value> = mine.into_iter().map(strip).collect();
+    if mine == ours {
+        return None;
+    }
+    let now = now_rfc3339();
+    let mut ours = ours;
+    for p in &mut ours {
+        for c in p["conditions"].as_array_mut().into_iter().flatten() {
+            c["lastTransitionTime"] = now.clone().into();
+        }
+    }
+    theirs.extend(ours);
+    Some(json!({"status": {"parents": theirs}}))
 }
 
 /// While discovery is synced, asks the API server for `/version` every
@@ -578,12 +718,14 @@ async fn keep_contact(
 }
 
 /// Applies one watch event to the index; returns whether the index changed.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     t: Tagged,
     index: &mut Index,
     buffers: &mut HashMap<usize, Vec<Converted>>,
     unsynced: &mut HashSet<usize>,
     statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>,
+    routes_seen: &mut HashMap<ObjectKey, Option<serde_json::Value>>,
     publisher: &Publisher,
     metrics: &Metrics,
 ) -> bool {
@@ -598,11 +740,16 @@ fn handle(
             return false;
         }
     };
-    let remember = |statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>, o: &Object| {
-        if let Object::Mapping(m) = o {
-            statuses.insert(o.key(), m.status.clone());
-        }
-    };
+    let mut remember =
+        |statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>, o: &Object| match o {
+            Object::Mapping(m) => {
+                statuses.insert(o.key(), m.status.clone());
+            }
+            Object::HttpRoute(r) => {
+                routes_seen.insert(o.key(), r.status.clone());
+            }
+            _ => {}
+        };
     // An undecodable object: reported; a Mapping is kept as not accepted.
     let refuse = |u: Undecodable, statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>| {
         if t.kind == ObjectKind::Mapping {
@@ -684,21 +831,27 @@ fn handle(
                 Watched::Undecodable(u) => u.key,
             };
             statuses.remove(&key);
+            if t.kind == ObjectKind::HttpRoute {
+                routes_seen.remove(&key);
+            }
             index.delete(t.kind, &key);
             true
         }
     }
 }
 
-/// Patches Mapping statuses that differ from what the index decided; failed
-/// patches are retried every few seconds until they land or become moot.
-async fn write_statuses(
+/// Patches statuses (of Mappings, of HTTPRoutes) that differ from what the
+/// index decided, `body` making each merge patch; failed patches are retried
+/// every few seconds until they land or become moot.
+async fn write_statuses<S: Clone + PartialEq + Send + Sync + 'static>(
     client: Client,
-    mut desired: watch::Receiver<Arc<BTreeMap<ObjectKey, DesiredStatus>>>,
+    resource: ApiResource,
+    mut desired: watch::Receiver<Arc<BTreeMap<ObjectKey, S>>>,
+    body: fn(&S) -> serde_json::Value,
     metrics: Arc<Metrics>,
 ) {
-    let mut written: HashMap<ObjectKey, DesiredStatus> = HashMap::new();
-    let resource = ApiResource::erase::<Mapping>(&());
+    let mut written: HashMap<ObjectKey, S> = HashMap::new();
+    let kind = resource.kind.clone();
     loop {
         let todo = desired.borrow_and_update().clone();
         let mut failed = false;
@@ -706,22 +859,22 @@ async fn write_statuses(
             if written.get(key) == Some(want) {
                 continue;
             }
-            // Untyped: the answer is the Mapping, which may not decode.
+            // Untyped: the answer is the object, which may not decode.
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &key.namespace, &resource);
-            let patch = json!({"status": MappingStatus { conditions: vec![want.condition()] }});
+            let patch = body(want);
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(m) => {
                     metrics.status_writes.with_label_values(&["ok"]).inc();
-                    tracing::debug!(mapping = %key, generation = ?m.metadata.generation, "status written");
+                    tracing::debug!(kind, object = %key, generation = ?m.metadata.generation, "status written");
                     written.insert(key.clone(), want.clone());
                 }
                 Err(e) => {
                     metrics.status_writes.with_label_values(&["error"]).inc();
-                    tracing::warn!(mapping = %key, error = %e, "cannot write Mapping status; will retry");
+                    tracing::warn!(object = %key, error = %e, "cannot write {kind} status; will retry");
                     failed = true;
                 }
             }
