@@ -114,6 +114,9 @@ impl Publisher {
             "Service" => "service",
             "EndpointSlice" => "endpointslice",
             "TrafficSplit" => "trafficsplit",
+            "HTTPRoute" => "httproute",
+            "Gateway" => "gateway",
+            "GatewayClass" => "gatewayclass",
             _ => "mapping",
         };
         self.metrics
