@@ -47,6 +47,9 @@ async fn backends() -> Vec<Upstream> {
 fn conformance(file: &str, host: &str) -> String {
     let path = isthmus_tests::workspace_path(&format!("tests/conformance/{file}.yaml"));
     let yaml = std::fs::read_to_string(&path).expect("conformance manifest");
+    if yaml.contains("hostnames:") {
+        return yaml;
+    }
     yaml.replacen("spec:\n", &format!("spec:\n  hostnames: [\"{host}\"]\n"), 1)
 }
 
@@ -59,9 +62,16 @@ const FILES: &[&str] = &[
     "httproute-rewrite-path",
     "httproute-redirect-path",
     "httproute-request-header-modifier",
+    "httproute-redirect-host-and-status",
+    "httproute-redirect-scheme",
+    "httproute-redirect-port",
+    "httproute-rewrite-host",
 ];
 
 fn host_of(file: &str) -> String {
+    if file == "httproute-rewrite-host" {
+        return "rewrite.example".into();
+    }
     format!("{}.example", file.trim_start_matches("httproute-"))
 }
 
@@ -78,6 +88,10 @@ enum Expect {
     ),
     /// A redirect: status and the Location's path (and host, if not the request's).
     Redirect(u16, &'static str, Option<&'static str>),
+    /// A redirect to exactly this Location (`{host}` is the request's host).
+    Location(u16, &'static str),
+    /// 200 from this backend, which saw this path and this `Host`.
+    UpstreamHost(&'static str, &'static str, &'static str),
 }
 
 struct Case {
@@ -114,7 +128,7 @@ const fn with(
     }
 }
 
-use Expect::{Backend, Redirect, Status, Upstream as Up};
+use Expect::{Backend, Location, Redirect, Status, Upstream as Up, UpstreamHost};
 
 const V1: &str = "infra-backend-v1";
 const V2: &str = "infra-backend-v2";
@@ -130,6 +144,10 @@ fn cases() -> Vec<Case> {
     let rw = "httproute-rewrite-path";
     let rd = "httproute-redirect-path";
     let rh = "httproute-request-header-modifier";
+    let rhs = "httproute-redirect-host-and-status";
+    let rs = "httproute-redirect-scheme";
+    let rp = "httproute-redirect-port";
+    let rwh = "httproute-rewrite-host";
     vec![
         // HTTPRouteMatching
         case(m, "/", Backend(V1)),
@@ -354,6 +372,59 @@ fn cases() -> Vec<Case> {
             &[("x-header-remove", "val")],
             Up("/remove", &[("x-header-remove", None)]),
         ),
+        // HTTPRouteRedirectHostAndStatus
+        case(
+            rhs,
+            "/hostname-redirect",
+            Location(302, "https://example.org/hostname-redirect"),
+        ),
+        case(
+            rhs,
+            "/host-and-status",
+            Location(301, "https://example.org/host-and-status"),
+        ),
+        // HTTPRouteRedirectScheme (the gateway's own scheme is https: the default port is dropped)
+        case(rs, "/scheme", Location(302, "https://{host}/scheme")),
+        case(
+            rs,
+            "/scheme-and-host",
+            Location(302, "https://example.org/scheme-and-host"),
+        ),
+        case(
+            rs,
+            "/scheme-and-status",
+            Location(301, "https://{host}/scheme-and-status"),
+        ),
+        case(
+            rs,
+            "/scheme-and-host-and-status",
+            Location(302, "https://example.org/scheme-and-host-and-status"),
+        ),
+        // HTTPRouteRedirectPort
+        case(rp, "/port", Location(302, "https://{host}:8083/port")),
+        case(
+            rp,
+            "/port-and-host",
+            Location(302, "https://example.org:8083/port-and-host"),
+        ),
+        case(
+            rp,
+            "/port-and-status",
+            Location(301, "https://{host}:8083/port-and-status"),
+        ),
+        case(
+            rp,
+            "/port-and-host-and-status",
+            Location(302, "https://example.org:8083/port-and-host-and-status"),
+        ),
+        // HTTPRouteRewriteHost
+        case(rwh, "/one", UpstreamHost(V1, "/one", "one.example.org")),
+        case(rwh, "/two", UpstreamHost(V2, "/two", "example.org")),
+        case(
+            rwh,
+            "/rewrite-host-and-modify-headers",
+            UpstreamHost(V2, "/rewrite-host-and-modify-headers", "test.example.org"),
+        ),
     ]
 }
 
@@ -385,6 +456,21 @@ async fn run_case(c: &Client, case: &Case) -> Result<(), String> {
                 .unwrap_or_default();
             let want = format!("https://{}{path}", want_host.unwrap_or(&host));
             r.status == *status && loc == want
+        }
+        Location(status, want) => {
+            let loc = r
+                .headers
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or_default();
+            r.status == *status && loc == want.replace("{host}", &host)
+        }
+        UpstreamHost(b, path, want_host) => {
+            let j = json();
+            r.status == 200
+                && r.upstream().as_deref() == Some(*b)
+                && j["path"] == *path
+                && j["headers"]["host"] == *want_host
         }
     };
     if ok {
