@@ -740,12 +740,19 @@ impl RouteTable {
                     "prefix_exact": r.matcher.prefix_exact,
                     "method": r.matcher.method,
                     "headers": r.matcher.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+                    "query": r.matcher.query.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+                    "path_elements": r.matcher.segment_prefix,
                     "allowed_identities": r.authz.describe(),
                     "backends": r.target.backends.iter().map(|b| json!({
                         "service": &*b.service,
                         "weight": b.weight,
                         "endpoints": b.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                         "rewrite": b.settings.rewrite,
+                        "answer": match &b.settings.answer {
+                            None => None,
+                            Some(DirectAnswer::InvalidBackend) => Some("500 (backendRef does not resolve)".to_string()),
+                            Some(DirectAnswer::Redirect(r)) => Some(format!("{} redirect", r.status)),
+                        },
                         "timeout_ms": b.settings.timeout.as_millis() as u64,
                     })).collect::<Vec<_>>(),
                 })
