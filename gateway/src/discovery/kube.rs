@@ -625,6 +625,17 @@ pub async fn run(
     }
 }
 
+/// A parentRef with the CRD schema's defaults (`group`, `kind`) filled in, as
+/// the API server stores it: what is written compares equal to what is read back.
+fn with_parent_defaults(mut parent: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = parent.as_object_mut() {
+        o.entry("group")
+            .or_insert_with(|| super::httproute::GROUP.into());
+        o.entry("kind").or_insert_with(|| "Gateway".into());
+    }
+    parent
+}
+
 fn httproute_resource() -> ApiResource {
     ApiResource {
         group: super::httproute::GROUP.into(),
@@ -655,7 +666,7 @@ fn route_status_patch(
         .iter()
         .map(|p| {
             json!({
-                "parentRef": p.parent_ref,
+                "parentRef": with_parent_defaults(p.parent_ref.clone()),
                 "controllerName": CONTROLLER_NAME,
                 "conditions": [condition("Accepted", &p.accepted), condition("ResolvedRefs", &p.resolved_refs)],
             })
@@ -668,6 +679,7 @@ fn route_status_patch(
         .into_iter()
         .partition(|p| p["controllerName"].as_str() != Some(CONTROLLER_NAME));
     let strip = |mut p: serde_json::Value| {
+        p["parentRef"] = with_parent_defaults(p["parentRef"].take());
         if let Some(cs) = p["conditions"].as_array_mut() {
             for c in cs {
                 if let Some(o) = c.as_object_mut() {
@@ -889,5 +901,42 @@ async fn write_statuses<S: Clone + PartialEq + Send + Sync + 'static>(
             changed = desired.changed() => if changed.is_err() { return },
             _ = retry => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod route_status_tests {
+    use super::*;
+    use crate::discovery::index::{ParentStatus, RouteCondition};
+
+    fn want() -> RouteStatus {
+        let c = |status, reason: &'static str| RouteCondition {
+            status,
+            reason,
+            message: "m".into(),
+        };
+        RouteStatus {
+            generation: Some(4),
+            parents: vec![ParentStatus {
+                parent_ref: json!({"name": "gw"}),
+                accepted: c(true, "Accepted"),
+                resolved_refs: c(false, "BackendNotFound"),
+            }],
+        }
+    }
+
+    #[test]
+    fn written_status_read_back_needs_no_patch_and_others_are_kept() {
+        let other = json!({"parentRef": {"name": "x"}, "controllerName": "example.com/other", "conditions": []});
+        let current = json!({"parents": [other.clone()]});
+        let patch = route_status_patch(&want(), Some(&current)).expect("a patch");
+        let parents = patch["status"]["parents"].as_array().expect("parents");
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0], other);
+        assert_eq!(parents[1]["parentRef"]["kind"], "Gateway");
+        assert_eq!(parents[1]["conditions"][1]["reason"], "BackendNotFound");
+        assert!(parents[1]["conditions"][0]["lastTransitionTime"].is_string());
+        // What the API server stores (defaults filled, times set) compares equal.
+        assert_eq!(route_status_patch(&want(), Some(&patch["status"])), None);
     }
 }
