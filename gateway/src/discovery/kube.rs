@@ -243,7 +243,16 @@ enum Presence {
 }
 
 async fn presence(client: &Client, kind: OptionalKind) -> Presence {
-    match kube::discovery::group(client, kind.group()).await {
+    // Bounded: an API server that accepts but never answers is "cannot say".
+    let asked = tokio::time::timeout(
+        Duration::from_secs(10),
+        kube::discovery::group(client, kind.group()),
+    )
+    .await;
+    let Ok(answer) = asked else {
+        return Presence::Unknown("API discovery timed out".into());
+    };
+    match answer {
         Ok(g) => {
             let found: Option<Vec<ApiResource>> = kind
                 .kinds()
