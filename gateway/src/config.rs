@@ -238,6 +238,10 @@ pub struct KubernetesDiscovery {
     /// `isthmus_discovery_last_sync_timestamp_seconds` moves in a quiet cluster.
     #[serde(default = "default_contact_interval_ms")]
     pub contact_interval_ms: u64,
+    /// How often API discovery is asked again for a CRD that was not installed
+    /// (Mapping, TrafficSplit, the Gateway API's); its watch starts when it appears.
+    #[serde(default = "default_contact_interval_ms")]
+    pub crd_recheck_interval_ms: u64,
 }
 
 impl Default for KubernetesDiscovery {
@@ -246,6 +250,7 @@ impl Default for KubernetesDiscovery {
             kubeconfig: None,
             label_selector: None,
             contact_interval_ms: default_contact_interval_ms(),
+            crd_recheck_interval_ms: default_contact_interval_ms(),
         }
     }
 }

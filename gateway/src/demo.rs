@@ -47,10 +47,19 @@ async fn answer(
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::BAD_REQUEST);
     }
+    // Repeated headers are joined with "," (as one field, RFC 9110 §5.3).
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+        .keys()
+        .map(|k| {
+            let joined: Vec<String> = req
+                .headers()
+                .get_all(k)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (k.to_string(), json!(joined.join(",")))
+        })
         .collect();
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_string);

@@ -8,6 +8,7 @@
 
 pub mod crd;
 pub mod files;
+pub mod httproute;
 pub mod index;
 pub mod kube;
 pub mod status;
@@ -147,6 +148,9 @@ impl Publisher {
             "Service" => "service",
             "EndpointSlice" => "endpointslice",
             "TrafficSplit" => "trafficsplit",
+            "HTTPRoute" => "httproute",
+            "Gateway" => "gateway",
+            "GatewayClass" => "gatewayclass",
             _ => "mapping",
         };
         self.metrics

@@ -191,6 +191,7 @@ impl Gateway {
                     namespaces: cfg.namespaces.clone(),
                     service_selector: k.label_selector.clone(),
                     contact_interval: Duration::from_millis(k.contact_interval_ms),
+                    crd_recheck_interval: Duration::from_millis(k.crd_recheck_interval_ms),
                 };
                 let kubeconfig = k.kubeconfig.clone();
                 let (readiness, metrics, stop) =

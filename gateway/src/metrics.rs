@@ -102,6 +102,8 @@ pub enum ErrorKind {
     Loop,
     /// 500: a bug or an internal failure.
     Internal,
+    /// A Gateway API backendRef that does not resolve (missing Service or port): 500.
+    InvalidBackend,
     /// 403 (egress): the host is outside the cluster; the egress is not an open proxy.
     NotInCluster,
     /// 405 (egress): CONNECT.
@@ -137,6 +139,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::Loop => 508,
             ErrorKind::Internal => 500,
+            ErrorKind::InvalidBackend => 500,
             ErrorKind::NotInCluster => 403,
             ErrorKind::MethodNotAllowed => 405,
         }
@@ -155,6 +158,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::Loop => "loop",
             ErrorKind::Internal => "internal",
+            ErrorKind::InvalidBackend => "invalid_backend",
             ErrorKind::NotInCluster => "not_in_cluster",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
         }
@@ -221,6 +225,12 @@ pub enum ObjectKind {
     Mapping,
     /// `split.smi-spec.io TrafficSplit` (any supported version).
     TrafficSplit,
+    /// `gateway.networking.k8s.io/v1 HTTPRoute`.
+    HttpRoute,
+    /// `gateway.networking.k8s.io/v1 Gateway`.
+    Gateway,
+    /// `gateway.networking.k8s.io/v1 GatewayClass`.
+    GatewayClass,
     /// A manifest file as a whole (file source only).
     File,
 }
@@ -242,6 +252,9 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "endpointslice",
             ObjectKind::Mapping => "mapping",
             ObjectKind::TrafficSplit => "trafficsplit",
+            ObjectKind::HttpRoute => "httproute",
+            ObjectKind::Gateway => "gateway",
+            ObjectKind::GatewayClass => "gatewayclass",
             ObjectKind::File => "file",
         }
     }
@@ -253,6 +266,9 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Mapping => "Mapping",
             ObjectKind::TrafficSplit => "TrafficSplit",
+            ObjectKind::HttpRoute => "HTTPRoute",
+            ObjectKind::Gateway => "Gateway",
+            ObjectKind::GatewayClass => "GatewayClass",
             ObjectKind::File => "File",
         }
     }

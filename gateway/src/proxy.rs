@@ -27,7 +27,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::admin::recent::{ErrorEvent, RecentErrors};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::routes::{InFlight, PassiveHealth, Route, SharedRoutes};
+use crate::routes::{DirectAnswer, InFlight, PassiveHealth, Route, SharedRoutes};
 use crate::tls::PeerIdentity;
 
 /// Header carrying the verified peer identity to upstreams (inbound copies are dropped).
@@ -157,6 +157,18 @@ async fn respond(session: &mut Session, kind: ErrorKind) {
     }
 }
 
+/// A redirect the gateway answers itself (Gateway API `RequestRedirect`).
+async fn redirect(session: &mut Session, status: u16, location: &str) {
+    let Ok(mut resp) = ResponseHeader::build(status, Some(2)) else {
+        return;
+    };
+    let _ = resp.insert_header(http::header::LOCATION, location);
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, 0);
+    if let Err(e) = session.write_error_response(resp, Bytes::new()).await {
+        tracing::debug!(error = %e, "could not write redirect");
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
@@ -209,6 +221,7 @@ impl ProxyHttp for GatewayProxy {
             &table,
             &authority,
             req.uri.path(),
+            req.uri.query(),
             &req.method,
             &req.headers,
         ) {
@@ -216,12 +229,43 @@ impl ProxyHttp for GatewayProxy {
             Err(kind) => return self.answer(session, ctx, kind).await,
         };
         drop(table);
-        let chosen = request::authorize(&route, ctx.peer.as_deref())
-            .and_then(|()| request::choose_backend(&route));
-        ctx.route = Some(route);
-        match chosen {
-            Ok(i) => ctx.backend = i,
-            Err(kind) => return self.answer(session, ctx, kind).await,
+        ctx.route = Some(route.clone());
+        if let Err(kind) = request::authorize(&route, ctx.peer.as_deref()) {
+            return self.answer(session, ctx, kind).await;
+        }
+        let choice = route.target.choose();
+        if let Some(answer) = choice.and_then(|i| route.target.backends[i].settings.answer.as_ref())
+        {
+            ctx.backend = choice.unwrap_or_default();
+            return match answer {
+                DirectAnswer::InvalidBackend => {
+                    self.answer(session, ctx, ErrorKind::InvalidBackend).await
+                }
+                DirectAnswer::Redirect(r) => {
+                    let req = session.req_header();
+                    let location = request::redirect_location(
+                        r,
+                        &authority,
+                        req.uri.path(),
+                        req.uri.query(),
+                        &route.matcher.prefix,
+                    );
+                    redirect(session, r.status, &location).await;
+                    Ok(true)
+                }
+            };
+        }
+        match choice {
+            Some(i)
+                if route
+                    .target
+                    .backends
+                    .get(i)
+                    .is_some_and(request::backend_can_serve) =>
+            {
+                ctx.backend = i
+            }
+            _ => return self.answer(session, ctx, ErrorKind::NoEndpoints).await,
         }
         Ok(false)
     }
@@ -299,9 +343,7 @@ impl ProxyHttp for GatewayProxy {
             session.set_keepalive(None);
         }
         if let Some(b) = ctx.backend() {
-            for (name, value) in &b.settings.add_response_headers {
-                upstream.insert_header(name.clone(), value.clone())?;
-            }
+            request::edit_response(upstream, &b.settings)?;
         }
         Ok(())
     }

@@ -16,9 +16,10 @@ pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
 pub use table::health_clock;
 pub use table::{
-    describe_route, host_label, match_label, route_source, Backend, BackendSettings, Endpoint,
-    EndpointPreview, HeaderMatch, HostMatch, InFlight, LbPolicy, MirrorService, PassiveHealth,
-    PortMatch, RemoteTarget, Route, RouteMatch, RouteTable, RouteTarget,
+    describe_route, host_label, match_label, route_source, Backend, BackendSettings, DirectAnswer,
+    Endpoint, EndpointPreview, HeaderMatch, HostMatch, InFlight, LbPolicy, MirrorService,
+    PassiveHealth, PortMatch, Redirect, RemoteTarget, RewriteMode, Route, RouteMatch, RouteTable,
+    RouteTarget,
 };
 
 use std::sync::Arc;

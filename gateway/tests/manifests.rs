@@ -204,7 +204,7 @@ fn kustomize_renders_every_object_into_its_type() {
 #[test]
 fn gateway_objects() {
     let docs = Rendered::new();
-    // Least privilege: read four kinds, patch Mapping status, nothing else.
+    // Least privilege: read seven kinds, patch Mapping and HTTPRoute status, nothing else.
     assert_eq!(
         cluster_role_grants(&docs, "isthmus-gateway"),
         [
@@ -214,6 +214,16 @@ fn gateway_objects() {
             "discovery.k8s.io/endpointslices:get",
             "discovery.k8s.io/endpointslices:list",
             "discovery.k8s.io/endpointslices:watch",
+            "gateway.networking.k8s.io/gatewayclasses:get",
+            "gateway.networking.k8s.io/gatewayclasses:list",
+            "gateway.networking.k8s.io/gatewayclasses:watch",
+            "gateway.networking.k8s.io/gateways:get",
+            "gateway.networking.k8s.io/gateways:list",
+            "gateway.networking.k8s.io/gateways:watch",
+            "gateway.networking.k8s.io/httproutes/status:patch",
+            "gateway.networking.k8s.io/httproutes:get",
+            "gateway.networking.k8s.io/httproutes:list",
+            "gateway.networking.k8s.io/httproutes:watch",
             "isthmus.dev/mappings/status:patch",
             "isthmus.dev/mappings:get",
             "isthmus.dev/mappings:list",
@@ -655,13 +665,19 @@ fn only_the_mirror_writes_services_and_endpointslices() {
         .collect();
     assert_eq!(writers, ["isthmus/isthmus-mirror"]);
 
-    // The gateway writes nothing but Mapping status.
+    // The gateway writes nothing but Mapping and HTTPRoute status.
     let gateway = &by_sa["isthmus/isthmus-gateway"];
     let gateway_writes: Vec<&String> = gateway
         .iter()
         .filter(|g| !g.ends_with(":get") && !g.ends_with(":list") && !g.ends_with(":watch"))
         .collect();
-    assert_eq!(gateway_writes, ["isthmus.dev/mappings/status:patch"]);
+    assert_eq!(
+        gateway_writes,
+        [
+            "gateway.networking.k8s.io/httproutes/status:patch",
+            "isthmus.dev/mappings/status:patch"
+        ]
+    );
 
     // Secrets: only the mirror, get only, for its Links' credentials.
     let secret_readers: Vec<String> = by_sa

@@ -196,6 +196,8 @@ struct Shared {
     log: Mutex<VecDeque<String>>,
     /// The bearer token required of every request, if any.
     token: Mutex<Option<String>>,
+    /// Resource ids hidden by [`ApiServer::set_served`].
+    hidden: Mutex<std::collections::HashSet<usize>>,
 }
 
 /// Counters, per resource where tests may care which one.
@@ -221,6 +223,14 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn is_served(&self, res: usize) -> bool {
+        !self
+            .hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&res)
     }
 
     fn bookmark_interval(&self) -> Duration {
@@ -276,6 +286,7 @@ impl ApiServer {
             bookmark_ms: AtomicU64::new(duration_ms(opts.bookmark_interval)),
             log: Mutex::new(VecDeque::new()),
             token: Mutex::new(opts.require_token),
+            hidden: Mutex::new(std::collections::HashSet::new()),
         });
         let listener = listen(SocketAddr::new(opts.bind, 0))
             .await
@@ -293,6 +304,37 @@ impl ApiServer {
         };
         ApiServer {
             inner: Arc::new(inner),
+        }
+    }
+
+    /// Serves (`true`, the default) or hides every version of the resource
+    /// `plural` (`"mappings"`, `"httproutes"`): hidden, its paths answer 404 and
+    /// discovery leaves it out (a group left with nothing is not found), as
+    /// when its CRD is not installed. Stored objects are kept; open watches of
+    /// it end. Showing it again is the CRD "appearing".
+    pub fn set_served(&self, plural: &str, served: bool) {
+        let ids = resources::RESOURCES
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.plural.eq_ignore_ascii_case(plural))
+            .map(|(i, _)| i);
+        {
+            let mut hidden = self
+                .inner
+                .shared
+                .hidden
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for i in ids {
+                if served {
+                    hidden.remove(&i);
+                } else {
+                    hidden.insert(i);
+                }
+            }
+        }
+        if !served {
+            self.inner.shared.drop_watches();
         }
     }
 

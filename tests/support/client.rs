@@ -341,6 +341,17 @@ pub struct H2Session {
 }
 
 impl H2Session {
+    /// GET `path` on `host`; returns the status and the body as text.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, String), ClientError> {
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(err)?;
+        let resp = self.sender.send_request(req).await.map_err(err)?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(err)?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// GET `path` on `host`; returns the status.
     pub async fn status(&mut self, host: &str, path: &str) -> Result<u16, ClientError> {
         let req = Request::get(format!("https://{host}{path}"))

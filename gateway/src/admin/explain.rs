@@ -181,7 +181,14 @@ pub fn explain(table: &RouteTable, cfg: &ExplainConfig, q: &Question) -> Value {
     step(&mut answer, "path", true, path.clone());
 
     // 3. Route lookup (no request headers: header-matched routes do not apply).
-    let route = match request::route_for(table, &authority, &path, &q.method, &HeaderMap::new()) {
+    let route = match request::route_for(
+        table,
+        &authority,
+        &path,
+        None,
+        &q.method,
+        &HeaderMap::new(),
+    ) {
         Ok(r) => r,
         Err(kind) => {
             let unexported = service_of_host(authority.host(), &cfg.cluster_domain)

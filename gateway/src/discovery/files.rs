@@ -216,6 +216,9 @@ fn kind_name(o: &Object) -> &'static str {
         Object::EndpointSlice(_) => "EndpointSlice",
         Object::Mapping(_) => "Mapping",
         Object::TrafficSplit(_) => "TrafficSplit",
+        Object::HttpRoute(_) => "HTTPRoute",
+        Object::Gateway(_) => "Gateway",
+        Object::GatewayClass(_) => "GatewayClass",
     }
 }
 
@@ -331,6 +334,15 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, String> {
             }
             (v, "TrafficSplit") if v.starts_with("split.smi-spec.io/") => {
                 serde_yaml::from_value(value.clone()).map(|o| Object::TrafficSplit(Box::new(o)))
+            }
+            ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::HttpRoute(Box::new(o)))
+            }
+            ("gateway.networking.k8s.io/v1", "Gateway") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::Gateway(Box::new(o)))
+            }
+            ("gateway.networking.k8s.io/v1", "GatewayClass") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::GatewayClass(Box::new(o)))
             }
             (_, "Mapping") | (_, "EndpointSlice") => {
                 return Err(format!(

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::crd::Mapping;
+use super::httproute::{Gateway, GatewayClass, HttpRoute};
 use super::trafficsplit::{Split, TrafficSplit};
 use crate::metrics::ObjectKind;
 use crate::routes::{
@@ -25,6 +26,8 @@ use crate::routes::{
     IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
     RouteTarget,
 };
+use httproute::{GatewayInfo, HttpRouteEntry};
+pub use httproute::{ParentStatus, RouteCondition, RouteStatus};
 
 /// The label that marks a mirror Service (written by Linkerd's service
 /// mirror and by `isthmus mirror`).
@@ -86,6 +89,12 @@ pub enum Object {
     Mapping(Box<Mapping>),
     /// `split.smi-spec.io TrafficSplit`.
     TrafficSplit(Box<TrafficSplit>),
+    /// `gateway.networking.k8s.io/v1 HTTPRoute`.
+    HttpRoute(Box<HttpRoute>),
+    /// `gateway.networking.k8s.io/v1 Gateway`.
+    Gateway(Box<Gateway>),
+    /// `gateway.networking.k8s.io/v1 GatewayClass` (cluster-scoped).
+    GatewayClass(Box<GatewayClass>),
 }
 
 impl Object {
@@ -96,6 +105,9 @@ impl Object {
             Object::EndpointSlice(_) => ObjectKind::EndpointSlice,
             Object::Mapping(_) => ObjectKind::Mapping,
             Object::TrafficSplit(_) => ObjectKind::TrafficSplit,
+            Object::HttpRoute(_) => ObjectKind::HttpRoute,
+            Object::Gateway(_) => ObjectKind::Gateway,
+            Object::GatewayClass(_) => ObjectKind::GatewayClass,
         }
     }
 
@@ -107,6 +119,19 @@ impl Object {
             Object::Mapping(o) => (o.namespace(), o.name_any()),
             Object::TrafficSplit(o) => (
                 o.metadata.namespace.clone(),
+                o.metadata.name.clone().unwrap_or_default(),
+            ),
+            Object::HttpRoute(o) => (
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone().unwrap_or_default(),
+            ),
+            Object::Gateway(o) => (
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone().unwrap_or_default(),
+            ),
+            // Cluster-scoped: the empty namespace.
+            Object::GatewayClass(o) => (
+                Some(String::new()),
                 o.metadata.name.clone().unwrap_or_default(),
             ),
         };
@@ -219,6 +244,10 @@ enum Item {
     Slice(SliceInfo),
     Mapping(MappingEntry),
     Split(Result<Split, String>),
+    HttpRoute(HttpRouteEntry),
+    Gateway(GatewayInfo),
+    /// Whether the class is Isthmus's.
+    GatewayClass(bool),
 }
 
 impl Converted {
@@ -238,6 +267,20 @@ impl Converted {
                 key: self.key.clone(),
                 reason: reason.clone(),
             }),
+            Some(Item::HttpRoute(HttpRouteEntry {
+                spec: Err(reason), ..
+            })) => Some(ObjectError {
+                kind: "HTTPRoute",
+                key: self.key.clone(),
+                reason: reason.clone(),
+            }),
+            Some(Item::HttpRoute(HttpRouteEntry { spec: Ok(s), .. })) => {
+                s.rules.as_ref().err().map(|reason| ObjectError {
+                    kind: "HTTPRoute",
+                    key: self.key.clone(),
+                    reason: reason.clone(),
+                })
+            }
             Some(Item::Split(Err(reason))) => Some(ObjectError {
                 kind: "TrafficSplit",
                 key: self.key.clone(),
@@ -287,6 +330,12 @@ pub struct Index {
     /// Known, not exported Services (`ns/name`), rebuilt only when a Service changed.
     unexported: Arc<HashSet<String>>,
     unexported_dirty: bool,
+    /// HTTPRoutes, Gateways and GatewayClasses (name → Isthmus's).
+    httproutes: BTreeMap<ObjectKey, HttpRouteEntry>,
+    gateways: BTreeMap<ObjectKey, GatewayInfo>,
+    gateway_classes: BTreeMap<String, bool>,
+    /// HTTPRoute statuses of the last build.
+    route_statuses: BTreeMap<ObjectKey, RouteStatus>,
 }
 
 impl Index {
@@ -309,6 +358,10 @@ impl Index {
             mirrors_dirty: false,
             unexported: Arc::default(),
             unexported_dirty: false,
+            httproutes: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            gateway_classes: BTreeMap::new(),
+            route_statuses: BTreeMap::new(),
         }
     }
 
@@ -394,7 +447,8 @@ impl Index {
             reason,
         };
         let mut refused = Vec::new();
-        let item = if !self.namespace_allowed(&key.namespace) {
+        let cluster_scoped = matches!(obj, Object::GatewayClass(_));
+        let item = if !cluster_scoped && !self.namespace_allowed(&key.namespace) {
             None
         } else {
             Some(match obj {
@@ -412,6 +466,15 @@ impl Index {
                     route: convert_mapping(m, &key, &self.cfg),
                 }),
                 Object::TrafficSplit(t) => Item::Split(t.split()),
+                Object::HttpRoute(r) => Item::HttpRoute(HttpRouteEntry {
+                    generation: r.metadata.generation,
+                    spec: r.convert(&key.namespace),
+                }),
+                Object::Gateway(g) => Item::Gateway(GatewayInfo {
+                    class: g.spec.gateway_class_name.clone(),
+                    listeners: g.spec.listeners.clone(),
+                }),
+                Object::GatewayClass(c) => Item::GatewayClass(c.is_ours()),
             })
         };
         Ok(Converted { key, item, refused })
@@ -482,6 +545,15 @@ impl Index {
             Some(Item::Split(split)) => {
                 self.splits.insert(c.key, split);
             }
+            Some(Item::HttpRoute(entry)) => {
+                self.httproutes.insert(c.key, entry);
+            }
+            Some(Item::Gateway(info)) => {
+                self.gateways.insert(c.key, info);
+            }
+            Some(Item::GatewayClass(ours)) => {
+                self.gateway_classes.insert(c.key.name, ours);
+            }
         }
     }
 
@@ -505,6 +577,15 @@ impl Index {
             }
             ObjectKind::TrafficSplit => {
                 self.splits.remove(key);
+            }
+            ObjectKind::HttpRoute => {
+                self.httproutes.remove(key);
+            }
+            ObjectKind::Gateway => {
+                self.gateways.remove(key);
+            }
+            ObjectKind::GatewayClass => {
+                self.gateway_classes.remove(&key.name);
             }
             ObjectKind::File => {}
         }
@@ -566,6 +647,14 @@ impl Index {
             ObjectKind::EndpointSlice => self.slices.keys().filter(gone).cloned().collect(),
             ObjectKind::Mapping => self.mappings.keys().filter(gone).cloned().collect(),
             ObjectKind::TrafficSplit => self.splits.keys().filter(gone).cloned().collect(),
+            ObjectKind::HttpRoute => self.httproutes.keys().filter(gone).cloned().collect(),
+            ObjectKind::Gateway => self.gateways.keys().filter(gone).cloned().collect(),
+            ObjectKind::GatewayClass => self
+                .gateway_classes
+                .keys()
+                .map(|n| ObjectKey::new("", n))
+                .filter(|k| !listed.contains(k))
+                .collect(),
             ObjectKind::File => Vec::new(),
         };
         drop(listed);
@@ -584,6 +673,9 @@ impl Index {
             ObjectKind::EndpointSlice,
             ObjectKind::Mapping,
             ObjectKind::TrafficSplit,
+            ObjectKind::HttpRoute,
+            ObjectKind::Gateway,
+            ObjectKind::GatewayClass,
         ]
         .into_iter()
         .flat_map(|k| self.replace(k, None, objects))
@@ -612,6 +704,11 @@ impl Index {
         })
     }
 
+    /// What each HTTPRoute's status should say, as of the last build.
+    pub fn httproute_states(&self) -> impl Iterator<Item = (&ObjectKey, &RouteStatus)> {
+        self.route_statuses.iter()
+    }
+
     /// Builds the route table for the current objects. Routes of Services
     /// unchanged since the last build are reused; Mapping routes are rebuilt.
     pub fn build(&mut self) -> RouteTable {
@@ -634,6 +731,10 @@ impl Index {
             )
             .map(|k| (k, Vec::new()))
             .collect();
+        let gateway_services: Vec<ObjectKey> = self.httproute_services().collect();
+        for k in &gateway_services {
+            slices_by_service.entry(k).or_default();
+        }
         for s in self.slices.values() {
             if let Some(v) = slices_by_service.get_mut(&s.service) {
                 v.push(s);
@@ -732,6 +833,15 @@ impl Index {
             }));
         }
 
+        // HTTPRoute routes (and the status each should carry).
+        let view = httproute::GatewayView {
+            cfg: &self.cfg,
+            services: &self.services,
+            httproutes: &self.httproutes,
+            gateways: &self.gateways,
+            gateway_classes: &self.gateway_classes,
+        };
+        self.route_statuses = view.build(&mut resolver, &mut routes);
         let egress = self.cfg.egress.then(|| self.build_egress());
         // Count the endpoints the table uses (marking them with this build)
         // and forget the others; no per-build set of 30,000 addresses.
@@ -1110,6 +1220,7 @@ fn convert_mapping(
             prefix_exact: spec.prefix_exact.unwrap_or(false),
             method,
             headers,
+            ..RouteMatch::any()
         },
         service,
         weight: spec.weight,
@@ -1199,5 +1310,6 @@ fn parse_service_ref(
 }
 
 mod egress;
+mod httproute;
 #[cfg(test)]
 mod tests;

@@ -30,9 +30,12 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::crd::{Mapping, MappingCondition, MappingStatus};
+use super::httproute::{Gateway, GatewayClass, HttpRoute, CONTROLLER_NAME};
 use super::index::Converted;
+use super::index::RouteStatus;
 use super::trafficsplit::TrafficSplit;
 use super::{Index, Object, ObjectKey, Publisher};
 use crate::admin::Readiness;
@@ -72,6 +75,9 @@ pub struct WatchScope {
     /// How often a synced source asks the API server for `/version`; a success
     /// counts as a sync (the watches are quiet, not lost).
     pub contact_interval: Duration,
+    /// How often API discovery is asked again for CRDs that were not
+    /// installed (Mapping, TrafficSplit); a watch starts when one appears.
+    pub crd_recheck_interval: Duration,
 }
 
 /// One event from one watch stream.
@@ -176,23 +182,242 @@ fn watch_dynamic<K: DeserializeOwned + 'static>(
         .boxed()
 }
 
-/// The TrafficSplit version the API server prefers, if the SMI CRD is installed.
-async fn split_resource(client: &Client) -> Option<ApiResource> {
-    use super::trafficsplit::GROUP;
-    match kube::discovery::group(client, GROUP).await {
-        Ok(g) => {
-            let found = g.recommended_kind("TrafficSplit").map(|(r, _)| r);
-            match &found {
-                Some(r) => tracing::info!(version = %r.version, "watching SMI TrafficSplits"),
-                None => tracing::warn!("{GROUP} is served without TrafficSplit; egress splits from TrafficSplits are off"),
-            }
-            found
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the SMI TrafficSplit CRD ({GROUP}) is not installed: egress splits come from Mappings only; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)");
-            None
+/// A CRD-backed kind: watched only where its CRD is installed. A cluster
+/// without it logs one warning, readiness does not wait for it, and API
+/// discovery is asked again every [`WatchScope::crd_recheck_interval`] until it
+/// appears; its watch starts then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OptionalKind {
+    /// `isthmus.dev/v1alpha1 Mapping`.
+    Mapping,
+    /// `split.smi-spec.io TrafficSplit` (the version the server prefers).
+    TrafficSplit,
+    /// `gateway.networking.k8s.io/v1` HTTPRoute, Gateway and GatewayClass.
+    GatewayApi,
+}
+
+impl OptionalKind {
+    const ALL: [OptionalKind; 3] = [
+        OptionalKind::Mapping,
+        OptionalKind::TrafficSplit,
+        OptionalKind::GatewayApi,
+    ];
+
+    fn group(self) -> &'static str {
+        match self {
+            OptionalKind::Mapping => "isthmus.dev",
+            OptionalKind::TrafficSplit => super::trafficsplit::GROUP,
+            OptionalKind::GatewayApi => super::httproute::GROUP,
         }
     }
+
+    /// The kinds that must all be served.
+    fn kinds(self) -> &'static [&'static str] {
+        match self {
+            OptionalKind::Mapping => &["Mapping"],
+            OptionalKind::TrafficSplit => &["TrafficSplit"],
+            OptionalKind::GatewayApi => &["HTTPRoute", "Gateway", "GatewayClass"],
+        }
+    }
+
+    /// The CRD name(s) and how to install them, for the warning.
+    fn missing_message(self) -> &'static str {
+        match self {
+            OptionalKind::Mapping => "the Mapping CRD (mappings.isthmus.dev) is not installed: Mappings are off until it is; install it with `isthmus crds | kubectl apply -f -` (or crds/)",
+            OptionalKind::GatewayApi => "the Gateway API CRDs (httproutes, gateways, gatewayclasses.gateway.networking.k8s.io, v1) are not installed: HTTPRoutes are off until they are; install them with the Gateway API standard channel (kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml)",
+            OptionalKind::TrafficSplit => "the SMI TrafficSplit CRD (trafficsplits.split.smi-spec.io) is not installed: egress splits come from Mappings only until it is; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)",
+        }
+    }
+}
+
+/// What API discovery says of an optional kind.
+enum Presence {
+    /// Served: the resources to watch, in [`OptionalKind::kinds`] order.
+    Installed(Vec<ApiResource>),
+    /// Definitely not served (group or kind missing).
+    Absent(String),
+    /// Discovery failed (API server unreachable): ask again.
+    Unknown(String),
+}
+
+async fn presence(client: &Client, kind: OptionalKind) -> Presence {
+    // Bounded: an API server that accepts but never answers is "cannot say".
+    let asked = tokio::time::timeout(
+        Duration::from_secs(10),
+        kube::discovery::group(client, kind.group()),
+    )
+    .await;
+    let Ok(answer) = asked else {
+        return Presence::Unknown("API discovery timed out".into());
+    };
+    match answer {
+        Ok(g) => {
+            let found: Option<Vec<ApiResource>> = kind
+                .kinds()
+                .iter()
+                .map(|k| g.recommended_kind(k).map(|(r, _)| r))
+                .collect();
+            match found {
+                Some(rs) => Presence::Installed(rs),
+                None => Presence::Absent(format!(
+                    "{} is served without {}",
+                    kind.group(),
+                    kind.kinds().join(", ")
+                )),
+            }
+        }
+        Err(kube::Error::Discovery(e)) => Presence::Absent(e.to_string()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Presence::Absent(e.to_string()),
+        Err(e) => Presence::Unknown(e.to_string()),
+    }
+}
+
+/// What the CRD discovery task tells the watch loop.
+enum CrdEvent {
+    /// An optional kind is served: watch these resources.
+    Found(OptionalKind, Vec<ApiResource>),
+    /// Every optional kind had its first answer (found or not).
+    Answered,
+}
+
+/// API discovery for the optional kinds: first a definite answer for each
+/// (asking again, backing off up to 5 s, while the API server cannot say), then
+/// every `interval` for the kinds not installed, until all are or shutdown.
+async fn crd_discovery(
+    client: Client,
+    interval: Duration,
+    events: tokio::sync::mpsc::UnboundedSender<CrdEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut missing = Vec::new();
+    for kind in OptionalKind::ALL {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match presence(&client, kind).await {
+                Presence::Installed(rs) => {
+                    tracing::info!(group = kind.group(), versions = ?rs.iter().map(|r| r.version.as_str()).collect::<Vec<_>>(), "watching {}", kind.kinds().join(", "));
+                    if events.send(CrdEvent::Found(kind, rs)).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Presence::Absent(why) => {
+                    tracing::warn!(detail = %why, "{}", kind.missing_message());
+                    missing.push(kind);
+                    break;
+                }
+                Presence::Unknown(e) => {
+                    tracing::debug!(group = kind.group(), error = %e, "API discovery failed; asking again");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    if events.send(CrdEvent::Answered).is_err() {
+        return;
+    }
+    let mut ticker = crate::poll::Ticker::new(interval.max(Duration::from_millis(50)), shutdown);
+    ticker.tick().await; // the immediate first tick: discovery was just asked
+    while !missing.is_empty() && ticker.tick().await {
+        let mut still = Vec::new();
+        for kind in missing {
+            match presence(&client, kind).await {
+                Presence::Installed(rs) => {
+                    tracing::info!(group = kind.group(), kinds = ?kind.kinds(), "CRD installed; starting its watch");
+                    if events.send(CrdEvent::Found(kind, rs)).is_err() {
+                        return;
+                    }
+                }
+                Presence::Absent(_) => still.push(kind),
+                Presence::Unknown(e) => {
+                    tracing::debug!(group = kind.group(), error = %e, "API discovery failed; asking again later");
+                    still.push(kind);
+                }
+            }
+        }
+        missing = still;
+    }
+}
+
+/// The watch streams of an optional kind, one per namespace scope, numbered from `next`.
+fn optional_streams(
+    client: &Client,
+    namespaces: &[Option<&str>],
+    kind: OptionalKind,
+    resources: &[ApiResource],
+    next: &mut usize,
+) -> Vec<BoxStream<'static, Tagged>> {
+    let mut streams = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        for resource in resources {
+            // Cluster-scoped (GatewayClass): one watch of everything.
+            if resource.kind == "GatewayClass" && i > 0 {
+                continue;
+            }
+            let ns = if resource.kind == "GatewayClass" {
+                &None
+            } else {
+                ns
+            };
+            let n = *next;
+            *next += 1;
+            let cfg = watcher::Config::default();
+            streams.push(match kind {
+                OptionalKind::GatewayApi => match resource.kind.as_str() {
+                    "HTTPRoute" => watch_dynamic::<HttpRoute>(
+                        client,
+                        *ns,
+                        resource.clone(),
+                        cfg,
+                        n,
+                        ObjectKind::HttpRoute,
+                        |o| Object::HttpRoute(Box::new(o)),
+                    ),
+                    "Gateway" => watch_dynamic::<Gateway>(
+                        client,
+                        *ns,
+                        resource.clone(),
+                        cfg,
+                        n,
+                        ObjectKind::Gateway,
+                        |o| Object::Gateway(Box::new(o)),
+                    ),
+                    _ => watch_dynamic::<GatewayClass>(
+                        client,
+                        None,
+                        resource.clone(),
+                        cfg,
+                        n,
+                        ObjectKind::GatewayClass,
+                        |o| Object::GatewayClass(Box::new(o)),
+                    ),
+                },
+                OptionalKind::Mapping => watch_dynamic::<Mapping>(
+                    client,
+                    *ns,
+                    resource.clone(),
+                    cfg,
+                    n,
+                    ObjectKind::Mapping,
+                    |o| Object::Mapping(Box::new(o)),
+                ),
+                OptionalKind::TrafficSplit => watch_dynamic::<TrafficSplit>(
+                    client,
+                    *ns,
+                    resource.clone(),
+                    cfg,
+                    n,
+                    ObjectKind::TrafficSplit,
+                    |o| Object::TrafficSplit(Box::new(o)),
+                ),
+            });
+        }
+    }
+    streams
 }
 
 /// The status a Mapping should carry, compared against what it has.
@@ -253,7 +478,6 @@ pub async fn run(
     } else {
         scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let splits = split_resource(&client).await;
     let mut streams = Vec::new();
     for ns in &namespaces {
         let mut svc_cfg = watcher::Config::default();
@@ -278,34 +502,44 @@ pub async fn run(
             ObjectKind::EndpointSlice,
             |o| Object::EndpointSlice(Box::new(o)),
         ));
-        let n = streams.len();
-        streams.push(watch_stream::<Mapping>(
-            &client,
-            *ns,
-            watcher::Config::default(),
-            n,
-            ObjectKind::Mapping,
-            |o| Object::Mapping(Box::new(o)),
-        ));
-        if let Some(resource) = &splits {
-            let n = streams.len();
-            streams.push(watch_dynamic::<TrafficSplit>(
-                &client,
-                *ns,
-                resource.clone(),
-                watcher::Config::default(),
-                n,
-                ObjectKind::TrafficSplit,
-                |o| Object::TrafficSplit(Box::new(o)),
-            ));
-        }
     }
+    // CRD-backed kinds: watched (and waited for) where installed at the
+    // first answer of API discovery; the others are warned about once and
+    // picked up when they appear. Service and EndpointSlice watches run
+    // meanwhile (an API server that is down shows in their errors).
+    let mut next_stream = streams.len();
+    let mut crds_answered = false;
+    let (crd_tx, mut crd_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        crd_discovery(
+            client.clone(),
+            scope.crd_recheck_interval,
+            crd_tx,
+            shutdown.clone(),
+        )
+        .instrument(tracing::info_span!("crd-discovery")),
+    );
     let mut unsynced: HashSet<usize> = (0..streams.len()).collect();
     let mut events = select_all(streams);
     let mut buffers: HashMap<usize, Vec<Converted>> = HashMap::new();
     let mut statuses: HashMap<ObjectKey, Option<MappingStatus>> = HashMap::new();
+    let mut routes_seen: HashMap<ObjectKey, Option<serde_json::Value>> = HashMap::new();
     let (status_tx, status_rx) = watch::channel(Arc::new(BTreeMap::new()));
-    tokio::spawn(write_statuses(client.clone(), status_rx, metrics.clone()));
+    tokio::spawn(write_statuses(
+        client.clone(),
+        ApiResource::erase::<Mapping>(&()),
+        status_rx,
+        |d: &DesiredStatus| json!({"status": MappingStatus { conditions: vec![d.condition()] }}),
+        metrics.clone(),
+    ));
+    let (route_status_tx, route_status_rx) = watch::channel(Arc::new(BTreeMap::new()));
+    tokio::spawn(write_statuses(
+        client.clone(),
+        httproute_resource(),
+        route_status_rx,
+        |body: &serde_json::Value| body.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(keep_contact(
         client.clone(),
         publisher.clone(),
@@ -317,14 +551,36 @@ pub async fn run(
     loop {
         let first = tokio::select! {
             e = events.next() => match e {
-                Some(e) => e,
+                Some(e) => Some(e),
                 None => return,
+            },
+            Some(crd) = crd_rx.recv() => match crd {
+                CrdEvent::Found(kind, resources) => {
+                    // Found at the first answer: readiness waits for its
+                    // list. Found later: it joins without holding anything
+                    // up; its objects route once it has listed.
+                    for st in optional_streams(&client, &namespaces, kind, &resources, &mut next_stream) {
+                        if !crds_answered {
+                            unsynced.insert(next_stream - 1);
+                        }
+                        events.push(st);
+                    }
+                    continue;
+                }
+                CrdEvent::Answered => {
+                    crds_answered = true;
+                    if !unsynced.is_empty() || readiness.is_ready() {
+                        continue;
+                    }
+                    // Every watch had listed already: publish now.
+                    None
+                }
             },
             _ = shutdown.changed() => return,
         };
         let seen = Instant::now();
-        let mut changed = false;
-        let mut next = Some(first);
+        let mut changed = first.is_none();
+        let mut next = first;
         // Apply everything already waiting before publishing once.
         let mut batch = 0;
         while let Some(t) = next.take() {
@@ -334,6 +590,7 @@ pub async fn run(
                 &mut buffers,
                 &mut unsynced,
                 &mut statuses,
+                &mut routes_seen,
                 &publisher,
                 &metrics,
             );
@@ -342,7 +599,7 @@ pub async fn run(
                 next = events.next().now_or_never().flatten();
             }
         }
-        if !changed || !unsynced.is_empty() {
+        if !changed || !unsynced.is_empty() || !crds_answered {
             continue;
         }
         publisher.publish(&mut index, seen);
@@ -364,7 +621,94 @@ pub async fn run(
             .filter(|(k, d)| !d.matches(statuses.get(k).and_then(Option::as_ref)))
             .collect();
         status_tx.send_replace(Arc::new(desired));
+        let routes: BTreeMap<ObjectKey, serde_json::Value> = index
+            .httproute_states()
+            .filter_map(|(k, s)| {
+                let current = routes_seen.get(k).and_then(Option::as_ref);
+                route_status_patch(s, current).map(|p| (k.clone(), p))
+            })
+            .collect();
+        route_status_tx.send_replace(Arc::new(routes));
     }
+}
+
+/// A parentRef with the CRD schema's defaults (`group`, `kind`) filled in, as
+/// the API server stores it: what is written compares equal to what is read back.
+fn with_parent_defaults(mut parent: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = parent.as_object_mut() {
+        o.entry("group")
+            .or_insert_with(|| super::httproute::GROUP.into());
+        o.entry("kind").or_insert_with(|| "Gateway".into());
+    }
+    parent
+}
+
+fn httproute_resource() -> ApiResource {
+    ApiResource {
+        group: super::httproute::GROUP.into(),
+        version: "v1".into(),
+        api_version: format!("{}/v1", super::httproute::GROUP),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    }
+}
+
+/// The `status` merge patch an HTTPRoute needs, or `None` when it already
+/// says that. Entries of other controllers are kept; ours are replaced.
+fn route_status_patch(
+    want: &RouteStatus,
+    current: Option<&serde_json::Value>,
+) -> Option<serde_json::Value> {
+    let condition = |type_: &str, c: &super::index::RouteCondition| {
+        json!({
+            "type": type_,
+            "status": if c.status { "True" } else { "False" },
+            "reason": c.reason,
+            "message": c.message,
+            "observedGeneration": want.generation,
+        })
+    };
+    let ours: Vec<serde_json::Value> = want
+        .parents
+        .iter()
+        .map(|p| {
+            json!({
+                "parentRef": with_parent_defaults(p.parent_ref.clone()),
+                "controllerName": CONTROLLER_NAME,
+                "conditions": [condition("Accepted", &p.accepted), condition("ResolvedRefs", &p.resolved_refs)],
+            })
+        })
+        .collect();
+    let current_parents: Vec<serde_json::Value> = current
+        .and_then(|s| s["parents"].as_array().cloned())
+        .unwrap_or_default();
+    let (mut theirs, mine): (Vec<_>, Vec<_>) = current_parents
+        .into_iter()
+        .partition(|p| p["controllerName"].as_str() != Some(CONTROLLER_NAME));
+    let strip = |mut p: serde_json::Value| {
+        p["parentRef"] = with_parent_defaults(p["parentRef"].take());
+        if let Some(cs) = p["conditions"].as_array_mut() {
+            for c in cs {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("lastTransitionTime");
+                }
+            }
+        }
+        p
+    };
+    let mine: Vec<serde_json::Value> = mine.into_iter().map(strip).collect();
+    if mine == ours {
+        return None;
+    }
+    let now = now_rfc3339();
+    let mut ours = ours;
+    for p in &mut ours {
+        for c in p["conditions"].as_array_mut().into_iter().flatten() {
+            c["lastTransitionTime"] = now.clone().into();
+        }
+    }
+    theirs.extend(ours);
+    Some(json!({"status": {"parents": theirs}}))
 }
 
 /// While discovery is synced, asks the API server for `/version` every
@@ -393,12 +737,14 @@ async fn keep_contact(
 }
 
 /// Applies one watch event to the index; returns whether the index changed.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     t: Tagged,
     index: &mut Index,
     buffers: &mut HashMap<usize, Vec<Converted>>,
     unsynced: &mut HashSet<usize>,
     statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>,
+    routes_seen: &mut HashMap<ObjectKey, Option<serde_json::Value>>,
     publisher: &Publisher,
     metrics: &Metrics,
 ) -> bool {
@@ -417,11 +763,16 @@ fn handle(
             return false;
         }
     };
-    let remember = |statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>, o: &Object| {
-        if let Object::Mapping(m) = o {
-            statuses.insert(o.key(), m.status.clone());
-        }
-    };
+    let mut remember =
+        |statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>, o: &Object| match o {
+            Object::Mapping(m) => {
+                statuses.insert(o.key(), m.status.clone());
+            }
+            Object::HttpRoute(r) => {
+                routes_seen.insert(o.key(), r.status.clone());
+            }
+            _ => {}
+        };
     // An undecodable object: reported; a Mapping is kept as not accepted.
     let refuse = |u: Undecodable, statuses: &mut HashMap<ObjectKey, Option<MappingStatus>>| {
         if t.kind == ObjectKind::Mapping {
@@ -503,21 +854,27 @@ fn handle(
                 Watched::Undecodable(u) => u.key,
             };
             statuses.remove(&key);
+            if t.kind == ObjectKind::HttpRoute {
+                routes_seen.remove(&key);
+            }
             index.delete(t.kind, &key);
             true
         }
     }
 }
 
-/// Patches Mapping statuses that differ from what the index decided; failed
-/// patches are retried every few seconds until they land or become moot.
-async fn write_statuses(
+/// Patches statuses (of Mappings, of HTTPRoutes) that differ from what the
+/// index decided, `body` making each merge patch; failed patches are retried
+/// every few seconds until they land or become moot.
+async fn write_statuses<S: Clone + PartialEq + Send + Sync + 'static>(
     client: Client,
-    mut desired: watch::Receiver<Arc<BTreeMap<ObjectKey, DesiredStatus>>>,
+    resource: ApiResource,
+    mut desired: watch::Receiver<Arc<BTreeMap<ObjectKey, S>>>,
+    body: fn(&S) -> serde_json::Value,
     metrics: Arc<Metrics>,
 ) {
-    let mut written: HashMap<ObjectKey, DesiredStatus> = HashMap::new();
-    let resource = ApiResource::erase::<Mapping>(&());
+    let mut written: HashMap<ObjectKey, S> = HashMap::new();
+    let kind = resource.kind.clone();
     loop {
         let todo = desired.borrow_and_update().clone();
         let mut failed = false;
@@ -525,22 +882,22 @@ async fn write_statuses(
             if written.get(key) == Some(want) {
                 continue;
             }
-            // Untyped: the answer is the Mapping, which may not decode.
+            // Untyped: the answer is the object, which may not decode.
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &key.namespace, &resource);
-            let patch = json!({"status": MappingStatus { conditions: vec![want.condition()] }});
+            let patch = body(want);
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(m) => {
                     metrics.status_writes.with_label_values(&["ok"]).inc();
-                    tracing::debug!(mapping = %key, generation = ?m.metadata.generation, "status written");
+                    tracing::debug!(kind, object = %key, generation = ?m.metadata.generation, "status written");
                     written.insert(key.clone(), want.clone());
                 }
                 Err(e) => {
                     metrics.status_writes.with_label_values(&["error"]).inc();
-                    tracing::warn!(mapping = %key, error = %e, "cannot write Mapping status; will retry");
+                    tracing::warn!(object = %key, error = %e, "cannot write {kind} status; will retry");
                     failed = true;
                 }
             }
@@ -555,5 +912,42 @@ async fn write_statuses(
             changed = desired.changed() => if changed.is_err() { return },
             _ = retry => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod route_status_tests {
+    use super::*;
+    use crate::discovery::index::{ParentStatus, RouteCondition};
+
+    fn want() -> RouteStatus {
+        let c = |status, reason: &'static str| RouteCondition {
+            status,
+            reason,
+            message: "m".into(),
+        };
+        RouteStatus {
+            generation: Some(4),
+            parents: vec![ParentStatus {
+                parent_ref: json!({"name": "gw"}),
+                accepted: c(true, "Accepted"),
+                resolved_refs: c(false, "BackendNotFound"),
+            }],
+        }
+    }
+
+    #[test]
+    fn written_status_read_back_needs_no_patch_and_others_are_kept() {
+        let other = json!({"parentRef": {"name": "x"}, "controllerName": "example.com/other", "conditions": []});
+        let current = json!({"parents": [other.clone()]});
+        let patch = route_status_patch(&want(), Some(&current)).expect("a patch");
+        let parents = patch["status"]["parents"].as_array().expect("parents");
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0], other);
+        assert_eq!(parents[1]["parentRef"]["kind"], "Gateway");
+        assert_eq!(parents[1]["conditions"][1]["reason"], "BackendNotFound");
+        assert!(parents[1]["conditions"][0]["lastTransitionTime"].is_string());
+        // What the API server stores (defaults filled, times set) compares equal.
+        assert_eq!(route_status_patch(&want(), Some(&patch["status"])), None);
     }
 }

@@ -13,7 +13,9 @@ use pingora_http::RequestHeader;
 
 use super::RequestLimits;
 use crate::metrics::ErrorKind;
-use crate::routes::{Authority, Backend, BackendSettings, Route, RouteTable};
+use crate::routes::{
+    Authority, Backend, BackendSettings, Redirect, RewriteMode, Route, RouteTable,
+};
 
 /// The body the gateway sends with its own error answers. The same body for
 /// unknown and non-exported hosts: nothing about what exists leaks.
@@ -29,6 +31,7 @@ pub fn error_body(kind: ErrorKind) -> &'static [u8] {
         ErrorKind::HeadersTooLarge => b"request header fields too large\n",
         ErrorKind::Loop => b"loop detected: request already forwarded by this gateway\n",
         ErrorKind::Internal => b"internal error\n",
+        ErrorKind::InvalidBackend => b"internal error: backend not found\n",
         ErrorKind::NotInCluster => b"forbidden: the egress only reaches in-cluster Services\n",
         ErrorKind::MethodNotAllowed => b"method not allowed\n",
     }
@@ -121,11 +124,12 @@ pub fn route_for<'t>(
     table: &'t RouteTable,
     authority: &Authority,
     path: &str,
+    query: Option<&str>,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<&'t Arc<Route>, ErrorKind> {
     table
-        .lookup(authority, path, method, headers)
+        .lookup_query(authority, path, query, method, headers)
         .ok_or(ErrorKind::NoRoute)
 }
 
@@ -274,6 +278,9 @@ pub fn rewrite_upstream(
 ) -> pingora_error::Result<()> {
     let path = upstream.uri.path();
     let new_path = match &settings.rewrite {
+        Some(rewrite) if settings.rewrite_mode != RewriteMode::Prefix => {
+            Some(replace_path(path, prefix, settings.rewrite_mode, rewrite))
+        }
         Some(rewrite) if path.starts_with(prefix) => {
             let rest = &path[prefix.len()..];
             let joined = if rewrite.ends_with('/') && rest.starts_with('/') {
@@ -306,7 +313,85 @@ pub fn rewrite_upstream(
     for (name, value) in &settings.add_request_headers {
         upstream.insert_header(name.clone(), value.clone())?;
     }
+    for (name, value) in &settings.append_request_headers {
+        upstream.append_header(name.clone(), value.clone())?;
+    }
+    if let Some(host) = &settings.rewrite_host {
+        upstream.insert_header(HOST, host.clone())?;
+    }
     Ok(())
+}
+
+/// A Gateway API path replacement: the whole path, or the matched prefix by
+/// path elements (`/foo` → `/bar` turns `/foo/x` into `/bar/x`, `/foo` into `/bar`).
+pub fn replace_path(path: &str, prefix: &str, mode: RewriteMode, with: &str) -> String {
+    match mode {
+        RewriteMode::Full => with.to_string(),
+        RewriteMode::Prefix | RewriteMode::PrefixSegments => {
+            let prefix = prefix.trim_end_matches('/');
+            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            let rest = rest.trim_start_matches('/');
+            let base = with.trim_end_matches('/');
+            match (base.is_empty(), rest.is_empty()) {
+                (true, true) => "/".to_string(),
+                (true, false) => format!("/{rest}"),
+                (false, true) => base.to_string(),
+                (false, false) => format!("{base}/{rest}"),
+            }
+        }
+    }
+}
+
+/// Edits the response headers as the backend's settings say.
+pub fn edit_response(
+    resp: &mut pingora_http::ResponseHeader,
+    settings: &BackendSettings,
+) -> pingora_error::Result<()> {
+    for name in &settings.remove_response_headers {
+        resp.remove_header(name);
+    }
+    for (name, value) in &settings.add_response_headers {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    for (name, value) in &settings.append_response_headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// The `Location` of a redirect for a request to `authority` with `path`
+/// (and `query`) matched by `prefix`. Peers reach the gateway over TLS, so the
+/// default scheme is `https`; the port is left out when it is the scheme's default.
+pub fn redirect_location(
+    r: &Redirect,
+    authority: &Authority,
+    path: &str,
+    query: Option<&str>,
+    prefix: &str,
+) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("https");
+    let host = r.hostname.as_deref().unwrap_or(authority.host());
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        // A new scheme without a port: that scheme's default port.
+        (None, Some(_)) => None,
+        (None, None) => authority.port(),
+    };
+    let port = port.filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
+    let path = match &r.path {
+        Some((mode, with)) => replace_path(path, prefix, *mode, with),
+        None => path.to_string(),
+    };
+    let mut loc = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        loc.push_str(&format!(":{p}"));
+    }
+    loc.push_str(&path);
+    if let Some(q) = query {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    loc
 }
 
 /// Maps a proxying error to what the client is told; `None` when the client is

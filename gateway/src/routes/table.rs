@@ -54,6 +54,14 @@ pub struct RouteMatch {
     pub method: Option<String>,
     /// Headers that must all be present, sorted by name.
     pub headers: Vec<HeaderMatch>,
+    /// `prefix` matches whole path elements (Gateway API `PathPrefix`):
+    /// `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    pub segment_prefix: bool,
+    /// Query parameters that must all be present with exactly this value, sorted.
+    pub query: Vec<HeaderMatch>,
+    /// Set for Gateway API rules: the HTTPRoute's creationTimestamp (seconds),
+    /// for its precedence rules (see [`RouteMatch::specificity`]).
+    pub gateway: Option<i64>,
 }
 
 impl RouteMatch {
@@ -64,12 +72,26 @@ impl RouteMatch {
             prefix_exact: false,
             method: None,
             headers: Vec::new(),
+            segment_prefix: false,
+            query: Vec::new(),
+            gateway: None,
         }
     }
 
-    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> bool {
         let path_ok = if self.prefix_exact {
             path == self.prefix
+        } else if self.segment_prefix {
+            self.prefix == "/"
+                || path.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/')
+                })
         } else {
             path.starts_with(self.prefix.as_str())
         };
@@ -80,17 +102,83 @@ impl RouteMatch {
                     .get(h.name.as_str())
                     .is_some_and(|v| v.as_bytes() == h.value.as_bytes())
             })
+            && self
+                .query
+                .iter()
+                .all(|q| query_value(query, &q.name) == Some(q.value.as_str()))
     }
 
-    /// Ordering key: more specific first.
+    /// Ordering key: more specific first. Exact path, then longer prefix;
+    /// at equal path, Gateway API rules before Mapping and Service routes;
+    /// Gateway API rules then by method, header count, query count and the
+    /// oldest HTTPRoute (the spec's order); Mappings by header count, then
+    /// method (as before). Remaining ties go by route name.
     fn specificity(&self) -> impl Ord {
+        use std::cmp::Reverse as R;
+        let (a, b, c, created) = match self.gateway {
+            Some(created) => (
+                usize::from(self.method.is_some()),
+                self.headers.len(),
+                self.query.len(),
+                created,
+            ),
+            None => (self.headers.len(), usize::from(self.method.is_some()), 0, 0),
+        };
         (
-            std::cmp::Reverse(self.prefix_exact),
-            std::cmp::Reverse(self.prefix.len()),
-            std::cmp::Reverse(self.headers.len()),
-            std::cmp::Reverse(self.method.is_some()),
+            R(self.prefix_exact),
+            R(self.prefix.len()),
+            self.gateway.is_none(),
+            R(a),
+            R(b),
+            R(c),
+            created,
         )
     }
+}
+
+/// The first value of query parameter `name` (exact, not percent-decoded:
+/// the Gateway API matches query values as sent).
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// How [`BackendSettings::rewrite`] changes the path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RewriteMode {
+    /// Replace the matched prefix as a string (Mapping `rewrite`).
+    #[default]
+    Prefix,
+    /// Replace the matched prefix as path elements (Gateway API `ReplacePrefixMatch`).
+    PrefixSegments,
+    /// Replace the whole path (Gateway API `ReplaceFullPath`).
+    Full,
+}
+
+/// A Gateway API `RequestRedirect`: the gateway answers itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; default: the request's (`https`: peers use TLS).
+    pub scheme: Option<String>,
+    /// Hostname; default: the request's.
+    pub hostname: Option<String>,
+    /// Port; default: the request's, left out when it is the scheme's default.
+    pub port: Option<u16>,
+    /// The new path; prefix replacement follows [`RewriteMode::PrefixSegments`].
+    pub path: Option<(RewriteMode, String)>,
+    /// 301 or 302.
+    pub status: u16,
+}
+
+/// What a backend answers without going upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectAnswer {
+    /// An invalid Gateway API backendRef (missing Service or port): 500.
+    InvalidBackend,
+    /// A redirect.
+    Redirect(Redirect),
 }
 
 /// Endpoint selection among a backend's ready endpoints.
@@ -127,6 +215,18 @@ pub struct BackendSettings {
     /// Set for a mirror Service's backend (egress): its endpoints are a remote
     /// gateway, reached over mTLS.
     pub remote: Option<RemoteTarget>,
+    /// How `rewrite` applies.
+    pub rewrite_mode: RewriteMode,
+    /// `Host` sent upstream instead of the request's (Gateway API `URLRewrite.hostname`).
+    pub rewrite_host: Option<HeaderValue>,
+    /// Headers appended to the upstream request (kept besides existing values).
+    pub append_request_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers appended to the response.
+    pub append_response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed from the response.
+    pub remove_response_headers: Vec<HeaderName>,
+    /// Answer without an upstream (redirect, invalid backend).
+    pub answer: Option<DirectAnswer>,
 }
 
 /// How the egress reaches a mirrored Service through its cluster's gateway.
@@ -159,6 +259,12 @@ impl BackendSettings {
             num_retries: 1,
             lb: LbPolicy::RoundRobin,
             remote: None,
+            rewrite_mode: RewriteMode::Prefix,
+            rewrite_host: None,
+            append_request_headers: Vec::new(),
+            append_response_headers: Vec::new(),
+            remove_response_headers: Vec::new(),
+            answer: None,
         }
     }
 }
@@ -687,10 +793,23 @@ impl RouteTable {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&Arc<Route>> {
+        self.lookup_query(authority, path, None, method, headers)
+    }
+
+    /// [`RouteTable::lookup`] with the request's query string (for Gateway API
+    /// `queryParams` matches).
+    pub fn lookup_query(
+        &self,
+        authority: &Authority,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Route>> {
         let first = |routes: &'_ [Arc<Route>]| -> Option<usize> {
             routes
                 .iter()
-                .position(|r| r.matcher.matches(path, method, headers))
+                .position(|r| r.matcher.matches(path, query, method, headers))
         };
         let host = authority.host();
         let port = match authority.port() {
@@ -863,6 +982,8 @@ pub fn describe_route(r: &Route) -> Value {
         "prefix_exact": r.matcher.prefix_exact,
         "method": r.matcher.method,
         "headers": r.matcher.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+        "query": r.matcher.query.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+        "path_elements": r.matcher.segment_prefix,
         "allowed_identities": r.authz.describe(),
         "backends": r.target.backends.iter().map(|b| json!({
             "service": &*b.service,
@@ -871,6 +992,11 @@ pub fn describe_route(r: &Route) -> Value {
             "total": b.endpoints.len() + b.not_ready(),
             "endpoints": b.endpoints.iter().take(LISTED_ENDPOINTS).map(|e| e.addr.to_string()).collect::<Vec<_>>(),
             "rewrite": b.settings.rewrite,
+            "answer": match &b.settings.answer {
+                None => None,
+                Some(DirectAnswer::InvalidBackend) => Some("500 (backendRef does not resolve)".to_string()),
+                Some(DirectAnswer::Redirect(r)) => Some(format!("{} redirect", r.status)),
+            },
             "timeout_ms": b.settings.timeout.as_millis() as u64,
         })).collect::<Vec<_>>(),
     })

@@ -22,30 +22,39 @@ const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 /// The discovery document at `path`, if it is a discovery path. `host` is the
 /// request's `Host`, echoed in `/api`'s `serverAddressByClientCIDRs`.
-pub(crate) fn document(path: &str, host: &str) -> Option<Value> {
+/// `served(id)` says whether a resource id is served (see `ApiServer::set_served`):
+/// a hidden resource is left out of every document, and a group or group version
+/// with nothing served is not found, as when a CRD is not installed.
+pub(crate) fn document(path: &str, host: &str, served: &dyn Fn(usize) -> bool) -> Option<Value> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let served: Vec<&ResourceType> = RESOURCES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| served(*i))
+        .map(|(_, r)| r)
+        .collect();
     match segments.as_slice() {
-        ["api"] => Some(api_versions(host)),
-        ["api", version] => resource_list("", version),
+        ["api"] => Some(api_versions(&served, host)),
+        ["api", version] => resource_list(&served, "", version),
         ["apis"] => Some(json!({
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": groups().iter().map(|g| api_group(g)).collect::<Vec<_>>(),
+            "groups": groups(&served).iter().map(|g| api_group(&served, g)).collect::<Vec<_>>(),
         })),
-        ["apis", group] => groups().into_iter().find(|g| g == group).map(|g| {
-            let mut doc = api_group(g);
+        ["apis", group] => groups(&served).into_iter().find(|g| g == group).map(|g| {
+            let mut doc = api_group(&served, g);
             doc["kind"] = "APIGroup".into();
             doc["apiVersion"] = "v1".into();
             doc
         }),
-        ["apis", group, version] if !group.is_empty() => resource_list(group, version),
+        ["apis", group, version] if !group.is_empty() => resource_list(&served, group, version),
         _ => None,
     }
 }
 
-fn api_versions(host: &str) -> Value {
+fn api_versions(served: &[&ResourceType], host: &str) -> Value {
     let mut versions: Vec<&str> = Vec::new();
-    for rt in RESOURCES.iter().filter(|r| r.group.is_empty()) {
+    for rt in served.iter().filter(|r| r.group.is_empty()) {
         if !versions.contains(&rt.version) {
             versions.push(rt.version);
         }
@@ -58,9 +67,9 @@ fn api_versions(host: &str) -> Value {
 }
 
 /// The named groups, in table order.
-fn groups() -> Vec<&'static str> {
+fn groups(served: &[&'static ResourceType]) -> Vec<&'static str> {
     let mut groups: Vec<&'static str> = Vec::new();
-    for rt in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for rt in served.iter().filter(|r| !r.group.is_empty()) {
         if !groups.contains(&rt.group) {
             groups.push(rt.group);
         }
@@ -70,9 +79,9 @@ fn groups() -> Vec<&'static str> {
 
 /// One group's `APIGroup` body (without `kind`/`apiVersion`, as inside a list):
 /// versions by Kubernetes version priority, the first preferred.
-fn api_group(group: &str) -> Value {
+fn api_group(served: &[&ResourceType], group: &str) -> Value {
     let mut versions: Vec<&str> = Vec::new();
-    for rt in RESOURCES.iter().filter(|r| r.group == group) {
+    for rt in served.iter().filter(|r| r.group == group) {
         if !versions.contains(&rt.version) {
             versions.push(rt.version);
         }
@@ -87,9 +96,10 @@ fn api_group(group: &str) -> Value {
 }
 
 /// The `APIResourceList` of one group version, or `None` when nothing is served there.
-fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&ResourceType> = RESOURCES
+fn resource_list(served: &[&ResourceType], group: &str, version: &str) -> Option<Value> {
+    let served: Vec<&ResourceType> = served
         .iter()
+        .copied()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     let first = served.first()?;

@@ -146,17 +146,20 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("127.0.0.1");
-        if let Some(doc) = discovery::document(req.uri().path(), host) {
+        let served = |res: usize| shared.is_served(res);
+        if let Some(doc) = discovery::document(req.uri().path(), host, &served) {
             return Ok(json_response(200, &doc));
         }
     }
-    let target = Target::parse(req.uri().path()).ok_or_else(|| {
-        ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-    })?;
+    let target = Target::parse(req.uri().path())
+        .filter(|t| shared.is_served(t.res))
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })?;
     let query = Query::parse(req.uri().query().unwrap_or_default());
     if query.get("dryRun").is_some() {
         return Err(ApiError::bad_request(

@@ -140,7 +140,8 @@ fn round_robin_preview_is_what_the_proxy_picks_next_and_does_not_advance() {
     let again = explain(&t, &cfg(), &q)["backends"][0]["endpoint"]["next"].clone();
     assert_eq!(first, again, "explain must not consume round-robin state");
     let a = Authority::parse(HOST.as_bytes()).expect("authority");
-    let route = request::route_for(&t, &a, "/", &Method::GET, &HeaderMap::new()).expect("route");
+    let route =
+        request::route_for(&t, &a, "/", None, &Method::GET, &HeaderMap::new()).expect("route");
     let picked = route.target.backends[0].pick(None).expect("endpoint");
     assert_eq!(first, json!(picked.addr.to_string()));
     let after = explain(&t, &cfg(), &q)["backends"][0]["endpoint"]["next"].clone();

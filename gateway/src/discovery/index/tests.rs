@@ -982,3 +982,131 @@ fn not_exported_list_follows_export_flips_and_deletes() {
     idx.delete(ObjectKind::Service, &ObjectKey::new("test", "a"));
     assert!(!idx.build().is_unexported("test/a"));
 }
+
+mod httproutes {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("object")
+    }
+
+    fn infra(idx: &mut Index) {
+        idx.apply(&Object::GatewayClass(Box::new(obj(json!({
+            "metadata": {"name": "isthmus"}, "spec": {"controllerName": "isthmus.dev/gateway"}})))))
+            .unwrap();
+        idx.apply(&Object::GatewayClass(Box::new(obj(json!({
+            "metadata": {"name": "other"}, "spec": {"controllerName": "example.com/other"}})))))
+            .unwrap();
+        for (name, class) in [("gw", "isthmus"), ("foreign", "other")] {
+            idx.apply(&Object::Gateway(Box::new(obj(json!({
+                "metadata": {"name": name, "namespace": "t"},
+                "spec": {"gatewayClassName": class, "listeners": [
+                    {"name": "a", "port": 4143, "hostname": "*.example.com"}]}})))))
+                .unwrap();
+        }
+        idx.apply(&mk_service(
+            "t",
+            "web",
+            false,
+            &[("http", 80, IntOrString::Int(8080))],
+        ))
+        .unwrap();
+        idx.apply(&mk_slice(
+            "t",
+            "web-1",
+            "web",
+            &[("http", 8080)],
+            &[("10.0.0.1", true)],
+        ))
+        .unwrap();
+    }
+
+    fn route(name: &str, spec: serde_json::Value) -> Object {
+        Object::HttpRoute(Box::new(obj(json!({
+            "metadata": {"name": name, "namespace": "t", "generation": 2}, "spec": spec}))))
+    }
+
+    fn find<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
+        let a = Authority::parse(host.as_bytes()).expect("authority");
+        t.lookup(&a, path, &Method::GET, &HeaderMap::new())
+            .map(|r| &*r.name)
+    }
+
+    #[test]
+    fn parents_hostnames_and_status() {
+        let mut idx = Index::new(cfg());
+        infra(&mut idx);
+        idx.apply(&route("ok", json!({
+            "parentRefs": [{"name": "gw"}, {"name": "foreign"}, {"name": "gw", "sectionName": "nope"}],
+            "hostnames": ["a.example.com", "b.other.org"],
+            "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]})))
+            .unwrap();
+        let t = idx.build();
+        // Intersected with the listener's *.example.com: only a.example.com.
+        assert_eq!(find(&t, "a.example.com", "/"), Some("httproute/t/ok/000"));
+        assert_eq!(find(&t, "b.other.org", "/"), None);
+        let (_, st) = idx.httproute_states().next().expect("status");
+        assert_eq!(st.generation, Some(2));
+        // The foreign Gateway's parent gets no entry from us.
+        assert_eq!(st.parents.len(), 2);
+        assert_eq!(st.parents[0].accepted.reason, "Accepted");
+        assert_eq!(st.parents[1].accepted.reason, "NoMatchingParent");
+        assert_eq!(st.parents[0].resolved_refs.reason, "ResolvedRefs");
+    }
+
+    #[test]
+    fn an_invalid_route_is_refused_alone() {
+        let mut idx = Index::new(cfg());
+        infra(&mut idx);
+        let err = idx
+            .apply(&route("bad", json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["bad.example.com"],
+                "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/x.*"}}]}]})))
+            .unwrap_err();
+        assert!(err.reason.contains("RegularExpression"), "{err}");
+        idx.apply(&route("good", json!({
+            "parentRefs": [{"name": "gw"}], "hostnames": ["good.example.com"],
+            "rules": [{"backendRefs": [{"name": "web", "port": 80}, {"name": "gone", "port": 80}]}]})))
+            .unwrap();
+        let t = idx.build();
+        assert_eq!(find(&t, "bad.example.com", "/"), None);
+        let r = t
+            .lookup(
+                &Authority::parse(b"good.example.com").unwrap(),
+                "/",
+                &Method::GET,
+                &HeaderMap::new(),
+            )
+            .expect("good route");
+        assert_eq!(r.target.backends.len(), 2);
+        assert_eq!(
+            r.target.backends[1].settings.answer,
+            Some(crate::routes::DirectAnswer::InvalidBackend)
+        );
+        let states: BTreeMap<_, _> = idx.httproute_states().collect();
+        let bad = &states[&ObjectKey::new("t", "bad")];
+        assert_eq!(bad.parents[0].accepted.reason, "UnsupportedValue");
+        let good = &states[&ObjectKey::new("t", "good")];
+        assert!(!good.parents[0].resolved_refs.status);
+        assert_eq!(good.parents[0].resolved_refs.reason, "BackendNotFound");
+    }
+
+    #[test]
+    fn path_prefix_is_element_wise() {
+        let mut idx = Index::new(cfg());
+        infra(&mut idx);
+        idx.apply(&route(
+            "p",
+            json!({
+            "parentRefs": [{"name": "gw"}], "hostnames": ["p.example.com"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/foo/"}}],
+                       "backendRefs": [{"name": "web", "port": 80}]}]}),
+        ))
+        .unwrap();
+        let t = idx.build();
+        assert!(find(&t, "p.example.com", "/foo").is_some());
+        assert!(find(&t, "p.example.com", "/foo/bar").is_some());
+        assert!(find(&t, "p.example.com", "/foobar").is_none());
+    }
+}

@@ -236,7 +236,15 @@ fn lookup_authorize_and_backend_choice() {
     );
     let get = |host: &str| {
         let a = parse_authority(host.as_bytes()).expect("authority");
-        route_for(&t, &a, "/", &http::Method::GET, &http::HeaderMap::new()).cloned()
+        route_for(
+            &t,
+            &a,
+            "/",
+            None,
+            &http::Method::GET,
+            &http::HeaderMap::new(),
+        )
+        .cloned()
     };
     assert_eq!(get("nope.example").err(), Some(ErrorKind::NoRoute));
     let up = get("up.example").expect("route");
