@@ -99,6 +99,11 @@ pub enum ErrorKind {
     NotInCluster,
     /// 405 (egress): CONNECT.
     MethodNotAllowed,
+    /// 502, as gRPC `UNIMPLEMENTED`: a gRPC request on a route whose upstream
+    /// speaks HTTP/1.1 (no h2c `appProtocol`, no `grpc: true`).
+    GrpcNotH2,
+    /// 403: an `Upgrade` (or extended CONNECT) the route does not allow.
+    UpgradeRefused,
 }
 
 impl ErrorKind {
@@ -116,6 +121,8 @@ impl ErrorKind {
             ErrorKind::Internal => 500,
             ErrorKind::NotInCluster => 403,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::GrpcNotH2 => 502,
+            ErrorKind::UpgradeRefused => 403,
         }
     }
 
@@ -134,6 +141,8 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::NotInCluster => "not_in_cluster",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::GrpcNotH2 => "grpc_upstream_http1",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
         }
     }
 }
@@ -157,6 +166,8 @@ pub enum HandshakeFailure {
     Timeout,
     /// The client went away during the handshake.
     Closed,
+    /// The client offered Linkerd's opaque transport (ALPN `transport.l5d.io/v1`).
+    OpaqueTransport,
 }
 
 impl HandshakeFailure {
@@ -171,6 +182,7 @@ impl HandshakeFailure {
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Closed => "closed",
+            HandshakeFailure::OpaqueTransport => "opaque_transport",
         }
     }
 }

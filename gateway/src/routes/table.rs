@@ -127,6 +127,11 @@ pub struct BackendSettings {
     /// Set for a mirror Service's backend (egress): its endpoints are a remote
     /// gateway, reached over mTLS.
     pub remote: Option<RemoteTarget>,
+    /// Speak HTTP/2 with prior knowledge (h2c) to the endpoints: a Service
+    /// port with `appProtocol` h2c or gRPC, or a Mapping with `grpc: true`.
+    pub upstream_h2: bool,
+    /// `Upgrade` protocols (lower-case) passed through to the upstream.
+    pub allow_upgrade: Vec<String>,
 }
 
 /// How the egress reaches a mirrored Service through its cluster's gateway.
@@ -159,6 +164,8 @@ impl BackendSettings {
             num_retries: 1,
             lb: LbPolicy::RoundRobin,
             remote: None,
+            upstream_h2: false,
+            allow_upgrade: Vec::new(),
         }
     }
 }
