@@ -53,6 +53,7 @@ async fn answer(
         .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
         .collect();
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let query = req.uri().query().map(str::to_string);
     let body_len = req
         .into_body()
@@ -64,6 +65,7 @@ async fn answer(
         "upstream": &*name,
         "message": format!("greetings from {name}"),
         "method": method,
+        "version": version,
         "path": path,
         "query": query,
         "request_body_bytes": body_len,

@@ -165,6 +165,13 @@ pub fn rewrite_upstream(
         _ => None,
     };
     if new_path.is_some() || upstream.uri.authority().is_some() {
+        // An HTTP/2 request's authority lives in the URI; keep it as Host
+        // (pingora's h2 upstream rebuilds `:authority` from Host).
+        if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
+            if !upstream.headers.contains_key(HOST) {
+                upstream.insert_header(HOST, a)?;
+            }
+        }
         let path = new_path.as_deref().unwrap_or(upstream.uri.path());
         let pq = match upstream.uri.query() {
             Some(q) => format!("{path}?{q}"),
