@@ -104,6 +104,8 @@ pub struct RequestCtx {
     /// Linkerd's `l5d-orig-proto` was stripped: the caller's proxy upgraded
     /// an HTTP/1 request and wants the marker back on the response.
     orig_proto: bool,
+    /// An allowed `Upgrade` (WebSocket): a tunnel once the upstream answers 101.
+    upgrade: bool,
     _active: ActiveRequest,
 }
 
@@ -184,6 +186,7 @@ impl ProxyHttp for GatewayProxy {
             grpc: false,
             deadline: None,
             orig_proto: false,
+            upgrade: false,
             _active: ActiveRequest::new(&self.metrics.requests_in_flight),
         }
     }
@@ -236,6 +239,10 @@ impl ProxyHttp for GatewayProxy {
             return self.answer(session, ctx, kind).await;
         }
         ctx.deadline = grpc::timeout(session.req_header());
+        ctx.upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
         if session.is_http2() {
             ctx.orig_proto = request::take_orig_proto(session.req_header_mut());
         }
@@ -261,7 +268,12 @@ impl ProxyHttp for GatewayProxy {
             request::h2c_peer(&mut peer);
         }
         // A gRPC deadline shortens the route's timeout, never lengthens it.
-        let timeout = ctx.deadline.map_or(s.timeout, |d| d.min(s.timeout));
+        let timeout = match (ctx.deadline, ctx.upgrade) {
+            (Some(d), _) => d.min(s.timeout),
+            // A tunnel may be quiet longer than a response may take.
+            (None, true) => s.timeout.max(s.idle_timeout),
+            (None, false) => s.timeout,
+        };
         peer.options.connection_timeout = Some(s.connect_timeout);
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
