@@ -269,3 +269,37 @@ async fn upgrades_the_route_does_not_allow_are_refused() {
     // The allowed one still works on the same Mapping-less host.
     assert!(connect(&h, HOST).await.is_ok());
 }
+
+#[tokio::test]
+async fn extended_connect_over_http2_is_refused_by_the_h2_layer() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (h, _up) = gateway(|_| {}).await;
+    let tls = h.client("peer-west").http2().open().await.expect("TLS");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    // pingora 0.9 never advertises SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441)...
+    let mut req = http::Request::connect(format!("https://{HOST}/ws"))
+        .header("sec-websocket-version", "13")
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    // ...so a stream that sends `:protocol` anyway is reset (PROTOCOL_ERROR).
+    let r = sender.send_request(req).await;
+    assert!(r.is_err(), "{r:?}");
+    // The connection itself stays usable (the echo upstream answers no plain GET: 502).
+    let r = sender
+        .send_request(
+            http::Request::get(format!("https://{HOST}/"))
+                .body(Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("the connection still serves");
+    assert_eq!(r.status(), 502);
+}
