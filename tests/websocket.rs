@@ -181,7 +181,7 @@ async fn a_drain_keeps_sockets_until_the_grace_ends_then_closes_them() {
         Message::text("before")
     );
 
-    let shutdown = tokio::spawn(h.shutdown(Duration::from_millis(800)));
+    let shutdown = tokio::spawn(h.shutdown(Duration::from_secs(2)));
     eventually("the gateway is draining", || async {
         plain_get(admin, "/ready").await.0 != 200
     })
@@ -195,7 +195,7 @@ async fn a_drain_keeps_sockets_until_the_grace_ends_then_closes_them() {
 
     // At its end the connection is closed (no close frame: the gateway does
     // not parse WebSocket frames).
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ws.next().await {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,

@@ -195,7 +195,7 @@ pub fn rewrite_upstream(
 /// HTTP/1.1 upstream (it would hang or fail obscurely: refused at once), a
 /// plain `CONNECT` (the gateway is no tunnel), and an `Upgrade` to a
 /// protocol the route does not allow (`allow_upgrade`; implicit Service
-/// routes allow `websocket`).
+/// routes allow `websocket`), or any `Upgrade` towards an h2c upstream.
 pub fn check_protocol(
     req: &RequestHeader,
     grpc: bool,
@@ -207,7 +207,12 @@ pub fn check_protocol(
     if req.method == http::Method::CONNECT {
         return Err(ErrorKind::MethodNotAllowed);
     }
-    for value in req.headers.get_all(http::header::UPGRADE) {
+    let mut upgrades = req.headers.get_all(http::header::UPGRADE).iter().peekable();
+    if upgrades.peek().is_some() && settings.upstream_h2 {
+        // pingora drops `Upgrade` towards an HTTP/2 upstream: refuse, don't break it.
+        return Err(ErrorKind::UpgradeRefused);
+    }
+    for value in upgrades {
         let Ok(value) = value.to_str() else {
             return Err(ErrorKind::UpgradeRefused);
         };
