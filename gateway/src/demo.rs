@@ -62,6 +62,7 @@ async fn answer(
         })
         .collect();
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let query = req.uri().query().map(str::to_string);
     let body_len = req
         .into_body()
@@ -73,6 +74,7 @@ async fn answer(
         "upstream": &*name,
         "message": format!("greetings from {name}"),
         "method": method,
+        "version": version,
         "path": path,
         "query": query,
         "request_body_bytes": body_len,

@@ -72,6 +72,7 @@ mod coalesce;
 mod deadlines;
 mod handshakes;
 pub mod shards;
+mod sniff;
 use crate::tls::{traced_handshake, PeerIdentity};
 use coalesce::Coalesced;
 pub use deadlines::Deadlines;
@@ -365,11 +366,34 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             },
             None => None,
         };
-        let h2 = tls.selected_alpn_proto() == Some(ALPN::H2);
+        let alpn = tls.selected_alpn_proto();
+        let tls: Stream = Box::new(tls);
+        let (h2, tls): (bool, Stream) = match alpn {
+            Some(ALPN::H2) => (true, tls),
+            Some(_) => (false, tls),
+            // No ALPN: HTTP/2 with prior knowledge (Linkerd) or HTTP/1.
+            None => {
+                let idle = self.config.limits.deadlines.idle;
+                match tokio::time::timeout(idle, sniff::Sniffed::read(tls)).await {
+                    Ok(Ok(s)) => (s.is_h2(), Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "read error before the first request");
+                        return;
+                    }
+                    Err(_) => {
+                        self.config
+                            .metrics
+                            .limits_exceeded
+                            .with_label_values(&["idle_timeout"])
+                            .inc();
+                        return;
+                    }
+                }
+            }
+        };
         let mut next: Option<Stream> = if h2 {
-            Some(Box::new(tls))
+            Some(tls)
         } else {
-            let tls: Stream = Box::new(tls);
             Some(Box::new(WithDeadlines::new(
                 tls,
                 self.config.limits.deadlines,

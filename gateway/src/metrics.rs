@@ -108,11 +108,16 @@ pub enum ErrorKind {
     NotInCluster,
     /// 405 (egress): CONNECT.
     MethodNotAllowed,
+    /// 502, as gRPC `UNIMPLEMENTED`: a gRPC request on a route whose upstream
+    /// speaks HTTP/1.1 (no h2c `appProtocol`, no `grpc: true`).
+    GrpcNotH2,
+    /// 403: an `Upgrade` (or extended CONNECT) the route does not allow.
+    UpgradeRefused,
 }
 
 impl ErrorKind {
     /// Every kind, for tests that enumerate the metric's label values.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::NoRoute,
         ErrorKind::Forbidden,
         ErrorKind::NoEndpoints,
@@ -125,6 +130,9 @@ impl ErrorKind {
         ErrorKind::Internal,
         ErrorKind::NotInCluster,
         ErrorKind::MethodNotAllowed,
+        ErrorKind::InvalidBackend,
+        ErrorKind::GrpcNotH2,
+        ErrorKind::UpgradeRefused,
     ];
 
     /// The HTTP status a client sees for this error.
@@ -142,6 +150,8 @@ impl ErrorKind {
             ErrorKind::InvalidBackend => 500,
             ErrorKind::NotInCluster => 403,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::GrpcNotH2 => 502,
+            ErrorKind::UpgradeRefused => 403,
         }
     }
 
@@ -161,6 +171,8 @@ impl ErrorKind {
             ErrorKind::InvalidBackend => "invalid_backend",
             ErrorKind::NotInCluster => "not_in_cluster",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::GrpcNotH2 => "grpc_upstream_http1",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
         }
     }
 }
@@ -184,11 +196,13 @@ pub enum HandshakeFailure {
     Timeout,
     /// The client went away during the handshake.
     Closed,
+    /// The client offered Linkerd's opaque transport (ALPN `transport.l5d.io/v1`).
+    OpaqueTransport,
 }
 
 impl HandshakeFailure {
     /// Every reason, for tests that enumerate the metric's label values.
-    pub const ALL: [HandshakeFailure; 8] = [
+    pub const ALL: [HandshakeFailure; 9] = [
         HandshakeFailure::NoClientCert,
         HandshakeFailure::UnknownCa,
         HandshakeFailure::Expired,
@@ -197,6 +211,7 @@ impl HandshakeFailure {
         HandshakeFailure::Protocol,
         HandshakeFailure::Timeout,
         HandshakeFailure::Closed,
+        HandshakeFailure::OpaqueTransport,
     ];
 
     /// The metric label value.
@@ -210,6 +225,7 @@ impl HandshakeFailure {
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Closed => "closed",
+            HandshakeFailure::OpaqueTransport => "opaque_transport",
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! request_filter     framing → limits → authority → loop check → route lookup →
-//!                    authorization → backend
+//!                    authorization → backend → protocol (gRPC needs h2c, Upgrade
+//!                    allowed, Linkerd's l5d-orig-proto)
 //! upstream_peer      endpoint choice (round robin / least request), timeouts
 //! upstream_request   rewrite, header edits, Forwarded by=<own identity>
 //! response_filter    response header edits
@@ -13,6 +14,7 @@
 //! ```
 //! Each hook is short; the decisions live in [`request`] as plain functions.
 
+pub mod grpc;
 pub mod request;
 
 use std::sync::Arc;
@@ -87,7 +89,7 @@ impl GatewayProxy {
         kind: ErrorKind,
     ) -> Result<bool> {
         ctx.error = Some(kind);
-        respond(session, kind).await;
+        respond(session, kind, ctx.grpc).await;
         Ok(true)
     }
 }
@@ -103,6 +105,15 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     connect_failures: u32,
     error: Option<ErrorKind>,
+    /// The caller speaks gRPC: errors are answered as gRPC statuses.
+    grpc: bool,
+    /// The caller's gRPC deadline (`grpc-timeout`).
+    deadline: Option<Duration>,
+    /// Linkerd's `l5d-orig-proto` was stripped: the caller's proxy upgraded
+    /// an HTTP/1 request and wants the marker back on the response.
+    orig_proto: bool,
+    /// An allowed `Upgrade` (WebSocket): a tunnel once the upstream answers 101.
+    upgrade: bool,
     _active: ActiveRequest,
 }
 
@@ -136,7 +147,17 @@ fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
         .and_then(|s| s.extension.get::<PeerIdentity>())
 }
 
-async fn respond(session: &mut Session, kind: ErrorKind) {
+async fn respond(session: &mut Session, kind: ErrorKind, grpc: bool) {
+    if grpc {
+        if let Some(resp) = grpc::error_response(kind, request::error_body(kind)) {
+            if let Err(e) = session.write_response_header(Box::new(resp), true).await {
+                tracing::debug!(error = %e, "could not write gRPC error response");
+            }
+            // Trailers-only: the header block ends the stream.
+            let _ = session.finish_body().await;
+        }
+        return;
+    }
     let body = Bytes::from_static(request::error_body(kind));
     let mut resp = match ResponseHeader::build(kind.status(), Some(3)) {
         Ok(r) => r,
@@ -183,6 +204,10 @@ impl ProxyHttp for GatewayProxy {
             in_flight: None,
             connect_failures: 0,
             error: None,
+            grpc: false,
+            deadline: None,
+            orig_proto: false,
+            upgrade: false,
             _active: ActiveRequest::new(&self.metrics.requests_in_flight),
         }
     }
@@ -199,6 +224,7 @@ impl ProxyHttp for GatewayProxy {
                 return self.answer(session, ctx, kind).await;
             }
         }
+        ctx.grpc = grpc::is_grpc(session.req_header());
         if let Err(kind) = request::check_limits(session.req_header(), &self.limits) {
             return self.answer(session, ctx, kind).await;
         }
@@ -267,6 +293,18 @@ impl ProxyHttp for GatewayProxy {
             }
             _ => return self.answer(session, ctx, ErrorKind::NoEndpoints).await,
         }
+        let settings = &route.target.backends[ctx.backend].settings;
+        if let Err(kind) = request::check_protocol(session.req_header(), ctx.grpc, settings) {
+            return self.answer(session, ctx, kind).await;
+        }
+        ctx.deadline = grpc::timeout(session.req_header());
+        ctx.upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
+        if session.is_http2() {
+            ctx.orig_proto = request::take_orig_proto(session.req_header_mut());
+        }
         Ok(false)
     }
 
@@ -285,9 +323,19 @@ impl ProxyHttp for GatewayProxy {
             .clone();
         let s = &backend.settings;
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        if s.upstream_h2 {
+            request::h2c_peer(&mut peer);
+        }
+        // A gRPC deadline shortens the route's timeout, never lengthens it.
+        let timeout = match (ctx.deadline, ctx.upgrade) {
+            (Some(d), _) => d.min(s.timeout),
+            // A tunnel may be quiet longer than a response may take.
+            (None, true) => s.timeout.max(s.idle_timeout),
+            (None, false) => s.timeout,
+        };
         peer.options.connection_timeout = Some(s.connect_timeout);
-        peer.options.read_timeout = Some(s.timeout);
-        peer.options.write_timeout = Some(s.timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
         peer.options.idle_timeout = Some(s.idle_timeout);
         ctx.in_flight = Some(endpoint.begin());
         Ok(Box::new(peer))
@@ -342,6 +390,9 @@ impl ProxyHttp for GatewayProxy {
             // response, so none sends another request into the close.
             session.set_keepalive(None);
         }
+        if ctx.orig_proto {
+            request::mark_orig_proto(upstream)?;
+        }
         if let Some(b) = ctx.backend() {
             request::edit_response(upstream, &b.settings)?;
         }
@@ -387,7 +438,7 @@ impl ProxyHttp for GatewayProxy {
             Some(kind) => {
                 ctx.error = Some(kind);
                 if session.response_written().is_none() {
-                    respond(session, kind).await;
+                    respond(session, kind, ctx.grpc).await;
                 }
                 kind.status()
             }

@@ -204,6 +204,16 @@ impl Client {
         }
     }
 
+    /// The same client offering exactly these ALPN protocols (none: empty).
+    pub fn with_alpn(&self, protos: &[&[u8]]) -> Client {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protos.iter().map(|p| p.to_vec()).collect();
+        Client {
+            config: Arc::new(config),
+            ..self.clone()
+        }
+    }
+
     /// Sends SNI `name` instead of `localhost`.
     pub fn with_sni(&self, name: &str) -> Client {
         Client {

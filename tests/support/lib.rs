@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod client;
+pub mod grpc;
 pub mod load;
 pub mod manifests;
 pub mod raw_upstream;

@@ -54,3 +54,22 @@ pub fn slice_many(ns: &str, name: &str, svc: &str, port: u16, eps: &[(&str, bool
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {svc}\naddressType: IPv4\nports:\n  - name: http\n    port: {port}\nendpoints:\n{endpoints}"
     )
 }
+
+/// An exported Service whose port `http` has `appProtocol: <proto>`, plus an
+/// EndpointSlice pointing at `addr`.
+pub fn exported_service_app_protocol(
+    ns: &str,
+    name: &str,
+    port: u16,
+    addr: SocketAddr,
+    proto: &str,
+) -> String {
+    let svc = service(ns, name, true, port).replace(
+        "      targetPort: http\n",
+        &format!("      targetPort: http\n      appProtocol: {proto}\n"),
+    );
+    format!(
+        "{svc}---\n{}",
+        slice(ns, &format!("{name}-1"), name, addr, true)
+    )
+}

@@ -74,6 +74,12 @@ pub struct MappingSpec {
     /// Headers added to the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_response_headers: Option<BTreeMap<String, String>>,
+    /// The upstream speaks gRPC: proxy over HTTP/2 with prior knowledge (h2c).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<bool>,
+    /// `Upgrade` protocols passed to the upstream (`websocket`); others are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_upgrade: Option<Vec<String>>,
     /// Peer identities allowed on this Mapping (replaces the global list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_identities: Option<Vec<String>>,

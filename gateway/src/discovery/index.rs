@@ -174,6 +174,17 @@ struct ServicePort {
     name: String,
     port: u16,
     target: TargetPort,
+    /// `appProtocol` says HTTP/2 with prior knowledge (see [`is_h2_app_protocol`]).
+    h2: bool,
+}
+
+/// Whether a Service port's `appProtocol` means HTTP/2 without TLS:
+/// `kubernetes.io/h2c` (KEP-3726), or gRPC (`grpc`, `kubernetes.io/grpc`).
+fn is_h2_app_protocol(p: &str) -> bool {
+    matches!(
+        p.to_ascii_lowercase().as_str(),
+        "kubernetes.io/h2c" | "h2c" | "grpc" | "kubernetes.io/grpc"
+    )
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -745,7 +756,15 @@ impl Index {
             slices: &slices_by_service,
             endpoints: &mut self.endpoints,
         };
-        let defaults = Arc::new(self.cfg.defaults.clone());
+        // Implicit Service routes pass WebSocket upgrades through.
+        let defaults = Arc::new(BackendSettings {
+            allow_upgrade: vec!["websocket".into()],
+            ..self.cfg.defaults.clone()
+        });
+        let defaults_h2 = Arc::new(BackendSettings {
+            upstream_h2: true,
+            ..(*defaults).clone()
+        });
 
         // Implicit routes: every port of every exported Service.
         for (key, svc) in missing {
@@ -766,19 +785,20 @@ impl Index {
                         key: key.clone(),
                         port: Some(port.port),
                     });
+                    let settings = if port.h2 {
+                        defaults_h2.clone()
+                    } else {
+                        defaults.clone()
+                    };
                     Arc::new(Route {
                         name: format!("service/{}/{}:{}", key.namespace, key.name, port.port)
                             .into(),
                         hosts,
                         matcher: RouteMatch::any(),
                         authz: Authorization::new(self.cfg.allowed.clone()),
-                        target: RouteTarget::new(vec![Backend::new(
-                            label,
-                            1,
-                            eps,
-                            defaults.clone(),
-                        )
-                        .with_not_ready(not_ready)]),
+                        target: RouteTarget::new(vec![
+                            Backend::new(label, 1, eps, settings).with_not_ready(not_ready)
+                        ]),
                     })
                 })
                 .collect();
@@ -819,9 +839,15 @@ impl Index {
                 if !covered {
                     mapping_only_backends.insert(label.clone());
                 }
-                backends.push(
-                    Backend::new(label, weight, eps, m.settings.clone()).with_not_ready(not_ready),
-                );
+                let settings = if !m.settings.upstream_h2 && resolver.port_is_h2(&m.service) {
+                    Arc::new(BackendSettings {
+                        upstream_h2: true,
+                        ..(*m.settings).clone()
+                    })
+                } else {
+                    m.settings.clone()
+                };
+                backends.push(Backend::new(label, weight, eps, settings).with_not_ready(not_ready));
             }
             let (first, _) = members[0];
             routes.push(Arc::new(Route {
@@ -908,6 +934,17 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
+    /// Whether the referenced Service port's `appProtocol` is h2c or gRPC.
+    fn port_is_h2(&self, r: &ServiceRef) -> bool {
+        let Some(svc) = self.services.get(&r.key) else {
+            return false;
+        };
+        match r.port {
+            Some(p) => svc.ports.iter().any(|sp| sp.port == p && sp.h2),
+            None => svc.ports.len() == 1 && svc.ports[0].h2,
+        }
+    }
+
     /// The backend label, ready endpoints and the number of not-ready ones of
     /// a Service port; none when the Service, the port, or ready endpoints are
     /// missing (the route answers 503).
@@ -994,6 +1031,7 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
             name: p.name.clone().unwrap_or_default(),
             port,
             target,
+            h2: p.app_protocol.as_deref().is_some_and(is_h2_app_protocol),
         });
     }
     let labels = svc.metadata.labels.as_ref();
@@ -1201,6 +1239,16 @@ fn convert_mapping(
                 format!("remove_request_headers: {name:?} is not a valid header name")
             })?,
         );
+    }
+    settings.upstream_h2 = spec.grpc.unwrap_or(false);
+    settings.allow_upgrade = Vec::new();
+    for (i, proto) in spec.allow_upgrade.iter().flatten().enumerate() {
+        if proto.is_empty() || !proto.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(format!(
+                "allow_upgrade[{i}]: {proto:?} is not an Upgrade protocol token"
+            ));
+        }
+        settings.allow_upgrade.push(proto.to_ascii_lowercase());
     }
     let allowed = match &spec.allowed_identities {
         None => None,

@@ -34,6 +34,8 @@ pub fn error_body(kind: ErrorKind) -> &'static [u8] {
         ErrorKind::InvalidBackend => b"internal error: backend not found\n",
         ErrorKind::NotInCluster => b"forbidden: the egress only reaches in-cluster Services\n",
         ErrorKind::MethodNotAllowed => b"method not allowed\n",
+        ErrorKind::GrpcNotH2 => b"the upstream does not speak HTTP/2 (gRPC needs h2c)\n",
+        ErrorKind::UpgradeRefused => b"upgrade not allowed on this route\n",
     }
 }
 
@@ -297,6 +299,13 @@ pub fn rewrite_upstream(
         _ => None,
     };
     if new_path.is_some() || upstream.uri.authority().is_some() {
+        // An HTTP/2 request's authority lives in the URI; keep it as Host
+        // (pingora's h2 upstream rebuilds `:authority` from Host).
+        if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
+            if !upstream.headers.contains_key(HOST) {
+                upstream.insert_header(HOST, a)?;
+            }
+        }
         let path = new_path.as_deref().unwrap_or(upstream.uri.path());
         let pq = match upstream.uri.query() {
             Some(q) => format!("{path}?{q}"),
@@ -393,6 +402,87 @@ pub fn redirect_location(
     }
     loc
 }
+
+/// Refuses what the chosen backend cannot carry: a gRPC request to an
+/// HTTP/1.1 upstream (it would hang or fail obscurely: refused at once), a
+/// plain `CONNECT` (the gateway is no tunnel), and an `Upgrade` to a
+/// protocol the route does not allow (`allow_upgrade`; implicit Service
+/// routes allow `websocket`), or any `Upgrade` towards an h2c upstream.
+pub fn check_protocol(
+    req: &RequestHeader,
+    grpc: bool,
+    settings: &BackendSettings,
+) -> Result<(), ErrorKind> {
+    if grpc && !settings.upstream_h2 {
+        return Err(ErrorKind::GrpcNotH2);
+    }
+    if req.method == http::Method::CONNECT {
+        return Err(ErrorKind::MethodNotAllowed);
+    }
+    let mut upgrades = req.headers.get_all(http::header::UPGRADE).iter().peekable();
+    if upgrades.peek().is_some() && settings.upstream_h2 {
+        // pingora drops `Upgrade` towards an HTTP/2 upstream: refuse, don't break it.
+        return Err(ErrorKind::UpgradeRefused);
+    }
+    for value in upgrades {
+        let Ok(value) = value.to_str() else {
+            return Err(ErrorKind::UpgradeRefused);
+        };
+        for proto in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            // `websocket/13` names a version; the allow list names protocols.
+            let name = proto.split('/').next().unwrap_or(proto);
+            if !settings
+                .allow_upgrade
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(name))
+            {
+                return Err(ErrorKind::UpgradeRefused);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Linkerd's header on an HTTP/1 request its proxy carried over HTTP/2.
+pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+
+/// Strips `l5d-orig-proto` from an HTTP/2 request, as linkerd2-proxy's
+/// inbound `orig_proto::Downgrade` does; whether it was there (the request
+/// then goes upstream as the HTTP/1.1 it was).
+pub fn take_orig_proto(req: &mut RequestHeader) -> bool {
+    let found = req.headers.contains_key(L5D_ORIG_PROTO);
+    if found {
+        req.remove_header(L5D_ORIG_PROTO);
+    }
+    found
+}
+
+/// On the response to an orig-proto request: `l5d-orig-proto: HTTP/1.x` when
+/// the upstream answered in HTTP/1 (the caller's proxy then downgrades it),
+/// nothing when it answered in HTTP/2 (as `Downgrade` does).
+pub fn mark_orig_proto(resp: &mut pingora_http::ResponseHeader) -> pingora_error::Result<()> {
+    let value = match resp.version {
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => return Ok(()),
+    };
+    resp.insert_header(L5D_ORIG_PROTO, value)?;
+    resp.remove_header(&TRANSFER_ENCODING);
+    Ok(())
+}
+
+/// Makes `peer` an HTTP/2-with-prior-knowledge (h2c) peer. pingora keeps h1
+/// and h2 connections in separate pools, and the group key keeps the peer's
+/// hash apart from an HTTP/1.1 peer of the same address as well.
+pub fn h2c_peer(peer: &mut pingora_core::upstreams::peer::HttpPeer) {
+    peer.options.set_http_version(2, 2);
+    // pingora's default is one stream per connection.
+    peer.options.max_h2_streams = 100;
+    peer.group_key = H2C_GROUP;
+}
+
+/// [`h2c_peer`]'s group key.
+pub const H2C_GROUP: u64 = 2;
 
 /// Maps a proxying error to what the client is told; `None` when the client is
 /// gone and nothing can be sent.

@@ -227,6 +227,11 @@ pub struct BackendSettings {
     pub remove_response_headers: Vec<HeaderName>,
     /// Answer without an upstream (redirect, invalid backend).
     pub answer: Option<DirectAnswer>,
+    /// Speak HTTP/2 with prior knowledge (h2c) to the endpoints: a Service
+    /// port with `appProtocol` h2c or gRPC, or a Mapping with `grpc: true`.
+    pub upstream_h2: bool,
+    /// `Upgrade` protocols (lower-case) passed through to the upstream.
+    pub allow_upgrade: Vec<String>,
 }
 
 /// How the egress reaches a mirrored Service through its cluster's gateway.
@@ -265,6 +270,8 @@ impl BackendSettings {
             append_response_headers: Vec::new(),
             remove_response_headers: Vec::new(),
             answer: None,
+            upstream_h2: false,
+            allow_upgrade: Vec::new(),
         }
     }
 }

@@ -380,8 +380,20 @@ impl TlsServer {
     }
 }
 
+/// ALPN of Linkerd's opaque transport: a TCP tunnel with a transport header,
+/// which this gateway does not speak.
+const LINKERD_OPAQUE_ALPN: &[u8] = b"transport.l5d.io/v1";
+
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // Refused here, before ALPN negotiation, so it gets its own reason.
+        if hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == LINKERD_OPAQUE_ALPN))
+        {
+            trace(Trace::Refused(HandshakeFailure::OpaqueTransport));
+            return None;
+        }
         Some(self.0.load_full())
     }
 }

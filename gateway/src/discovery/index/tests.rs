@@ -1110,3 +1110,76 @@ mod httproutes {
         assert!(find(&t, "p.example.com", "/foobar").is_none());
     }
 }
+
+fn with_app_protocol(obj: Object, proto: &str) -> Object {
+    let Object::Service(mut svc) = obj else {
+        panic!("a Service")
+    };
+    if let Some(ports) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        for p in ports {
+            p.app_protocol = Some(proto.into());
+        }
+    }
+    Object::Service(svc)
+}
+
+#[test]
+fn app_protocol_and_mapping_grpc_choose_h2c_and_upgrades_follow_the_route() {
+    let mut index = index_with(&[
+        with_app_protocol(
+            mk_service("ns", "grpc", true, &[http_port("g", 50051, "g")]),
+            "kubernetes.io/grpc",
+        ),
+        mk_service("ns", "web", true, &[http_port("http", 80, "http")]),
+        mk_mapping(
+            "ns",
+            "m-grpc",
+            MappingSpec {
+                grpc: Some(true),
+                ..spec("g.example", "/", "web:80")
+            },
+        ),
+        mk_mapping("ns", "m-via-port", spec("p.example", "/", "grpc:50051")),
+        mk_mapping(
+            "ns",
+            "m-ws",
+            MappingSpec {
+                allow_upgrade: Some(vec!["WebSocket".into()]),
+                ..spec("ws.example", "/", "web:80")
+            },
+        ),
+    ]);
+    let t = index.build();
+    let settings = |host: &str| route_arc(&t, host).target.backends[0].settings.clone();
+    let grpc = settings("grpc.ns.svc.cluster.local:50051");
+    assert!(grpc.upstream_h2);
+    assert_eq!(grpc.allow_upgrade, vec!["websocket".to_string()]);
+    let web = settings("web.ns.svc.cluster.local:80");
+    assert!(!web.upstream_h2, "no appProtocol: HTTP/1.1");
+    assert_eq!(web.allow_upgrade, vec!["websocket".to_string()]);
+    assert!(settings("g.example").upstream_h2, "grpc: true");
+    assert!(
+        settings("p.example").upstream_h2,
+        "the Service port's appProtocol"
+    );
+    assert!(
+        settings("g.example").allow_upgrade.is_empty(),
+        "Mappings allow none by default"
+    );
+    assert_eq!(
+        settings("ws.example").allow_upgrade,
+        vec!["websocket".to_string()]
+    );
+
+    let bad = index
+        .apply(&mk_mapping(
+            "ns",
+            "bad",
+            MappingSpec {
+                allow_upgrade: Some(vec!["web socket".into()]),
+                ..spec("bad.example", "/", "web:80")
+            },
+        ))
+        .expect_err("refused");
+    assert!(bad.reason.contains("allow_upgrade[0]"), "{bad}");
+}

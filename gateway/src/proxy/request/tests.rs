@@ -260,3 +260,62 @@ fn lookup_authorize_and_backend_choice() {
     assert!(normalized_path("/a%2Fb").is_err());
     assert_eq!(normalized_path("/a/../b").expect("path"), "/b");
 }
+
+#[test]
+fn protocol_checks_grpc_upgrade_and_connect() {
+    let mut h1 = BackendSettings::with_timeouts(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    h1.allow_upgrade = vec!["websocket".into()];
+    let h2 = BackendSettings {
+        upstream_h2: true,
+        ..h1.clone()
+    };
+    let plain = req("/", &["a"]);
+    assert_eq!(check_protocol(&plain, true, &h1), Err(ErrorKind::GrpcNotH2));
+    assert_eq!(check_protocol(&plain, true, &h2), Ok(()));
+    let mut ws = req("/", &["a"]);
+    ws.insert_header("upgrade", "WebSocket").expect("header");
+    assert_eq!(check_protocol(&ws, false, &h1), Ok(()));
+    assert_eq!(
+        check_protocol(&ws, false, &h2),
+        Err(ErrorKind::UpgradeRefused),
+        "no Upgrade to an h2c upstream"
+    );
+    for other in ["h2c", "websocket, foo", "foo/1"] {
+        let mut r = req("/", &["a"]);
+        r.insert_header("upgrade", other).expect("header");
+        assert_eq!(
+            check_protocol(&r, false, &h1),
+            Err(ErrorKind::UpgradeRefused),
+            "{other}"
+        );
+    }
+    let mut connect = req("/", &["a"]);
+    connect.set_method(http::Method::CONNECT);
+    assert_eq!(
+        check_protocol(&connect, false, &h1),
+        Err(ErrorKind::MethodNotAllowed)
+    );
+}
+
+#[test]
+fn orig_proto_is_stripped_and_marked_on_http1_answers() {
+    let mut r = req("/", &["a"]);
+    r.insert_header(L5D_ORIG_PROTO, "HTTP/1.1").expect("header");
+    assert!(take_orig_proto(&mut r));
+    assert!(!r.headers.contains_key(L5D_ORIG_PROTO));
+    assert!(!take_orig_proto(&mut r));
+    let mut resp = pingora_http::ResponseHeader::build(200, None).expect("resp");
+    resp.insert_header("transfer-encoding", "chunked")
+        .expect("header");
+    mark_orig_proto(&mut resp).expect("mark");
+    assert_eq!(resp.headers[L5D_ORIG_PROTO], "HTTP/1.1");
+    assert!(!resp.headers.contains_key("transfer-encoding"));
+    let mut h2 = pingora_http::ResponseHeader::build(200, None).expect("resp");
+    h2.set_version(http::Version::HTTP_2);
+    mark_orig_proto(&mut h2).expect("mark");
+    assert!(!h2.headers.contains_key(L5D_ORIG_PROTO));
+}
