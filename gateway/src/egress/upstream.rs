@@ -223,18 +223,7 @@ impl Upstreams {
             })?;
         let _ = tcp.set_nodelay(true);
         let Some(identity) = target.identity else {
-            let (s, conn) =
-                http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| SendError::Broken {
-                        addr,
-                        error: e.to_string(),
-                        unsent: true,
-                    })?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            return Ok(Sender::H1(s));
+            return h1(tcp, addr).await;
         };
         let connector = tokio_rustls::TlsConnector::from(self.tls.client_config(identity));
         let handshake = connector.connect(server_name(identity, addr.ip()), tcp);
@@ -282,18 +271,25 @@ impl Upstreams {
             }
             Ok(Sender::H2(s))
         } else {
-            let (s, conn) =
-                http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| SendError::Broken {
-                        addr,
-                        error: e.to_string(),
-                        unsent: true,
-                    })?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(Sender::H1(s))
+            h1(tls, addr).await
         }
     }
+}
+
+/// An HTTP/1.1 client connection over `io`, its connection task spawned.
+async fn h1<T>(io: T, addr: SocketAddr) -> Result<Sender, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (s, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| SendError::Broken {
+            addr,
+            error: e.to_string(),
+            unsent: true,
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Sender::H1(s))
 }
