@@ -47,11 +47,7 @@ use self::probe::Resolve;
 /// The Lease the replicas elect a writer with.
 pub const LEASE_NAME: &str = "isthmus-mirror";
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+use crate::discovery::kube::now_rfc3339;
 
 /// How one controller process runs.
 pub struct MirrorOptions {

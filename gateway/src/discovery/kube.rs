@@ -456,7 +456,8 @@ impl DesiredStatus {
     }
 }
 
-fn now_rfc3339() -> String {
+/// The current time as RFC 3339, for status conditions.
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
