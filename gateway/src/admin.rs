@@ -29,7 +29,7 @@ pub mod peers;
 pub mod probe;
 pub mod query;
 pub mod recent;
-mod server;
+pub(crate) mod server;
 pub use server::{accept_backoff, ServeLimits};
 
 /// What `/ready` reports: certificates loaded, discovery synced, not draining.

@@ -312,18 +312,18 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) {
-    let mut backoff = Duration::from_millis(5);
+    let mut failures = 0;
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a {
                 Ok((s, _)) => {
-                    backoff = Duration::from_millis(5);
+                    failures = 0;
                     s
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "egress accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    failures += 1;
+                    tokio::time::sleep(crate::admin::server::accept_backoff(failures)).await;
                     continue;
                 }
             },
