@@ -3,9 +3,11 @@
 //! events in, the keys whose mirror may need a write out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
 use super::desired::{
@@ -27,11 +29,46 @@ impl std::fmt::Display for Key {
     }
 }
 
-fn meta_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+fn meta_key(m: &ObjectMeta) -> Key {
     Key {
         namespace: m.namespace.clone().unwrap_or_default(),
         name: m.name.clone().unwrap_or_default(),
     }
+}
+
+/// Drops what no decision here reads and a real API server makes large:
+/// `managedFields` (often bigger than the rest of the object) and status.
+fn strip_meta(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// A Service as kept in memory: without managed fields and status, and its
+/// lists at their length (decoding leaves room for four entries or more).
+fn strip_service(mut s: Service) -> Service {
+    strip_meta(&mut s.metadata);
+    s.status = None;
+    if let Some(spec) = s.spec.as_mut() {
+        if let Some(p) = spec.ports.as_mut() {
+            p.shrink_to_fit();
+        }
+    }
+    s
+}
+
+/// A slice as kept in memory: without managed fields, lists at their length.
+fn strip_slice(mut s: EndpointSlice) -> EndpointSlice {
+    strip_meta(&mut s.metadata);
+    s.endpoints.shrink_to_fit();
+    for e in &mut s.endpoints {
+        e.addresses.shrink_to_fit();
+    }
+    if let Some(p) = s.ports.as_mut() {
+        p.shrink_to_fit();
+    }
+    s
 }
 
 /// Handles `Init`/`InitApply`/`InitDone` as one atomic relist.
@@ -53,12 +90,47 @@ impl<T> Default for Relist<T> {
 /// The remote cluster as one Link's watches see it.
 #[derive(Debug, Default)]
 pub struct Remote {
-    services: BTreeMap<Key, Service>,
+    services: BTreeMap<Key, Arc<Service>>,
     /// slice (ns/name) → (its Service, ready endpoints in it).
     slices: HashMap<Key, (Key, usize)>,
     ready: HashMap<Key, usize>,
-    service_list: Relist<Service>,
-    slice_list: Relist<EndpointSlice>,
+    service_list: Relist<Arc<Service>>,
+    /// Listed slices, already reduced to what [`Remote::put_slice`] keeps.
+    slice_list: Relist<SliceCount>,
+}
+
+/// A remote slice reduced to what readiness needs: its key, its Service and
+/// how many endpoints in it are not marked unready.
+#[derive(Debug)]
+struct SliceCount {
+    key: Key,
+    service: Option<Key>,
+    ready: usize,
+}
+
+impl SliceCount {
+    fn of(s: &EndpointSlice) -> SliceCount {
+        let key = meta_key(&s.metadata);
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE_NAME))
+            .map(|name| Key {
+                namespace: key.namespace.clone(),
+                name: name.clone(),
+            });
+        let ready = s
+            .endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .count();
+        SliceCount {
+            key,
+            service,
+            ready,
+        }
+    }
 }
 
 impl Remote {
@@ -68,7 +140,7 @@ impl Remote {
     }
 
     /// The selected remote Services.
-    pub fn services(&self) -> &BTreeMap<Key, Service> {
+    pub fn services(&self) -> &BTreeMap<Key, Arc<Service>> {
         &self.services
     }
 
@@ -86,10 +158,10 @@ impl Remote {
                 .service_list
                 .buffer
                 .get_or_insert_with(Vec::new)
-                .push(s),
+                .push(Arc::new(strip_service(s))),
             Event::InitDone => {
                 let listed = self.service_list.buffer.take().unwrap_or_default();
-                let next: BTreeMap<Key, Service> = listed
+                let next: BTreeMap<Key, Arc<Service>> = listed
                     .into_iter()
                     .map(|s| (meta_key(&s.metadata), s))
                     .collect();
@@ -100,7 +172,8 @@ impl Remote {
             }
             Event::Apply(s) => {
                 let key = meta_key(&s.metadata);
-                self.services.insert(key.clone(), s);
+                self.services
+                    .insert(key.clone(), Arc::new(strip_service(s)));
                 dirty.insert(key);
             }
             Event::Delete(s) => {
@@ -117,7 +190,11 @@ impl Remote {
         let mut dirty = BTreeSet::new();
         match event {
             Event::Init => self.slice_list.buffer = Some(Vec::new()),
-            Event::InitApply(s) => self.slice_list.buffer.get_or_insert_with(Vec::new).push(s),
+            Event::InitApply(s) => self
+                .slice_list
+                .buffer
+                .get_or_insert_with(Vec::new)
+                .push(SliceCount::of(&s)),
             Event::InitDone => {
                 let listed = self.slice_list.buffer.take().unwrap_or_default();
                 let before: BTreeMap<Key, usize> =
@@ -125,7 +202,7 @@ impl Remote {
                 self.slices.clear();
                 self.ready.clear();
                 for s in listed {
-                    self.put_slice(&s);
+                    self.put_slice(s);
                 }
                 let after: BTreeMap<Key, usize> =
                     self.ready.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -140,7 +217,7 @@ impl Remote {
             }
             Event::Apply(s) => {
                 let removed = self.remove_slice(&meta_key(&s.metadata));
-                let added = self.put_slice(&s);
+                let added = self.put_slice(SliceCount::of(&s));
                 dirty.extend(removed.into_iter().chain(added));
             }
             Event::Delete(s) => {
@@ -150,24 +227,10 @@ impl Remote {
         dirty
     }
 
-    fn put_slice(&mut self, s: &EndpointSlice) -> Option<Key> {
-        let key = meta_key(&s.metadata);
-        let service = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SERVICE_NAME))?;
-        let svc = Key {
-            namespace: key.namespace.clone(),
-            name: service.clone(),
-        };
-        let ready = s
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-            .count();
-        *self.ready.entry(svc.clone()).or_default() += ready;
-        self.slices.insert(key, (svc.clone(), ready));
+    fn put_slice(&mut self, s: SliceCount) -> Option<Key> {
+        let svc = s.service?;
+        *self.ready.entry(svc.clone()).or_default() += s.ready;
+        self.slices.insert(s.key, (svc.clone(), s.ready));
         Some(svc)
     }
 
@@ -190,9 +253,74 @@ pub struct Local {
     target: String,
     link_ref: String,
     services: BTreeMap<Key, Service>,
-    slices: BTreeMap<Key, BTreeMap<String, EndpointSlice>>,
+    /// By remote Service and slice name: one map, not one per Service (a
+    /// B-tree node holds room for eleven slices however few it has).
+    slices: BTreeMap<(Key, String), EndpointSlice>,
     service_list: Relist<Service>,
     slice_list: Relist<EndpointSlice>,
+    /// Objects this worker wrote whose own watch event has not arrived yet.
+    echoes: Echoes,
+}
+
+/// What this worker wrote and its watch has not shown back yet.
+///
+/// A write's response is recorded at once (write-through), so the next write
+/// carries the new `resourceVersion`. The watch is ordered but lags: events
+/// of older versions of the same object can still be on their way, and
+/// applying one would put a stale version back, so the next replace gets a
+/// 409. Until the watch delivers the written version (or, after our delete,
+/// a delete), the object's events are older than what is recorded and are
+/// skipped. No `resourceVersion` is compared for order, as the API
+/// conventions require; a relist is authoritative and clears everything.
+#[derive(Debug, Default)]
+struct Echoes(HashMap<(&'static str, String, String), Echo>);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Echo {
+    /// We wrote this `resourceVersion`.
+    Version(String),
+    /// We deleted the object.
+    Deleted,
+}
+
+impl Echoes {
+    fn id(kind: &'static str, m: &ObjectMeta) -> (&'static str, String, String) {
+        (
+            kind,
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// Records our write of `m` (`deleted`: our delete).
+    fn wrote(&mut self, kind: &'static str, m: &ObjectMeta, deleted: bool) {
+        let echo = match (&m.resource_version, deleted) {
+            (_, true) => Echo::Deleted,
+            (Some(v), false) => Echo::Version(v.clone()),
+            // Nothing to wait for: the next event is as good as any.
+            (None, false) => {
+                self.0.remove(&Self::id(kind, m));
+                return;
+            }
+        };
+        self.0.insert(Self::id(kind, m), echo);
+    }
+
+    /// Whether a watch event for `m` is older than our own write of it.
+    fn stale(&mut self, kind: &'static str, m: &ObjectMeta, deleted: bool) -> bool {
+        let id = Self::id(kind, m);
+        let Some(echo) = self.0.get(&id) else {
+            return false;
+        };
+        let ours = match echo {
+            Echo::Version(v) => !deleted && m.resource_version.as_ref() == Some(v),
+            Echo::Deleted => deleted,
+        };
+        if ours {
+            self.0.remove(&id);
+        }
+        !ours
+    }
 }
 
 impl Local {
@@ -219,7 +347,7 @@ impl Local {
         })
     }
 
-    fn labelled(&self, m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    fn labelled(&self, m: &ObjectMeta) -> bool {
         let l = m.labels.as_ref();
         l.and_then(|l| l.get(LABEL_MIRRORED)).map(String::as_str) == Some("true")
             && l.and_then(|l| l.get(LABEL_CLUSTER)) == Some(&self.target)
@@ -231,54 +359,74 @@ impl Local {
     }
 
     /// The slices of `key`'s mirror, by slice name.
-    pub fn slices(&self, key: &Key) -> Option<&BTreeMap<String, EndpointSlice>> {
-        self.slices.get(key)
+    pub fn slices(&self, key: &Key) -> BTreeMap<String, EndpointSlice> {
+        self.slices_of(key)
+            .map(|((_, name), s)| (name.clone(), s.clone()))
+            .collect()
+    }
+
+    fn slices_of<'a>(
+        &'a self,
+        key: &'a Key,
+    ) -> impl Iterator<Item = (&'a (Key, String), &'a EndpointSlice)> + 'a {
+        self.slices
+            .range((key.clone(), String::new())..)
+            .take_while(move |((k, _), _)| k == key)
     }
 
     /// Every remote key with a mirror object here.
     pub fn keys(&self) -> BTreeSet<Key> {
         self.services
             .keys()
-            .chain(self.slices.keys())
+            .chain(self.slices.keys().map(|(k, _)| k))
             .cloned()
             .collect()
     }
 
     /// Whether any slice here marks an endpoint ready (adopted at start).
     pub fn any_ready(&self) -> bool {
-        self.slices.values().flat_map(BTreeMap::values).any(|s| {
+        self.slices.values().any(|s| {
             s.endpoints
                 .iter()
                 .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
         })
     }
 
-    /// Records a Service as written (or seen); `None` after a delete.
-    pub fn put_service(&mut self, key: &Key, svc: Option<Service>) {
+    /// Records the result of our write of `key`'s mirror Service: the object
+    /// the API server answered with, or `None` after our delete.
+    pub fn wrote_service(&mut self, key: &Key, svc: Option<Service>) {
         match svc {
-            Some(s) => self.services.insert(key.clone(), s),
-            None => self.services.remove(key),
-        };
-    }
-
-    /// Records a slice as written (or seen); `None` after a delete.
-    pub fn put_slice(&mut self, key: &Key, name: &str, slice: Option<EndpointSlice>) {
-        match slice {
             Some(s) => {
-                self.slices
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(name.into(), s);
+                self.echoes.wrote("Service", &s.metadata, false);
+                self.services.insert(key.clone(), strip_service(s));
             }
             None => {
-                if let Some(m) = self.slices.get_mut(key) {
-                    m.remove(name);
-                    if m.is_empty() {
-                        self.slices.remove(key);
-                    }
+                if let Some(old) = self.services.remove(key) {
+                    self.echoes.wrote("Service", &old.metadata, true);
                 }
             }
         }
+    }
+
+    /// Records the result of our write of one of `key`'s mirror slices.
+    pub fn wrote_slice(&mut self, key: &Key, name: &str, slice: Option<EndpointSlice>) {
+        match &slice {
+            Some(s) => self.echoes.wrote("EndpointSlice", &s.metadata, false),
+            None => {
+                if let Some(old) = self.slices.get(&(key.clone(), name.to_string())) {
+                    self.echoes.wrote("EndpointSlice", &old.metadata, true);
+                }
+            }
+        }
+        self.put_slice(key, name, slice.map(strip_slice));
+    }
+
+    fn put_slice(&mut self, key: &Key, name: &str, slice: Option<EndpointSlice>) {
+        let id = (key.clone(), name.to_string());
+        match slice {
+            Some(s) => self.slices.insert(id, s),
+            None => self.slices.remove(&id),
+        };
     }
 
     /// Applies a local Service event; returns the key to re-check.
@@ -290,10 +438,11 @@ impl Local {
                 .service_list
                 .buffer
                 .get_or_insert_with(Vec::new)
-                .push(s),
+                .push(strip_service(s)),
             Event::InitDone => {
                 dirty.extend(self.services.keys().cloned());
                 self.services.clear();
+                self.echoes.0.retain(|(kind, _, _), _| *kind != "Service");
                 for s in self.service_list.buffer.take().unwrap_or_default() {
                     if let Some(k) = self.service_key(&s) {
                         dirty.insert(k.clone());
@@ -304,14 +453,18 @@ impl Local {
             }
             Event::Apply(s) => {
                 if let Some(k) = self.service_key(&s) {
-                    dirty.insert(k.clone());
-                    self.services.insert(k, s);
+                    if !self.echoes.stale("Service", &s.metadata, false) {
+                        dirty.insert(k.clone());
+                        self.services.insert(k, strip_service(s));
+                    }
                 }
             }
             Event::Delete(s) => {
                 if let Some(k) = self.service_key(&s) {
-                    self.services.remove(&k);
-                    dirty.insert(k);
+                    if !self.echoes.stale("Service", &s.metadata, true) {
+                        self.services.remove(&k);
+                        dirty.insert(k);
+                    }
                 }
             }
         }
@@ -355,10 +508,17 @@ impl Local {
         let mut dirty = BTreeSet::new();
         match event {
             Event::Init => self.slice_list.buffer = Some(Vec::new()),
-            Event::InitApply(s) => self.slice_list.buffer.get_or_insert_with(Vec::new).push(s),
+            Event::InitApply(s) => self
+                .slice_list
+                .buffer
+                .get_or_insert_with(Vec::new)
+                .push(strip_slice(s)),
             Event::InitDone => {
-                dirty.extend(self.slices.keys().cloned());
+                dirty.extend(self.slices.keys().map(|(k, _)| k.clone()));
                 self.slices.clear();
+                self.echoes
+                    .0
+                    .retain(|(kind, _, _), _| *kind != "EndpointSlice");
                 for s in self.slice_list.buffer.take().unwrap_or_default() {
                     if let Some((k, name)) = self.slice_key(&s) {
                         dirty.insert(k.clone());
@@ -369,14 +529,18 @@ impl Local {
             }
             Event::Apply(s) => {
                 if let Some((k, name)) = self.slice_key(&s) {
-                    dirty.insert(k.clone());
-                    self.put_slice(&k, &name, Some(s));
+                    if !self.echoes.stale("EndpointSlice", &s.metadata, false) {
+                        dirty.insert(k.clone());
+                        self.put_slice(&k, &name, Some(strip_slice(s)));
+                    }
                 }
             }
             Event::Delete(s) => {
                 if let Some((k, name)) = self.slice_key(&s) {
-                    self.put_slice(&k, &name, None);
-                    dirty.insert(k);
+                    if !self.echoes.stale("EndpointSlice", &s.metadata, true) {
+                        self.put_slice(&k, &name, None);
+                        dirty.insert(k);
+                    }
                 }
             }
         }

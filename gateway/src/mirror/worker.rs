@@ -36,10 +36,16 @@ use super::probe::{self, Liveness, Resolve};
 use super::state::{Key, Local, Remote};
 use super::write::{Change, Synced, WriteError, Writer};
 
+/// A reconcile of at least this many Services returns freed memory to the OS.
+const RELEASE_AFTER_BATCH: usize = 256;
+
 /// Entries listed in a Link's status at most (failures first).
 const MAX_STATUS_ENTRIES: usize = 1000;
 /// Keys written concurrently.
 const WRITE_CONCURRENCY: usize = 16;
+
+/// Keys reconciled together: bounds the objects a large batch holds at once.
+const RECONCILE_CHUNK: usize = 128;
 /// How often failed keys are retried and the remote API is checked.
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -161,7 +167,13 @@ pub async fn run(
             }
         }
         if w.writable() && !w.dirty.is_empty() {
+            let batch = w.dirty.len();
             w.reconcile(&writer).await;
+            if batch >= RELEASE_AFTER_BATCH {
+                // A relist or a first sync freed thousands of listed objects
+                // and write futures at once; hand those pages back now.
+                crate::memory::release_freed();
+            }
         }
         ctx.metrics
             .mirrored_services
@@ -239,7 +251,7 @@ struct Worker {
     latency: Option<Duration>,
     last_probe: Option<String>,
     /// The last remote Service of each key that could be mirrored.
-    last_good: HashMap<Key, Service>,
+    last_good: HashMap<Key, Arc<Service>>,
     outcomes: BTreeMap<Key, Outcome>,
     dirty: BTreeSet<Key>,
     /// When a remote change to the key was first seen (for the write delay).
@@ -459,13 +471,21 @@ impl Worker {
         }
     }
 
+    /// Writes every dirty key, a chunk at a time: only one chunk's desired
+    /// and written objects are in memory at once, not a whole relist's.
     async fn reconcile(&mut self, writer: &Writer) {
         let keys: Vec<Key> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for chunk in keys.chunks(RECONCILE_CHUNK) {
+            self.reconcile_chunk(chunk, writer).await;
+        }
+    }
+
+    async fn reconcile_chunk(&mut self, keys: &[Key], writer: &Writer) {
         let mut jobs = Vec::with_capacity(keys.len());
-        for key in keys {
+        for key in keys.iter().cloned() {
             let (want, outcome) = self.want(&key);
             let have = self.local.service(&key).cloned();
-            let have_slices = self.local.slices(&key).cloned().unwrap_or_default();
+            let have_slices = self.local.slices(&key);
             let unchanged = match &want {
                 None => have.is_none() && have_slices.is_empty(),
                 Some(m) => {
@@ -507,14 +527,14 @@ impl Worker {
                 self.namespaces.insert(key.namespace.clone());
             }
             match synced.service {
-                Some(Change::Put(s)) => self.local.put_service(&key, Some(s)),
-                Some(Change::Gone) => self.local.put_service(&key, None),
+                Some(Change::Put(s)) => self.local.wrote_service(&key, Some(s)),
+                Some(Change::Gone) => self.local.wrote_service(&key, None),
                 None => {}
             }
             for (name, change) in synced.slices {
                 match change {
-                    Change::Put(s) => self.local.put_slice(&key, &name, Some(s)),
-                    Change::Gone => self.local.put_slice(&key, &name, None),
+                    Change::Put(s) => self.local.wrote_slice(&key, &name, Some(s)),
+                    Change::Gone => self.local.wrote_slice(&key, &name, None),
                 }
             }
             match synced.result {
