@@ -445,7 +445,17 @@ fn check(config: &Path) -> anyhow::Result<()> {
             Ok(id) => println!("tls: ok (identity {id})"),
             Err(e) => problems.push(format!("identity: {e}")),
         },
-        Err(e) => problems.push(format!("tls: {e}")),
+        Err(e) => {
+            let first = format!("tls: {e}");
+            // Every bad trust-anchor file, not only the one load stopped at.
+            let others: Vec<String> = TlsMaterial::anchor_problems(&cfg.tls)
+                .iter()
+                .map(|e| format!("tls: {e}"))
+                .filter(|p| *p != first)
+                .collect();
+            problems.push(first);
+            problems.extend(others);
+        }
     }
     match &cfg.discovery {
         Discovery::Files(files) => {
