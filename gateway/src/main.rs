@@ -472,6 +472,14 @@ fn check(config: &Path) -> anyhow::Result<()> {
                         problems.push(format!("{origin}{e}"));
                     }
                     let table = index.build();
+                    // Mappings refused by the claim rules (hostname, ReferenceGrant).
+                    for e in index.take_mapping_refusals() {
+                        let origin = source
+                            .origin("Mapping", &e.key)
+                            .map(|p| format!("{}: ", p.display()))
+                            .unwrap_or_default();
+                        problems.push(format!("{origin}{e}"));
+                    }
                     println!(
                         "discovery: {} routes, {} services, {} endpoints from {}",
                         table.route_count(),

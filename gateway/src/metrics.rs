@@ -252,17 +252,20 @@ pub enum ObjectKind {
     Gateway,
     /// `gateway.networking.k8s.io/v1 GatewayClass`.
     GatewayClass,
+    /// `gateway.networking.k8s.io/v1beta1 ReferenceGrant`.
+    ReferenceGrant,
     /// A manifest file as a whole (file source only).
     File,
 }
 
 impl ObjectKind {
     /// Every kind, for tests that enumerate the metric's label values.
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 6] = [
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
         ObjectKind::Mapping,
         ObjectKind::TrafficSplit,
+        ObjectKind::ReferenceGrant,
         ObjectKind::File,
     ];
 
@@ -276,6 +279,7 @@ impl ObjectKind {
             ObjectKind::HttpRoute => "httproute",
             ObjectKind::Gateway => "gateway",
             ObjectKind::GatewayClass => "gatewayclass",
+            ObjectKind::ReferenceGrant => "referencegrant",
             ObjectKind::File => "file",
         }
     }
@@ -290,6 +294,7 @@ impl ObjectKind {
             ObjectKind::HttpRoute => "HTTPRoute",
             ObjectKind::Gateway => "Gateway",
             ObjectKind::GatewayClass => "GatewayClass",
+            ObjectKind::ReferenceGrant => "ReferenceGrant",
             ObjectKind::File => "File",
         }
     }
