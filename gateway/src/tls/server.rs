@@ -731,4 +731,81 @@ mod tests {
         let now = crate::metrics::unix_now();
         assert!(m.expiry().trust_anchors.iter().all(|(_, t)| *t > now));
     }
+
+    #[test]
+    fn each_trust_domain_asserts_only_its_identities_for_peers_and_remote_gateways() {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let west = CertAuthority::new("west CA").expect("ca");
+        let south = CertAuthority::new("south CA").expect("ca");
+        let leaf = west.issue(&LeafSpec::gateway()).expect("issue");
+        std::fs::write(dir.path().join("c.crt"), leaf.cert_pem()).expect("write");
+        std::fs::write(dir.path().join("c.key"), leaf.key_pem()).expect("write");
+        std::fs::write(dir.path().join("west.crt"), west.cert_pem()).expect("write");
+        std::fs::write(dir.path().join("south.crt"), south.cert_pem()).expect("write");
+        let domain = |file: &str, id: &str| crate::config::TrustDomain {
+            trust_anchors: dir.path().join(file),
+            identities: vec![id.into()],
+        };
+        let cfg = TlsConfig {
+            cert: dir.path().join("c.crt"),
+            key: dir.path().join("c.key"),
+            trust_anchors: None,
+            trust_domains: vec![
+                domain("west.crt", "spiffe://west.example/*"),
+                domain("south.crt", "spiffe://south.example/*"),
+            ],
+            session_resumption: true,
+            reload_interval_ms: 1_000,
+        };
+        let m = TlsMaterial::load(&cfg).expect("load");
+        assert_eq!(m.expiry().trust_anchors.len(), 2);
+        let now = UnixTime::now();
+        let id = "spiffe://south.example/gw";
+        let server_spec = LeafSpec {
+            uris: vec![id.into()],
+            ekus: vec![Eku::ServerAuth, Eku::ClientAuth],
+            ..LeafSpec::default()
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(
+            std::net::IpAddr::from([127, 0, 0, 1]).into(),
+        );
+        let by_west = west.issue(&server_spec).expect("issue");
+        let by_south = south.issue(&server_spec).expect("issue");
+        let (w, s) = (
+            CertificateDer::from(by_west.der().to_vec()),
+            CertificateDer::from(by_south.der().to_vec()),
+        );
+        // Remote gateways (egress): west's CA may not assert a south identity.
+        assert!(matches!(
+            m.trust.verify_server(&w, &[], &name, &[], now, id),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
+        ));
+        assert!(m.trust.verify_server(&s, &[], &name, &[], now, id).is_ok());
+        // Peers: the same binding, with its own handshake failure reason.
+        let err = m.trust.verify_client(&w, &[], now).expect_err("refused");
+        assert_eq!(classify_rustls(&err), HandshakeFailure::OutsideTrustDomain);
+        assert!(m.trust.verify_client(&s, &[], now).is_ok());
+        // A CA in no domain: unknown.
+        let other = CertAuthority::new("other CA").expect("ca");
+        let o = CertificateDer::from(other.issue(&server_spec).expect("issue").der().to_vec());
+        let err = m.trust.verify_client(&o, &[], now).expect_err("refused");
+        assert_eq!(classify_rustls(&err), HandshakeFailure::UnknownCa);
+
+        // A bad bundle is an error naming its file; check lists every one.
+        std::fs::write(dir.path().join("south.crt"), "junk").expect("write");
+        let err = TlsMaterial::load(&cfg).err().expect("refused").to_string();
+        assert!(err.contains("south.crt"), "{err}");
+        let problems = TlsMaterial::anchor_problems(&TlsConfig {
+            trust_domains: vec![
+                domain("missing.crt", "*"),
+                domain("south.crt", "*"),
+                domain("west.crt", "*"),
+            ],
+            ..cfg.clone()
+        });
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
 }
