@@ -67,10 +67,19 @@ async fn wait_answer(c: &Client, host: &str, want: (u16, Option<&str>)) {
 }
 
 /// The Mapping's `Accepted` condition once it has `status` and `reason`.
-async fn wait_condition(api: &ApiServer, ns: &str, name: &str, status: &str, reason: &str) -> Value {
+async fn wait_condition(
+    api: &ApiServer,
+    ns: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> Value {
     let get = || {
-        api.get_json("mappings", ns, name)
-            .and_then(|m| m["status"]["conditions"].as_array().and_then(|c| c.first().cloned()))
+        api.get_json("mappings", ns, name).and_then(|m| {
+            m["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.first().cloned())
+        })
     };
     eventually(
         &format!("Mapping {ns}/{name} gets Accepted={status} {reason}"),
@@ -104,7 +113,11 @@ async fn a_mapping_from_another_namespace_cannot_take_over_an_exported_service()
     let thief = Upstream::start("thief").await;
     api.apply(&typed::<Service>(&service("test", "podinfo", true, 9898)));
     api.apply(&typed::<EndpointSlice>(&slice(
-        "test", "podinfo-1", "podinfo", podinfo.addr, true,
+        "test",
+        "podinfo-1",
+        "podinfo",
+        podinfo.addr,
+        true,
     )));
     apply_service(&api, "evil", "thief", false, &thief);
     let h = start(&api).await;
@@ -200,7 +213,10 @@ async fn the_file_source_applies_the_same_rules() {
         )
     };
     let h = Harness::start(&[
-        ("podinfo.yaml", exported_service("test", "podinfo", 9898, podinfo.addr)),
+        (
+            "podinfo.yaml",
+            exported_service("test", "podinfo", 9898, podinfo.addr),
+        ),
         ("thief.yaml", svc("evil", "thief", &thief)),
         ("internal.yaml", svc("test", "internal", &internal)),
         ("takeover.yaml", mapping("evil", "takeover", TAKEOVER)),
@@ -208,9 +224,15 @@ async fn the_file_source_applies_the_same_rules() {
     ])
     .await;
     let c = h.client("peer-west");
-    assert_eq!(answer(&c, PODINFO).await, (200, Some("podinfo".to_string())));
+    assert_eq!(
+        answer(&c, PODINFO).await,
+        (200, Some("podinfo".to_string()))
+    );
     assert_eq!(answer(&c, "api.example.com").await.0, 404);
-    assert!(h.metric(MAPPING_ERRORS).await >= 2.0, "both refusals counted");
+    assert!(
+        h.metric(MAPPING_ERRORS).await >= 2.0,
+        "both refusals counted"
+    );
 
     // A ReferenceGrant manifest opens the cross-namespace route; removing it closes it.
     let grant_yaml = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata:\n  name: allow-west\n  namespace: test\nspec:\n  from:\n    - {group: isthmus.dev, kind: Mapping, namespace: west}\n  to:\n    - {group: \"\", kind: Service, name: internal}\n";
@@ -218,5 +240,8 @@ async fn the_file_source_applies_the_same_rules() {
     wait_answer(&c, "api.example.com", (200, Some("internal"))).await;
     std::fs::remove_file(h.manifests().join("grant.yaml")).expect("remove grant");
     wait_answer(&c, "api.example.com", (404, None)).await;
-    assert_eq!(answer(&c, PODINFO).await, (200, Some("podinfo".to_string())));
+    assert_eq!(
+        answer(&c, PODINFO).await,
+        (200, Some("podinfo".to_string()))
+    );
 }

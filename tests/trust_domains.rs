@@ -11,7 +11,8 @@ use isthmus_tests::{Harness, Upstream};
 use rustls::AlertDescription;
 
 const HOST: &str = "podinfo.test.svc.cluster.local:9898";
-const OUTSIDE: &str = "isthmus_tls_handshake_failures_total{reason=\"identity_outside_trust_domain\"}";
+const OUTSIDE: &str =
+    "isthmus_tls_handshake_failures_total{reason=\"identity_outside_trust_domain\"}";
 
 struct Cas {
     west: CertAuthority,
@@ -39,7 +40,10 @@ impl Cas {
 async fn gateway(cas: &Cas, bound: bool) -> (Harness, Upstream) {
     let up = Upstream::start("podinfo").await;
     let h = Harness::start_with(
-        &[("podinfo.yaml", exported_service("test", "podinfo", 9898, up.addr))],
+        &[(
+            "podinfo.yaml",
+            exported_service("test", "podinfo", 9898, up.addr),
+        )],
         |cfg| {
             let certs = cfg.tls.cert.parent().expect("certs dir").to_path_buf();
             cas.write(&certs);
@@ -104,11 +108,31 @@ async fn refused_outside(h: &Harness, name: &str) {
 async fn a_ca_may_only_assert_its_own_trust_domain() {
     let cas = Cas::new();
     let (h, _up) = gateway(&cas, true).await;
-    h.issue_cert_by(&cas.west, "west-as-south", &LeafSpec::peer_uri("spiffe://south.example/x"));
-    h.issue_cert_by(&cas.south, "south", &LeafSpec::peer_uri("spiffe://south.example/x"));
-    h.issue_cert_by(&cas.west, "west", &LeafSpec::peer_uri("spiffe://west.example/x"));
-    h.issue_cert_by(&cas.west, "west-dns", &LeafSpec::peer_dns("peer.west.example"));
-    h.issue_cert_by(&cas.south, "south-as-west-dns", &LeafSpec::peer_dns("peer.west.example"));
+    h.issue_cert_by(
+        &cas.west,
+        "west-as-south",
+        &LeafSpec::peer_uri("spiffe://south.example/x"),
+    );
+    h.issue_cert_by(
+        &cas.south,
+        "south",
+        &LeafSpec::peer_uri("spiffe://south.example/x"),
+    );
+    h.issue_cert_by(
+        &cas.west,
+        "west",
+        &LeafSpec::peer_uri("spiffe://west.example/x"),
+    );
+    h.issue_cert_by(
+        &cas.west,
+        "west-dns",
+        &LeafSpec::peer_dns("peer.west.example"),
+    );
+    h.issue_cert_by(
+        &cas.south,
+        "south-as-west-dns",
+        &LeafSpec::peer_dns("peer.west.example"),
+    );
 
     refused_outside(&h, "west-as-south").await;
     refused_outside(&h, "south-as-west-dns").await;
@@ -131,8 +155,16 @@ async fn a_ca_may_only_assert_its_own_trust_domain() {
 async fn the_binding_survives_a_trust_anchor_reload() {
     let cas = Cas::new();
     let (h, _up) = gateway(&cas, true).await;
-    h.issue_cert_by(&cas.west, "west-as-south", &LeafSpec::peer_uri("spiffe://south.example/x"));
-    h.issue_cert_by(&cas.south, "south", &LeafSpec::peer_uri("spiffe://south.example/x"));
+    h.issue_cert_by(
+        &cas.west,
+        "west-as-south",
+        &LeafSpec::peer_uri("spiffe://south.example/x"),
+    );
+    h.issue_cert_by(
+        &cas.south,
+        "south",
+        &LeafSpec::peer_uri("spiffe://south.example/x"),
+    );
     refused_outside(&h, "west-as-south").await;
 
     // Rotate south's bundle: the old CA plus a new one.
@@ -147,7 +179,11 @@ async fn the_binding_survives_a_trust_anchor_reload() {
         h.metric_or_absent(reloads).await > before
     })
     .await;
-    h.issue_cert_by(&next, "south-2", &LeafSpec::peer_uri("spiffe://south.example/y"));
+    h.issue_cert_by(
+        &next,
+        "south-2",
+        &LeafSpec::peer_uri("spiffe://south.example/y"),
+    );
     served(&h, "south-2").await;
     served(&h, "south").await;
     refused_outside(&h, "west-as-south").await;
@@ -157,8 +193,16 @@ async fn the_binding_survives_a_trust_anchor_reload() {
 async fn the_legacy_bundle_lets_any_anchor_assert_any_identity() {
     let cas = Cas::new();
     let (h, _up) = gateway(&cas, false).await;
-    h.issue_cert_by(&cas.west, "west-as-south", &LeafSpec::peer_uri("spiffe://south.example/x"));
-    h.issue_cert_by(&cas.south, "south", &LeafSpec::peer_uri("spiffe://south.example/x"));
+    h.issue_cert_by(
+        &cas.west,
+        "west-as-south",
+        &LeafSpec::peer_uri("spiffe://south.example/x"),
+    );
+    h.issue_cert_by(
+        &cas.south,
+        "south",
+        &LeafSpec::peer_uri("spiffe://south.example/x"),
+    );
     // As before trust domains existed: no binding, both are served.
     served(&h, "west-as-south").await;
     served(&h, "south").await;

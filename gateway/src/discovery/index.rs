@@ -26,8 +26,8 @@ use crate::routes::{
     IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
     RouteTarget,
 };
-use httproute::{GatewayInfo, HttpRouteEntry};
 pub use claims::Refusal;
+use httproute::{GatewayInfo, HttpRouteEntry};
 pub use httproute::{ParentStatus, RouteCondition, RouteStatus};
 
 /// The label that marks a mirror Service (written by Linkerd's service

@@ -120,7 +120,9 @@ impl TlsMaterial {
                 .identities
                 .iter()
                 .enumerate()
-                .map(|(j, id)| IdentityPattern::parse(id).map_err(|e| format!("identities[{j}]: {e}")))
+                .map(|(j, id)| {
+                    IdentityPattern::parse(id).map_err(|e| format!("identities[{j}]: {e}"))
+                })
                 .collect::<Result<Arc<[_]>, _>>()
                 .map_err(|what| TlsError::Invalid {
                     path: d.trust_anchors.clone(),
@@ -131,8 +133,7 @@ impl TlsMaterial {
         if sets.is_empty() {
             return Err(TlsError::Invalid {
                 path: cfg.cert.clone(),
-                what: "no trust anchors configured (tls.trust_domains or tls.trust_anchors)"
-                    .into(),
+                what: "no trust anchors configured (tls.trust_domains or tls.trust_anchors)".into(),
             });
         }
         let mut anchors = Vec::new();
@@ -767,9 +768,8 @@ mod tests {
             ekus: vec![Eku::ServerAuth, Eku::ClientAuth],
             ..LeafSpec::default()
         };
-        let name = rustls::pki_types::ServerName::IpAddress(
-            std::net::IpAddr::from([127, 0, 0, 1]).into(),
-        );
+        let name =
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
         let by_west = west.issue(&server_spec).expect("issue");
         let by_south = south.issue(&server_spec).expect("issue");
         let (w, s) = (

@@ -187,7 +187,9 @@ mod tests {
         }
     }
 
-    fn grants(list: &[(&str, &str, ReferenceGrantSpec)]) -> BTreeMap<ObjectKey, ReferenceGrantSpec> {
+    fn grants(
+        list: &[(&str, &str, ReferenceGrantSpec)],
+    ) -> BTreeMap<ObjectKey, ReferenceGrantSpec> {
         list.iter()
             .map(|(ns, n, g)| (ObjectKey::new(ns, n), g.clone()))
             .collect()
@@ -199,7 +201,10 @@ mod tests {
         let own = ObjectKey::new("evil", "mine");
         for host in [
             exact("podinfo.test.svc.cluster.local"),
-            HostMatch::Exact("podinfo.test.svc.cluster.local".into(), PortMatch::Port(9898)),
+            HostMatch::Exact(
+                "podinfo.test.svc.cluster.local".into(),
+                PortMatch::Port(9898),
+            ),
         ] {
             let err = check_mapping("evil", &host, &own, CD, &none).expect_err("refused");
             assert_eq!(err.reason(), "HostnameNotOwned");
@@ -211,13 +216,28 @@ mod tests {
         // From its own namespace: fine.
         let own_ns = ObjectKey::new("test", "mine");
         assert_eq!(
-            check_mapping("test", &exact("podinfo.test.svc.cluster.local"), &own_ns, CD, &none),
+            check_mapping(
+                "test",
+                &exact("podinfo.test.svc.cluster.local"),
+                &own_ns,
+                CD,
+                &none
+            ),
             Ok(())
         );
         // Names within the namespace (StatefulSet pods) and wildcards within it.
-        let err = check_mapping("evil", &exact("pod-0.db.test.svc.cluster.local"), &own, CD, &none)
-            .expect_err("refused");
-        assert!(matches!(&err, Refusal::HostnameNotOwned { owner, service: None, .. } if owner == "test"), "{err:?}");
+        let err = check_mapping(
+            "evil",
+            &exact("pod-0.db.test.svc.cluster.local"),
+            &own,
+            CD,
+            &none,
+        )
+        .expect_err("refused");
+        assert!(
+            matches!(&err, Refusal::HostnameNotOwned { owner, service: None, .. } if owner == "test"),
+            "{err:?}"
+        );
         let err = check_mapping(
             "evil",
             &HostMatch::Wildcard(".test.svc.cluster.local".into()),
@@ -227,7 +247,10 @@ mod tests {
         )
         .expect_err("refused");
         assert_eq!(err.reason(), "HostnameNotOwned");
-        assert!(err.to_string().contains("\"*.test.svc.cluster.local\""), "{err}");
+        assert!(
+            err.to_string().contains("\"*.test.svc.cluster.local\""),
+            "{err}"
+        );
         // Other domains, another cluster domain, and `*` are not Service names.
         for host in [
             exact("api.example.com"),
@@ -236,7 +259,11 @@ mod tests {
             HostMatch::Wildcard(".svc.cluster.local".into()),
             HostMatch::Any,
         ] {
-            assert_eq!(check_mapping("evil", &host, &own, CD, &none), Ok(()), "{host:?}");
+            assert_eq!(
+                check_mapping("evil", &host, &own, CD, &none),
+                Ok(()),
+                "{host:?}"
+            );
         }
     }
 
@@ -258,13 +285,19 @@ mod tests {
         ]);
         assert!(check_mapping("west", &host, &target, CD, &wrong).is_err());
 
-        for g in [grant("west", "Mapping", None), grant("west", "Mapping", Some("internal"))] {
+        for g in [
+            grant("west", "Mapping", None),
+            grant("west", "Mapping", Some("internal")),
+        ] {
             let ok = grants(&[("test", "allow", g)]);
             assert_eq!(check_mapping("west", &host, &target, CD, &ok), Ok(()));
         }
         // The same namespace needs no grant.
         let same = ObjectKey::new("west", "internal");
-        assert_eq!(check_mapping("west", &host, &same, CD, &BTreeMap::new()), Ok(()));
+        assert_eq!(
+            check_mapping("west", &host, &same, CD, &BTreeMap::new()),
+            Ok(())
+        );
     }
 
     #[test]

@@ -1114,14 +1114,28 @@ mod httproutes {
     fn a_cross_namespace_backend_ref_needs_a_reference_grant() {
         let mut idx = Index::new(cfg());
         infra(&mut idx);
-        idx.apply(&mk_service("other", "db", false, &[("http", 80, IntOrString::Int(8080))]))
-            .unwrap();
-        idx.apply(&mk_slice("other", "db-1", "db", &[("http", 8080)], &[("10.0.0.9", true)]))
-            .unwrap();
-        idx.apply(&route("x", json!({
+        idx.apply(&mk_service(
+            "other",
+            "db",
+            false,
+            &[("http", 80, IntOrString::Int(8080))],
+        ))
+        .unwrap();
+        idx.apply(&mk_slice(
+            "other",
+            "db-1",
+            "db",
+            &[("http", 8080)],
+            &[("10.0.0.9", true)],
+        ))
+        .unwrap();
+        idx.apply(&route(
+            "x",
+            json!({
             "parentRefs": [{"name": "gw"}], "hostnames": ["x.example.com"],
-            "rules": [{"backendRefs": [{"name": "db", "namespace": "other", "port": 80}]}]})))
-            .unwrap();
+            "rules": [{"backendRefs": [{"name": "db", "namespace": "other", "port": 80}]}]}),
+        ))
+        .unwrap();
         let backend = |idx: &mut Index| {
             let t = idx.build();
             let r = t
@@ -1136,7 +1150,9 @@ mod httproutes {
             let b = &r.target.backends[0];
             let eps: Vec<String> = b.endpoints.iter().map(|e| e.addr.to_string()).collect();
             let states: BTreeMap<_, _> = idx.httproute_states().collect();
-            let reason = states[&ObjectKey::new("t", "x")].parents[0].resolved_refs.reason;
+            let reason = states[&ObjectKey::new("t", "x")].parents[0]
+                .resolved_refs
+                .reason;
             (eps, b.settings.answer.clone(), reason)
         };
         let (eps, answer, reason) = backend(&mut idx);
@@ -1144,9 +1160,11 @@ mod httproutes {
         assert_eq!(answer, Some(crate::routes::DirectAnswer::InvalidBackend));
         assert_eq!(reason, "RefNotPermitted");
         // A grant for Mappings does not admit HTTPRoutes; one for HTTPRoutes does.
-        idx.apply(&mk_grant("other", "mappings", "Mapping", "t", None)).unwrap();
+        idx.apply(&mk_grant("other", "mappings", "Mapping", "t", None))
+            .unwrap();
         assert_eq!(backend(&mut idx).2, "RefNotPermitted");
-        idx.apply(&mk_grant("other", "routes", "HTTPRoute", "t", Some("db"))).unwrap();
+        idx.apply(&mk_grant("other", "routes", "HTTPRoute", "t", Some("db")))
+            .unwrap();
         let (eps, answer, reason) = backend(&mut idx);
         assert_eq!(eps, vec!["10.0.0.9:8080".to_string()]);
         assert_eq!(answer, None);
@@ -1262,10 +1280,27 @@ fn state_of(index: &Index, ns: &str, name: &str) -> MappingState {
 #[test]
 fn a_mapping_from_another_namespace_cannot_take_over_a_service_fqdn() {
     let mut index = index_with(&[
-        mk_service("test", "podinfo", true, &[("", 9898, IntOrString::Int(9898))]),
-        mk_slice("test", "podinfo-a", "podinfo", &[("", 9898)], &[("10.0.0.1", true)]),
+        mk_service(
+            "test",
+            "podinfo",
+            true,
+            &[("", 9898, IntOrString::Int(9898))],
+        ),
+        mk_slice(
+            "test",
+            "podinfo-a",
+            "podinfo",
+            &[("", 9898)],
+            &[("10.0.0.1", true)],
+        ),
         mk_service("evil", "thief", false, &[("", 80, IntOrString::Int(80))]),
-        mk_slice("evil", "thief-a", "thief", &[("", 80)], &[("10.6.6.6", true)]),
+        mk_slice(
+            "evil",
+            "thief-a",
+            "thief",
+            &[("", 80)],
+            &[("10.6.6.6", true)],
+        ),
         // The tie-break by name ("mapping/..." < "service/...") would hand it the host.
         mk_mapping(
             "evil",
@@ -1309,7 +1344,11 @@ fn a_mapping_from_another_namespace_cannot_take_over_a_service_fqdn() {
         .apply(&mk_mapping(
             "test",
             "own",
-            spec("podinfo.test.svc.cluster.local:9898", "/v2/", "podinfo:9898"),
+            spec(
+                "podinfo.test.svc.cluster.local:9898",
+                "/v2/",
+                "podinfo:9898",
+            ),
         ))
         .expect("valid");
     let t = index.build();
@@ -1324,8 +1363,18 @@ fn a_mapping_from_another_namespace_cannot_take_over_a_service_fqdn() {
 fn a_cross_namespace_service_routes_only_with_a_reference_grant() {
     let mut index = index_with(&[
         mk_service("test", "internal", false, &[("", 80, IntOrString::Int(80))]),
-        mk_slice("test", "internal-a", "internal", &[("", 80)], &[("10.0.0.7", true)]),
-        mk_mapping("west", "api", spec("api.example.com", "/", "internal.test:80")),
+        mk_slice(
+            "test",
+            "internal-a",
+            "internal",
+            &[("", 80)],
+            &[("10.0.0.7", true)],
+        ),
+        mk_mapping(
+            "west",
+            "api",
+            spec("api.example.com", "/", "internal.test:80"),
+        ),
     ]);
     let t = index.build();
     assert_eq!(route_for(&t, "api.example.com", "/"), None);
@@ -1345,7 +1394,13 @@ fn a_cross_namespace_service_routes_only_with_a_reference_grant() {
 
     // The grant appears: the route appears; it goes: the route goes.
     index
-        .apply(&mk_grant("test", "west-mappings", "Mapping", "west", Some("internal")))
+        .apply(&mk_grant(
+            "test",
+            "west-mappings",
+            "Mapping",
+            "west",
+            Some("internal"),
+        ))
         .expect("valid");
     let t = index.build();
     assert_eq!(
