@@ -464,18 +464,11 @@ fn check(config: &Path) -> anyhow::Result<()> {
             match source.load_into(&mut index) {
                 Ok((scan, errors)) => {
                     problems.extend(scan.errors.iter().map(ToString::to_string));
-                    for e in errors {
+                    let table = index.build();
+                    // Then the Mappings the build refused (claim rules: hostname, ReferenceGrant).
+                    for e in errors.into_iter().chain(index.take_mapping_refusals()) {
                         let origin = source
                             .origin(e.kind, &e.key)
-                            .map(|p| format!("{}: ", p.display()))
-                            .unwrap_or_default();
-                        problems.push(format!("{origin}{e}"));
-                    }
-                    let table = index.build();
-                    // Mappings refused by the claim rules (hostname, ReferenceGrant).
-                    for e in index.take_mapping_refusals() {
-                        let origin = source
-                            .origin("Mapping", &e.key)
                             .map(|p| format!("{}: ", p.display()))
                             .unwrap_or_default();
                         problems.push(format!("{origin}{e}"));

@@ -139,15 +139,10 @@ impl TlsMaterial {
         let mut anchors = Vec::new();
         let mut domains = Vec::new();
         for (path, identities) in sets {
-            let certs = read_certs(path)?;
-            let mut roots = RootCertStore::empty();
-            for ca in certs.iter().cloned() {
-                expiry.trust_anchors.extend(not_after(&ca));
-                roots.add(ca).map_err(|e| TlsError::Invalid {
-                    path: path.to_path_buf(),
-                    what: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
+            let (certs, roots) = read_anchors(path)?;
+            expiry
+                .trust_anchors
+                .extend(certs.iter().filter_map(|ca| not_after(ca)));
             anchors.extend(certs);
             let roots = Arc::new(roots);
             let server = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -186,19 +181,7 @@ impl TlsMaterial {
         cfg.trust_anchors
             .iter()
             .chain(cfg.trust_domains.iter().map(|d| &d.trust_anchors))
-            .filter_map(|path| {
-                let certs = match read_certs(path) {
-                    Ok(c) => c,
-                    Err(e) => return Some(e),
-                };
-                let mut roots = RootCertStore::empty();
-                certs.into_iter().find_map(|ca| {
-                    roots.add(ca).err().map(|e| TlsError::Invalid {
-                        path: path.clone(),
-                        what: format!("not a usable CA certificate: {e}"),
-                    })
-                })
-            })
+            .filter_map(|path| read_anchors(path).err())
             .collect()
     }
 
@@ -236,6 +219,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         });
     }
     Ok(certs)
+}
+
+/// A PEM bundle of CAs, as certificates and as a root store.
+fn read_anchors(path: &Path) -> Result<(Vec<CertificateDer<'static>>, RootCertStore), TlsError> {
+    let certs = read_certs(path)?;
+    let mut roots = RootCertStore::empty();
+    for ca in certs.iter().cloned() {
+        roots.add(ca).map_err(|e| TlsError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok((certs, roots))
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
