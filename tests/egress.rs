@@ -79,7 +79,7 @@ async fn pair() -> Pair {
         |cfg| {
             cfg.tls.cert = certs.join("west-gateway.crt");
             cfg.tls.key = certs.join("west-gateway.key");
-            cfg.tls.trust_anchors = certs.join("ca.crt");
+            cfg.tls.trust_anchors = Some(certs.join("ca.crt"));
         },
     )
     .await;

@@ -148,8 +148,14 @@ pub struct Tls {
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
-    /// PEM bundle of CAs that client certificates must chain to (several allowed).
-    pub trust_anchors: PathBuf,
+    /// PEM bundle of CAs that client certificates must chain to (several
+    /// allowed); any of them may assert any identity. Prefer `trust_domains`.
+    #[serde(default)]
+    pub trust_anchors: Option<PathBuf>,
+    /// Trust anchors bound to the identities their certificates may assert
+    /// (a SPIFFE trust bundle per trust domain). Instead of `trust_anchors`.
+    #[serde(default)]
+    pub trust_domains: Vec<TrustDomain>,
     /// Resume TLS sessions (session cache and TLS 1.3 tickets). Resumed sessions
     /// keep the identity verified in their full handshake.
     #[serde(default = "default_true")]
@@ -157,6 +163,18 @@ pub struct Tls {
     /// How often the three files are checked for changes (rotation).
     #[serde(default = "default_tls_reload_ms")]
     pub reload_interval_ms: u64,
+}
+
+/// `tls.trust_domains[]`: one PEM bundle of CAs and the identities that
+/// certificates chaining to them may carry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomain {
+    /// PEM bundle of the trust domain's CAs (several allowed: rotation).
+    pub trust_anchors: PathBuf,
+    /// Identity patterns (the syntax of `allowed_identities`) these CAs may
+    /// assert, e.g. `spiffe://west.example/*`, `*.west.example`.
+    pub identities: Vec<String>,
 }
 
 /// `discovery:`: exactly one source.
@@ -540,7 +558,12 @@ impl Config {
         };
         abs(&mut self.tls.cert);
         abs(&mut self.tls.key);
-        abs(&mut self.tls.trust_anchors);
+        if let Some(p) = self.tls.trust_anchors.as_mut() {
+            abs(p);
+        }
+        for d in &mut self.tls.trust_domains {
+            abs(&mut d.trust_anchors);
+        }
         match &mut self.discovery {
             Discovery::Files(FilesDiscovery::Dir(dir))
             | Discovery::Files(FilesDiscovery::Detailed { dir, .. }) => abs(dir),
@@ -575,6 +598,30 @@ impl Config {
                     "identity".into(),
                     format!("{id:?} must be visible ASCII without '\"'"),
                 );
+            }
+        }
+        match (&self.tls.trust_anchors, self.tls.trust_domains.is_empty()) {
+            (None, true) => invalid(
+                "tls.trust_domains".into(),
+                "set tls.trust_domains (or the legacy tls.trust_anchors bundle)".into(),
+            ),
+            (Some(_), false) => invalid(
+                "tls.trust_anchors".into(),
+                "set tls.trust_domains or tls.trust_anchors, not both (a trust_anchors CA could assert any identity)".into(),
+            ),
+            _ => {}
+        }
+        for (i, d) in self.tls.trust_domains.iter().enumerate() {
+            if d.identities.is_empty() {
+                invalid(
+                    format!("tls.trust_domains[{i}].identities"),
+                    "must list at least one identity pattern".into(),
+                );
+            }
+            for (j, id) in d.identities.iter().enumerate() {
+                if let Err(reason) = IdentityPattern::parse(id) {
+                    invalid(format!("tls.trust_domains[{i}].identities[{j}]"), reason);
+                }
             }
         }
         for (i, id) in self.allowed_identities.iter().enumerate() {

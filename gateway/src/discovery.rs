@@ -133,6 +133,9 @@ impl Publisher {
         for problem in index.take_split_problems() {
             self.report(&problem, None);
         }
+        for refused in index.take_mapping_refusals() {
+            self.report(&refused, None);
+        }
         self.metrics.table_generation.inc();
         self.synced();
         self.status.published(index.object_counts());
@@ -151,6 +154,7 @@ impl Publisher {
             "HTTPRoute" => "httproute",
             "Gateway" => "gateway",
             "GatewayClass" => "gatewayclass",
+            "ReferenceGrant" => "referencegrant",
             _ => "mapping",
         };
         self.metrics

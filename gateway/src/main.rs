@@ -445,7 +445,17 @@ fn check(config: &Path) -> anyhow::Result<()> {
             Ok(id) => println!("tls: ok (identity {id})"),
             Err(e) => problems.push(format!("identity: {e}")),
         },
-        Err(e) => problems.push(format!("tls: {e}")),
+        Err(e) => {
+            let first = format!("tls: {e}");
+            // Every bad trust-anchor file, not only the one load stopped at.
+            let others: Vec<String> = TlsMaterial::anchor_problems(&cfg.tls)
+                .iter()
+                .map(|e| format!("tls: {e}"))
+                .filter(|p| *p != first)
+                .collect();
+            problems.push(first);
+            problems.extend(others);
+        }
     }
     match &cfg.discovery {
         Discovery::Files(files) => {
@@ -454,14 +464,15 @@ fn check(config: &Path) -> anyhow::Result<()> {
             match source.load_into(&mut index) {
                 Ok((scan, errors)) => {
                     problems.extend(scan.errors.iter().map(ToString::to_string));
-                    for e in errors {
+                    let table = index.build();
+                    // Then the Mappings the build refused (claim rules: hostname, ReferenceGrant).
+                    for e in errors.into_iter().chain(index.take_mapping_refusals()) {
                         let origin = source
                             .origin(e.kind, &e.key)
                             .map(|p| format!("{}: ", p.display()))
                             .unwrap_or_default();
                         problems.push(format!("{origin}{e}"));
                     }
-                    let table = index.build();
                     println!(
                         "discovery: {} routes, {} services, {} endpoints from {}",
                         table.route_count(),

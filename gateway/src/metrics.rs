@@ -198,11 +198,14 @@ pub enum HandshakeFailure {
     Closed,
     /// The client offered Linkerd's opaque transport (ALPN `transport.l5d.io/v1`).
     OpaqueTransport,
+    /// The chain verified, but its trust anchor's trust domain
+    /// (`tls.trust_domains[].identities`) does not cover the certificate's identity.
+    OutsideTrustDomain,
 }
 
 impl HandshakeFailure {
     /// Every reason, for tests that enumerate the metric's label values.
-    pub const ALL: [HandshakeFailure; 9] = [
+    pub const ALL: [HandshakeFailure; 10] = [
         HandshakeFailure::NoClientCert,
         HandshakeFailure::UnknownCa,
         HandshakeFailure::Expired,
@@ -212,6 +215,7 @@ impl HandshakeFailure {
         HandshakeFailure::Timeout,
         HandshakeFailure::Closed,
         HandshakeFailure::OpaqueTransport,
+        HandshakeFailure::OutsideTrustDomain,
     ];
 
     /// The metric label value.
@@ -226,6 +230,7 @@ impl HandshakeFailure {
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Closed => "closed",
             HandshakeFailure::OpaqueTransport => "opaque_transport",
+            HandshakeFailure::OutsideTrustDomain => "identity_outside_trust_domain",
         }
     }
 }
@@ -247,17 +252,20 @@ pub enum ObjectKind {
     Gateway,
     /// `gateway.networking.k8s.io/v1 GatewayClass`.
     GatewayClass,
+    /// `gateway.networking.k8s.io/v1beta1 ReferenceGrant`.
+    ReferenceGrant,
     /// A manifest file as a whole (file source only).
     File,
 }
 
 impl ObjectKind {
     /// Every kind, for tests that enumerate the metric's label values.
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 6] = [
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
         ObjectKind::Mapping,
         ObjectKind::TrafficSplit,
+        ObjectKind::ReferenceGrant,
         ObjectKind::File,
     ];
 
@@ -271,6 +279,7 @@ impl ObjectKind {
             ObjectKind::HttpRoute => "httproute",
             ObjectKind::Gateway => "gateway",
             ObjectKind::GatewayClass => "gatewayclass",
+            ObjectKind::ReferenceGrant => "referencegrant",
             ObjectKind::File => "file",
         }
     }
@@ -285,6 +294,7 @@ impl ObjectKind {
             ObjectKind::HttpRoute => "HTTPRoute",
             ObjectKind::Gateway => "Gateway",
             ObjectKind::GatewayClass => "GatewayClass",
+            ObjectKind::ReferenceGrant => "ReferenceGrant",
             ObjectKind::File => "File",
         }
     }

@@ -11,6 +11,8 @@ pub mod dev;
 mod identity;
 pub mod reload;
 mod server;
+mod trust;
 
 pub use identity::{identity_from_der, IdentityError, PeerIdentity};
 pub use server::{traced_handshake, Expiry, TlsError, TlsMaterial, TlsServer};
+pub use trust::{OutsideTrustDomain, TrustDomains};

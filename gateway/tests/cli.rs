@@ -612,6 +612,51 @@ fn check_reports_every_config_problem_at_once() {
 }
 
 #[test]
+fn check_reports_every_trust_domain_problem_and_refused_claims() {
+    let dir = example_copy();
+    let config = dir.path().join("isthmus.yaml");
+    let original = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(dir.path().join("certs/garbage.crt"), "not a certificate\n").expect("write");
+    let broken = original.replace(
+        "  trust_anchors: certs/ca.crt\n",
+        "  trust_domains:\n    - {trust_anchors: certs/missing-ca.crt, identities: [\"spiffe://west.example*\"]}\n    - {trust_anchors: certs/garbage.crt, identities: []}\n",
+    );
+    assert_ne!(broken, original, "the example names tls.trust_anchors");
+    std::fs::write(&config, broken).expect("write");
+    // A Mapping in another namespace claiming podinfo's name.
+    std::fs::write(
+        dir.path().join("manifests/takeover.yaml"),
+        "apiVersion: isthmus.dev/v1alpha1\nkind: Mapping\nmetadata: {name: takeover, namespace: evil}\nspec: {hostname: podinfo.test.svc.cluster.local, prefix: /, service: thief:80}\n",
+    )
+    .expect("write");
+    let o = isthmus(&["check", "--config", config.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    for want in [
+        "tls.trust_domains[0].identities[0]",
+        "tls.trust_domains[1].identities: must list at least one",
+        "missing-ca.crt",
+        "garbage.crt",
+        "takeover.yaml: Mapping evil/takeover: hostname \"podinfo.test.svc.cluster.local\" is the name of Service test/podinfo",
+    ] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+
+    // Both forms at once are refused too.
+    std::fs::write(
+        &config,
+        original.replace(
+            "  trust_anchors: certs/ca.crt\n",
+            "  trust_anchors: certs/ca.crt\n  trust_domains: [{trust_anchors: certs/ca.crt, identities: [\"*\"]}]\n",
+        ),
+    )
+    .expect("write");
+    let o = isthmus(&["check", "--config", config.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not both"), "{}", text(&o));
+}
+
+#[test]
 fn check_refuses_what_run_refuses() {
     let dir = example_copy();
     let config = dir.path().join("isthmus.yaml");

@@ -204,7 +204,7 @@ fn kustomize_renders_every_object_into_its_type() {
 #[test]
 fn gateway_objects() {
     let docs = Rendered::new();
-    // Least privilege: read seven kinds, patch Mapping and HTTPRoute status, nothing else.
+    // Least privilege: read eight kinds, patch Mapping and HTTPRoute status, nothing else.
     assert_eq!(
         cluster_role_grants(&docs, "isthmus-gateway"),
         [
@@ -224,6 +224,9 @@ fn gateway_objects() {
             "gateway.networking.k8s.io/httproutes:get",
             "gateway.networking.k8s.io/httproutes:list",
             "gateway.networking.k8s.io/httproutes:watch",
+            "gateway.networking.k8s.io/referencegrants:get",
+            "gateway.networking.k8s.io/referencegrants:list",
+            "gateway.networking.k8s.io/referencegrants:watch",
             "isthmus.dev/mappings/status:patch",
             "isthmus.dev/mappings:get",
             "isthmus.dev/mappings:list",

@@ -12,6 +12,7 @@
 //! | `isthmus.dev/v1alpha1` | `mappings` (+`/status`), `links` (+`/status`) |
 //! | `split.smi-spec.io/v1alpha1`..`v1alpha4` | `trafficsplits` (one storage per version) |
 //! | `gateway.networking.k8s.io/v1` | `gatewayclasses` (cluster-scoped, +`/status`), `gateways` (+`/status`), `httproutes` (+`/status`) |
+//! | `gateway.networking.k8s.io/v1beta1` | `referencegrants` |
 //!
 //! `isthmus.dev`, `split.smi-spec.io` and `gateway.networking.k8s.io` types behave as
 //! custom resources (LIST items carry `apiVersion`/`kind`; strategic merge patch is
@@ -457,6 +458,18 @@ impl ApiServer {
     /// DELETED; false when there was none.
     pub fn delete<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
         let res = resource_of::<K>();
+        self.inner
+            .shared
+            .store()
+            .delete(res, key_namespace(res, namespace), name)
+            .is_ok()
+    }
+
+    /// [`delete`](Self::delete) by plural or kind, for types without a Rust
+    /// struct (names as for [`get_json`](Self::get_json)).
+    pub fn delete_json(&self, plural_or_kind: &str, namespace: &str, name: &str) -> bool {
+        let res = resources::find_by_name(plural_or_kind)
+            .unwrap_or_else(|| panic!("the double does not serve {plural_or_kind:?}"));
         self.inner
             .shared
             .store()

@@ -138,3 +138,39 @@ fn kubernetes_contact_interval_defaults_to_30s() {
         other => panic!("unexpected discovery {other:?}"),
     }
 }
+
+#[test]
+fn trust_domains_instead_of_one_bundle() {
+    let cfg = parse(
+        "tls: {cert: a, key: b, trust_domains: [{trust_anchors: certs/west.crt, identities: [\"spiffe://west.example/*\", \"*.west.example\"]}]}\ndiscovery: {files: m}\n",
+    )
+    .expect("valid");
+    assert_eq!(cfg.tls.trust_anchors, None);
+    assert_eq!(
+        cfg.tls.trust_domains[0].trust_anchors,
+        Path::new("/etc/isthmus/certs/west.crt")
+    );
+    assert_eq!(cfg.tls.trust_domains[0].identities.len(), 2);
+    for (text, want) in [
+        ("tls: {cert: a, key: b}", "tls.trust_domains: set tls.trust_domains"),
+        (
+            "tls: {cert: a, key: b, trust_anchors: c, trust_domains: [{trust_anchors: w, identities: [\"*\"]}]}",
+            "tls.trust_anchors: set tls.trust_domains or tls.trust_anchors, not both",
+        ),
+        (
+            "tls: {cert: a, key: b, trust_domains: [{trust_anchors: w, identities: []}]}",
+            "tls.trust_domains[0].identities: must list at least one",
+        ),
+        (
+            "tls: {cert: a, key: b, trust_domains: [{trust_anchors: w, identities: [\"spiffe://w/*\", \"*west\"]}]}",
+            "tls.trust_domains[0].identities[1]",
+        ),
+        (
+            "tls: {cert: a, key: b, trust_domains: [{trust_anchors: w, identities: [\"*\"], ca: x}]}",
+            "unknown field `ca`",
+        ),
+    ] {
+        let err = parse(&format!("{text}\ndiscovery: {{files: m}}\n")).expect_err(text);
+        assert!(err.to_string().contains(want), "{want} not in {err}");
+    }
+}

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct MappingSpec {
     /// Host the Mapping serves: `name[:port]`, `*.suffix`, or `*` (the default).
+    /// A name within `<ns>.svc.<cluster domain>` (a Service's FQDN) is only
+    /// accepted from namespace `<ns>` (else Accepted=False, `HostnameNotOwned`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// Path prefix to match, starting with `/`.
@@ -33,6 +35,8 @@ pub struct MappingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_exact: Option<bool>,
     /// Target Service: `name[.namespace][:port]` (namespace defaults to the Mapping's).
+    /// Another namespace needs a ReferenceGrant there allowing `isthmus.dev`
+    /// `Mapping`s from this namespace (else Accepted=False, `RefNotPermitted`).
     pub service: String,
     /// Replaces the matched prefix; Emissary's default `/` strips it; `""` disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,7 +128,7 @@ pub struct MappingCondition {
     pub type_: String,
     /// `True` or `False`.
     pub status: String,
-    /// Machine-readable reason.
+    /// Machine-readable reason: `Accepted`, `Invalid`, `HostnameNotOwned`, `RefNotPermitted`.
     pub reason: String,
     /// Explanation a person can act on.
     pub message: String,

@@ -219,6 +219,7 @@ fn kind_name(o: &Object) -> &'static str {
         Object::HttpRoute(_) => "HTTPRoute",
         Object::Gateway(_) => "Gateway",
         Object::GatewayClass(_) => "GatewayClass",
+        Object::ReferenceGrant(_) => "ReferenceGrant",
     }
 }
 
@@ -343,6 +344,9 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, String> {
             }
             ("gateway.networking.k8s.io/v1", "GatewayClass") => {
                 serde_yaml::from_value(value.clone()).map(|o| Object::GatewayClass(Box::new(o)))
+            }
+            ("gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1", "ReferenceGrant") => {
+                serde_yaml::from_value(value.clone()).map(|o| Object::ReferenceGrant(Box::new(o)))
             }
             (_, "Mapping") | (_, "EndpointSlice") => {
                 return Err(format!(

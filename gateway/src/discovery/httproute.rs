@@ -108,6 +108,63 @@ impl GatewayClass {
     }
 }
 
+/// A `ReferenceGrant` (`gateway.networking.k8s.io/v1beta1`): in its own
+/// namespace, lets objects of the `from` kinds and namespaces refer to its
+/// `to` objects. Isthmus reads it for HTTPRoute backendRefs and for Mappings
+/// whose `service` is in another namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrant {
+    /// Standard metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The spec.
+    #[serde(default)]
+    pub spec: ReferenceGrantSpec,
+}
+
+/// `ReferenceGrant.spec`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    /// Who may refer: `group`, `kind`, `namespace`.
+    #[serde(default)]
+    pub from: Vec<GrantFrom>,
+    /// What they may refer to: `group`, `kind`, and an optional `name`.
+    #[serde(default)]
+    pub to: Vec<GrantTo>,
+}
+
+/// `ReferenceGrant.spec.from[]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantFrom {
+    /// API group of the referring kind (`isthmus.dev`, `gateway.networking.k8s.io`).
+    #[serde(default)]
+    pub group: String,
+    /// The referring kind (`Mapping`, `HTTPRoute`).
+    #[serde(default)]
+    pub kind: String,
+    /// Namespace of the referring objects.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// `ReferenceGrant.spec.to[]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantTo {
+    /// API group of the referent (`""`: core, for Service).
+    #[serde(default)]
+    pub group: String,
+    /// The referent kind (`Service`).
+    #[serde(default)]
+    pub kind: String,
+    /// One object only; every object of the kind when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 /// A `parentRef`, as given (echoed in status) and parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParentRef {

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::crd::Mapping;
-use super::httproute::{Gateway, GatewayClass, HttpRoute};
+use super::httproute::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, ReferenceGrantSpec};
 use super::trafficsplit::{Split, TrafficSplit};
 use crate::metrics::ObjectKind;
 use crate::routes::{
@@ -26,6 +26,7 @@ use crate::routes::{
     IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
     RouteTarget,
 };
+pub use claims::Refusal;
 use httproute::{GatewayInfo, HttpRouteEntry};
 pub use httproute::{ParentStatus, RouteCondition, RouteStatus};
 
@@ -95,6 +96,8 @@ pub enum Object {
     Gateway(Box<Gateway>),
     /// `gateway.networking.k8s.io/v1 GatewayClass` (cluster-scoped).
     GatewayClass(Box<GatewayClass>),
+    /// `gateway.networking.k8s.io/v1beta1 ReferenceGrant`.
+    ReferenceGrant(Box<ReferenceGrant>),
 }
 
 impl Object {
@@ -108,6 +111,7 @@ impl Object {
             Object::HttpRoute(_) => ObjectKind::HttpRoute,
             Object::Gateway(_) => ObjectKind::Gateway,
             Object::GatewayClass(_) => ObjectKind::GatewayClass,
+            Object::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
         }
     }
 
@@ -126,6 +130,10 @@ impl Object {
                 o.metadata.name.clone().unwrap_or_default(),
             ),
             Object::Gateway(o) => (
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone().unwrap_or_default(),
+            ),
+            Object::ReferenceGrant(o) => (
                 o.metadata.namespace.clone(),
                 o.metadata.name.clone().unwrap_or_default(),
             ),
@@ -159,8 +167,11 @@ pub struct ObjectError {
 pub struct MappingState {
     /// `metadata.generation` the state was computed from.
     pub generation: Option<i64>,
-    /// `Ok` when accepted, else the reason.
+    /// `Ok` when accepted, else the message.
     pub accepted: Result<(), String>,
+    /// The condition reason: `Accepted`, `Invalid`, or a [`Refusal`]'s
+    /// (`HostnameNotOwned`, `RefNotPermitted`).
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -259,6 +270,7 @@ enum Item {
     Gateway(GatewayInfo),
     /// Whether the class is Isthmus's.
     GatewayClass(bool),
+    Grant(ReferenceGrantSpec),
 }
 
 impl Converted {
@@ -347,6 +359,12 @@ pub struct Index {
     gateway_classes: BTreeMap<String, bool>,
     /// HTTPRoute statuses of the last build.
     route_statuses: BTreeMap<ObjectKey, RouteStatus>,
+    /// ReferenceGrants (their specs), by `namespace/name`.
+    grants: BTreeMap<ObjectKey, ReferenceGrantSpec>,
+    /// Mappings the last build refused by the claim rules (`claims.rs`), and
+    /// which of those were reported.
+    refusals: BTreeMap<ObjectKey, Refusal>,
+    reported_refusals: BTreeMap<ObjectKey, Refusal>,
 }
 
 impl Index {
@@ -373,6 +391,9 @@ impl Index {
             gateways: BTreeMap::new(),
             gateway_classes: BTreeMap::new(),
             route_statuses: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            reported_refusals: BTreeMap::new(),
         }
     }
 
@@ -486,6 +507,7 @@ impl Index {
                     listeners: g.spec.listeners.clone(),
                 }),
                 Object::GatewayClass(c) => Item::GatewayClass(c.is_ours()),
+                Object::ReferenceGrant(g) => Item::Grant(g.spec.clone()),
             })
         };
         Ok(Converted { key, item, refused })
@@ -565,6 +587,9 @@ impl Index {
             Some(Item::GatewayClass(ours)) => {
                 self.gateway_classes.insert(c.key.name, ours);
             }
+            Some(Item::Grant(spec)) => {
+                self.grants.insert(c.key, spec);
+            }
         }
     }
 
@@ -597,6 +622,9 @@ impl Index {
             }
             ObjectKind::GatewayClass => {
                 self.gateway_classes.remove(&key.name);
+            }
+            ObjectKind::ReferenceGrant => {
+                self.grants.remove(key);
             }
             ObjectKind::File => {}
         }
@@ -660,6 +688,7 @@ impl Index {
             ObjectKind::TrafficSplit => self.splits.keys().filter(gone).cloned().collect(),
             ObjectKind::HttpRoute => self.httproutes.keys().filter(gone).cloned().collect(),
             ObjectKind::Gateway => self.gateways.keys().filter(gone).cloned().collect(),
+            ObjectKind::ReferenceGrant => self.grants.keys().filter(gone).cloned().collect(),
             ObjectKind::GatewayClass => self
                 .gateway_classes
                 .keys()
@@ -687,6 +716,7 @@ impl Index {
             ObjectKind::HttpRoute,
             ObjectKind::Gateway,
             ObjectKind::GatewayClass,
+            ObjectKind::ReferenceGrant,
         ]
         .into_iter()
         .flat_map(|k| self.replace(k, None, objects))
@@ -702,17 +732,41 @@ impl Index {
         }
     }
 
-    /// Acceptance of every Mapping, for status write-back.
+    /// Acceptance of every Mapping, for status write-back (the claim rules'
+    /// verdicts as of the last build).
     pub fn mapping_states(&self) -> impl Iterator<Item = (&ObjectKey, MappingState)> {
         self.mappings.iter().map(|(k, e)| {
+            let (accepted, reason) = match (&e.route, self.refusals.get(k)) {
+                (Err(why), _) => (Err(why.clone()), "Invalid"),
+                (Ok(_), Some(r)) => (Err(r.to_string()), r.reason()),
+                (Ok(_), None) => (Ok(()), "Accepted"),
+            };
             (
                 k,
                 MappingState {
                     generation: e.generation,
-                    accepted: e.route.as_ref().map(|_| ()).map_err(Clone::clone),
+                    accepted,
+                    reason,
                 },
             )
         })
+    }
+
+    /// Mappings refused by the claim rules since the last call (each reported
+    /// once, and again only when its refusal changes).
+    pub fn take_mapping_refusals(&mut self) -> Vec<ObjectError> {
+        let new = self
+            .refusals
+            .iter()
+            .filter(|(k, r)| self.reported_refusals.get(*k) != Some(*r))
+            .map(|(k, r)| ObjectError {
+                kind: "Mapping",
+                key: k.clone(),
+                reason: r.to_string(),
+            })
+            .collect();
+        self.reported_refusals = self.refusals.clone();
+        new
     }
 
     /// What each HTTPRoute's status should say, as of the last build.
@@ -811,8 +865,22 @@ impl Index {
         let mut mapping_only_backends: HashSet<Arc<str>> = HashSet::new();
         let mut groups: BTreeMap<(HostMatch, RouteMatch), Vec<(&ObjectKey, &MappingRoute)>> =
             BTreeMap::new();
+        let mut refusals = BTreeMap::new();
         for (key, entry) in &self.mappings {
             if let Ok(m) = &entry.route {
+                // Hostnames of other namespaces' Services and Services of other
+                // namespaces without a ReferenceGrant are refused (claims.rs).
+                let claim = claims::check_mapping(
+                    &key.namespace,
+                    &m.host,
+                    &m.service.key,
+                    &self.cfg.cluster_domain,
+                    &self.grants,
+                );
+                if let Err(r) = claim {
+                    refusals.insert(key.clone(), r);
+                    continue;
+                }
                 groups
                     .entry((m.host.clone(), m.matcher.clone()))
                     .or_default()
@@ -859,6 +927,8 @@ impl Index {
             }));
         }
 
+        self.refusals = refusals;
+
         // HTTPRoute routes (and the status each should carry).
         let view = httproute::GatewayView {
             cfg: &self.cfg,
@@ -866,6 +936,7 @@ impl Index {
             httproutes: &self.httproutes,
             gateways: &self.gateways,
             gateway_classes: &self.gateway_classes,
+            grants: &self.grants,
         };
         self.route_statuses = view.build(&mut resolver, &mut routes);
         let egress = self.cfg.egress.then(|| self.build_egress());
@@ -1357,6 +1428,7 @@ fn parse_service_ref(
     })
 }
 
+mod claims;
 mod egress;
 mod httproute;
 #[cfg(test)]

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::crd::{Mapping, MappingCondition, MappingStatus};
-use super::httproute::{Gateway, GatewayClass, HttpRoute, CONTROLLER_NAME};
+use super::httproute::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, CONTROLLER_NAME};
 use super::index::Converted;
 use super::index::RouteStatus;
 use super::trafficsplit::TrafficSplit;
@@ -194,20 +194,24 @@ enum OptionalKind {
     TrafficSplit,
     /// `gateway.networking.k8s.io/v1` HTTPRoute, Gateway and GatewayClass.
     GatewayApi,
+    /// `gateway.networking.k8s.io` ReferenceGrant (`v1beta1` in the standard
+    /// channel): cross-namespace references of Mappings and HTTPRoutes.
+    ReferenceGrant,
 }
 
 impl OptionalKind {
-    const ALL: [OptionalKind; 3] = [
+    const ALL: [OptionalKind; 4] = [
         OptionalKind::Mapping,
         OptionalKind::TrafficSplit,
         OptionalKind::GatewayApi,
+        OptionalKind::ReferenceGrant,
     ];
 
     fn group(self) -> &'static str {
         match self {
             OptionalKind::Mapping => "isthmus.dev",
             OptionalKind::TrafficSplit => super::trafficsplit::GROUP,
-            OptionalKind::GatewayApi => super::httproute::GROUP,
+            OptionalKind::GatewayApi | OptionalKind::ReferenceGrant => super::httproute::GROUP,
         }
     }
 
@@ -217,6 +221,7 @@ impl OptionalKind {
             OptionalKind::Mapping => &["Mapping"],
             OptionalKind::TrafficSplit => &["TrafficSplit"],
             OptionalKind::GatewayApi => &["HTTPRoute", "Gateway", "GatewayClass"],
+            OptionalKind::ReferenceGrant => &["ReferenceGrant"],
         }
     }
 
@@ -225,6 +230,7 @@ impl OptionalKind {
         match self {
             OptionalKind::Mapping => "the Mapping CRD (mappings.isthmus.dev) is not installed: Mappings are off until it is; install it with `isthmus crds | kubectl apply -f -` (or crds/)",
             OptionalKind::GatewayApi => "the Gateway API CRDs (httproutes, gateways, gatewayclasses.gateway.networking.k8s.io, v1) are not installed: HTTPRoutes are off until they are; install them with the Gateway API standard channel (kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml)",
+            OptionalKind::ReferenceGrant => "the Gateway API ReferenceGrant CRD (referencegrants.gateway.networking.k8s.io) is not installed: Mappings and HTTPRoutes cannot refer to Services in other namespaces until it is; install it with the Gateway API standard channel",
             OptionalKind::TrafficSplit => "the SMI TrafficSplit CRD (trafficsplits.split.smi-spec.io) is not installed: egress splits come from Mappings only until it is; install it with the SMI split CRD (for example the one Linkerd's linkerd-smi extension ships)",
         }
     }
@@ -255,7 +261,16 @@ async fn presence(client: &Client, kind: OptionalKind) -> Presence {
             let found: Option<Vec<ApiResource>> = kind
                 .kinds()
                 .iter()
-                .map(|k| g.recommended_kind(k).map(|(r, _)| r))
+                .map(|k| match kind {
+                    // Served at v1beta1 while the group prefers v1: the kind
+                    // at its most stable version, not the group's preferred one.
+                    OptionalKind::ReferenceGrant => g
+                        .resources_by_stability()
+                        .into_iter()
+                        .find(|(r, _)| r.kind == *k)
+                        .map(|(r, _)| r),
+                    _ => g.recommended_kind(k).map(|(r, _)| r),
+                })
                 .collect();
             match found {
                 Some(rs) => Presence::Installed(rs),
@@ -396,6 +411,15 @@ fn optional_streams(
                         |o| Object::GatewayClass(Box::new(o)),
                     ),
                 },
+                OptionalKind::ReferenceGrant => watch_dynamic::<ReferenceGrant>(
+                    client,
+                    *ns,
+                    resource.clone(),
+                    cfg,
+                    n,
+                    ObjectKind::ReferenceGrant,
+                    |o| Object::ReferenceGrant(Box::new(o)),
+                ),
                 OptionalKind::Mapping => watch_dynamic::<Mapping>(
                     client,
                     *ns,
@@ -425,13 +449,15 @@ fn optional_streams(
 struct DesiredStatus {
     generation: Option<i64>,
     accepted: Result<(), String>,
+    /// The condition reason (see [`super::index::MappingState::reason`]).
+    reason: &'static str,
 }
 
 impl DesiredStatus {
     fn condition(&self) -> MappingCondition {
         let (status, reason, message) = match &self.accepted {
             Ok(()) => ("True", "Accepted", "route is active".to_string()),
-            Err(why) => ("False", "Invalid", why.clone()),
+            Err(why) => ("False", self.reason, why.clone()),
         };
         MappingCondition {
             type_: "Accepted".into(),
@@ -616,6 +642,7 @@ pub async fn run(
                     DesiredStatus {
                         generation: s.generation,
                         accepted: s.accepted,
+                        reason: s.reason,
                     },
                 )
             })

@@ -11,12 +11,13 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use super::trust::TrustDomains;
 use super::TlsServer;
 
 /// Presents the gateway's current certificate (rotations apply to new connections).
@@ -46,10 +47,11 @@ impl ResolvesClientCert for CurrentCert {
     }
 }
 
-/// Verifies the chain, then that the leaf carries `expected`.
+/// Verifies the chain, then that the leaf carries `expected` and that the
+/// trust domain of the anchor it chains to may assert it.
 #[derive(Debug)]
 struct IdentityVerifier {
-    chain: Arc<WebPkiServerVerifier>,
+    trust: Arc<TrustDomains>,
     expected: Arc<str>,
 }
 
@@ -77,26 +79,16 @@ impl ServerCertVerifier for IdentityVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.chain.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Ok(_)
-            | Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {}
-            Err(e) => return Err(e),
-        }
-        if carries_identity(end_entity, &self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
+        self.trust
+            .verify_server(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+                &self.expected,
+            )
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -105,7 +97,10 @@ impl ServerCertVerifier for IdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
+        match self.trust.first_server() {
+            Some(v) => v.verify_tls12_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchors".into())),
+        }
     }
 
     fn verify_tls13_signature(
@@ -114,11 +109,17 @@ impl ServerCertVerifier for IdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
+        match self.trust.first_server() {
+            Some(v) => v.verify_tls13_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchors".into())),
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
+        self.trust
+            .first_server()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
 
@@ -134,7 +135,7 @@ impl TlsServer {
             .expect("ring supports TLS 1.2 and 1.3")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(IdentityVerifier {
-                chain: self.server_verifier(),
+                trust: self.trust_domains(),
                 expected: identity.clone(),
             }))
             .with_client_cert_resolver(Arc::new(CurrentCert(TlsServerKey(self.clone()))));

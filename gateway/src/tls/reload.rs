@@ -14,8 +14,15 @@ use crate::config::Tls as TlsConfig;
 use crate::metrics::Metrics;
 use crate::poll::{Stamp, Ticker};
 
-fn stamps(cfg: &TlsConfig) -> [Option<Stamp>; 3] {
-    [&cfg.cert, &cfg.key, &cfg.trust_anchors].map(|p| Stamp::of_path(p))
+/// The stamps of every file the material is read from: certificate, key, the
+/// legacy bundle and each trust domain's bundle.
+fn stamps(cfg: &TlsConfig) -> Vec<Option<Stamp>> {
+    [&cfg.cert, &cfg.key]
+        .into_iter()
+        .chain(cfg.trust_anchors.as_ref())
+        .chain(cfg.trust_domains.iter().map(|d| &d.trust_anchors))
+        .map(|p| Stamp::of_path(p))
+        .collect()
 }
 
 /// Watches the TLS files until `shutdown` flips.

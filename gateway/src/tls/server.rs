@@ -28,8 +28,10 @@ use rustls::{
 };
 
 use super::identity::{identity_from_der, IdentityError, PeerIdentity};
+use super::trust::{OutsideTrustDomain, TrustDomain, TrustDomains};
 use crate::config::Tls as TlsConfig;
 use crate::metrics::HandshakeFailure;
+use crate::routes::IdentityPattern;
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +57,9 @@ pub enum TlsError {
 /// Loaded certificate, key and trust anchors, ready to serve.
 pub struct TlsMaterial {
     key: Arc<CertifiedKey>,
-    verifier: Arc<dyn ClientCertVerifier>,
-    /// The same trust anchors for the egress's server-certificate checks.
-    server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
+    /// The trust anchors, each set with the identities it may assert; for
+    /// client certificates and the egress's server-certificate checks.
+    trust: Arc<TrustDomains>,
     identity: Option<String>,
     expiry: Expiry,
     anchors: Arc<Vec<CertificateDer<'static>>>,
@@ -108,39 +110,79 @@ impl TlsMaterial {
             ),
         })?;
 
-        let mut roots = RootCertStore::empty();
-        let anchors = read_certs(&cfg.trust_anchors)?;
-        for ca in anchors.iter().cloned() {
-            expiry.trust_anchors.extend(not_after(&ca));
-            roots.add(ca).map_err(|e| TlsError::Invalid {
-                path: cfg.trust_anchors.clone(),
-                what: format!("not a usable CA certificate: {e}"),
-            })?;
+        // The legacy bundle (any identity), else one set per trust domain.
+        let mut sets: Vec<(&Path, Option<Arc<[IdentityPattern]>>)> = Vec::new();
+        if let Some(p) = &cfg.trust_anchors {
+            sets.push((p, None));
         }
-        let roots = Arc::new(roots);
-        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TlsError::Invalid {
-            path: cfg.trust_anchors.clone(),
-            what: format!("cannot build server verifier: {e}"),
-        })?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+        for d in &cfg.trust_domains {
+            let patterns = d
+                .identities
+                .iter()
+                .enumerate()
+                .map(|(j, id)| {
+                    IdentityPattern::parse(id).map_err(|e| format!("identities[{j}]: {e}"))
+                })
+                .collect::<Result<Arc<[_]>, _>>()
+                .map_err(|what| TlsError::Invalid {
+                    path: d.trust_anchors.clone(),
+                    what: format!("trust domain: {what}"),
+                })?;
+            sets.push((&d.trust_anchors, Some(patterns)));
+        }
+        if sets.is_empty() {
+            return Err(TlsError::Invalid {
+                path: cfg.cert.clone(),
+                what: "no trust anchors configured (tls.trust_domains or tls.trust_anchors)".into(),
+            });
+        }
+        let mut anchors = Vec::new();
+        let mut domains = Vec::new();
+        for (path, identities) in sets {
+            let (certs, roots) = read_anchors(path)?;
+            expiry
+                .trust_anchors
+                .extend(certs.iter().filter_map(|ca| not_after(ca)));
+            anchors.extend(certs);
+            let roots = Arc::new(roots);
+            let server = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
             .build()
             .map_err(|e| TlsError::Invalid {
-                path: cfg.trust_anchors.clone(),
-                what: format!("cannot build client verifier: {e}"),
+                path: path.to_path_buf(),
+                what: format!("cannot build server verifier: {e}"),
             })?;
+            let client = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Invalid {
+                    path: path.to_path_buf(),
+                    what: format!("cannot build client verifier: {e}"),
+                })?;
+            domains.push(TrustDomain {
+                client,
+                server,
+                identities,
+            });
+        }
         Ok(TlsMaterial {
             key: Arc::new(key),
-            verifier,
-            server_verifier,
+            trust: Arc::new(TrustDomains(domains)),
             identity,
             expiry,
             anchors: Arc::new(anchors),
         })
+    }
+
+    /// The problems of every trust-anchor file (the legacy bundle and each
+    /// trust domain's), not only the first (for `isthmus check`).
+    pub fn anchor_problems(cfg: &TlsConfig) -> Vec<TlsError> {
+        cfg.trust_anchors
+            .iter()
+            .chain(cfg.trust_domains.iter().map(|d| &d.trust_anchors))
+            .filter_map(|path| read_anchors(path).err())
+            .collect()
     }
 
     /// Not-after times of the serving certificate and of each trust anchor.
@@ -179,6 +221,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// A PEM bundle of CAs, as certificates and as a root store.
+fn read_anchors(path: &Path) -> Result<(Vec<CertificateDer<'static>>, RootCertStore), TlsError> {
+    let certs = read_certs(path)?;
+    let mut roots = RootCertStore::empty();
+    for ca in certs.iter().cloned() {
+        roots.add(ca).map_err(|e| TlsError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok((certs, roots))
+}
+
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let file = File::open(path).map_err(|error| TlsError::Read {
         path: path.to_path_buf(),
@@ -200,7 +255,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub struct TlsServer {
     resolver: Arc<CertResolver>,
     verifier: Arc<PeerVerifier>,
-    server_verifier: Arc<ArcSwap<rustls::client::WebPkiServerVerifier>>,
+    trust: Arc<ArcSwap<TrustDomains>>,
     sessions: Arc<SessionCache>,
     generation: Arc<AtomicU64>,
     /// The trust anchors in force, as loaded (for the admin page).
@@ -275,8 +330,11 @@ impl TlsServer {
         let generation = Arc::new(AtomicU64::new(0));
         TlsServer {
             resolver: Arc::new(CertResolver(ArcSwap::new(material.key))),
-            verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new((0, material.verifier))))),
-            server_verifier: Arc::new(ArcSwap::new(material.server_verifier)),
+            verifier: Arc::new(PeerVerifier(ArcSwap::new(Arc::new((
+                0,
+                material.trust.clone(),
+            ))))),
+            trust: Arc::new(ArcSwap::new(material.trust)),
             sessions: Arc::new(SessionCache::new(generation.clone())),
             generation,
             anchors: Arc::new(ArcSwap::new(material.anchors)),
@@ -299,11 +357,11 @@ impl TlsServer {
     pub fn replace(&self, material: TlsMaterial) {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         self.resolver.0.store(material.key);
-        self.server_verifier.store(material.server_verifier);
+        self.trust.store(material.trust.clone());
         self.anchors.store(material.anchors);
         self.verifier
             .0
-            .store(Arc::new((generation, material.verifier)));
+            .store(Arc::new((generation, material.trust)));
         self.generation.store(generation, Ordering::Release);
         self.sessions.clear();
     }
@@ -374,9 +432,9 @@ impl TlsServer {
         self.resolver.0.load_full()
     }
 
-    /// The current trust anchors as a server-certificate verifier.
-    pub fn server_verifier(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
-        self.server_verifier.load_full()
+    /// The current trust domains (for server-certificate checks).
+    pub fn trust_domains(&self) -> Arc<TrustDomains> {
+        self.trust.load_full()
     }
 }
 
@@ -399,9 +457,10 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// Verifies client certificates against the current trust anchors (webpki, which
-/// also enforces the `clientAuth` EKU when an EKU is present) and requires a URI
-/// or DNS SAN, so every accepted connection has an identity.
-struct PeerVerifier(ArcSwap<(u64, Arc<dyn ClientCertVerifier>)>);
+/// also enforces the `clientAuth` EKU when an EKU is present), requires a URI
+/// or DNS SAN, so every accepted connection has an identity, and that identity
+/// to be one the verifying anchor's trust domain may assert.
+struct PeerVerifier(ArcSwap<(u64, Arc<TrustDomains>)>);
 
 impl std::fmt::Debug for PeerVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -428,17 +487,8 @@ impl ClientCertVerifier for PeerVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let current = self.0.load();
-        let (generation, verifier) = &**current;
-        let result = verifier
-            .verify_client_cert(end_entity, intermediates, now)
-            .and_then(|verified| {
-                identity_from_der(end_entity).map_err(|e| {
-                    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                        Arc::new(e),
-                    )))
-                })?;
-                Ok(verified)
-            });
+        let (generation, trust) = &**current;
+        let result = trust.verify_client(end_entity, intermediates, now);
         if result.is_ok() {
             let _ = VERIFIED_GENERATION.try_with(|g| g.set(Some(*generation)));
         }
@@ -455,7 +505,10 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.load().1.verify_tls12_signature(message, cert, dss)
+        match self.0.load().1.first_client() {
+            Some(v) => v.verify_tls12_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchors".into())),
+        }
     }
 
     fn verify_tls13_signature(
@@ -464,11 +517,19 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.load().1.verify_tls13_signature(message, cert, dss)
+        match self.0.load().1.first_client() {
+            Some(v) => v.verify_tls13_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchors".into())),
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.load().1.supported_verify_schemes()
+        self.0
+            .load()
+            .1
+            .first_client()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
 
@@ -607,6 +668,11 @@ fn classify_rustls(e: &rustls::Error) -> HandshakeFailure {
             | CertificateError::NotValidYet
             | CertificateError::NotValidYetContext { .. } => HandshakeFailure::Expired,
             CertificateError::Other(rustls::OtherError(e))
+                if e.downcast_ref::<OutsideTrustDomain>().is_some() =>
+            {
+                HandshakeFailure::OutsideTrustDomain
+            }
+            CertificateError::Other(rustls::OtherError(e))
                 if matches!(
                     e.downcast_ref::<IdentityError>(),
                     Some(IdentityError::BadIdentity(_))
@@ -643,7 +709,8 @@ mod tests {
         let cfg = TlsConfig {
             cert: dir.path().join("c.crt"),
             key: dir.path().join("c.key"),
-            trust_anchors: dir.path().join("ca.crt"),
+            trust_anchors: Some(dir.path().join("ca.crt")),
+            trust_domains: Vec::new(),
             session_resumption: true,
             reload_interval_ms: 1_000,
         };
@@ -660,5 +727,81 @@ mod tests {
         assert!(subjects[1].contains("second CA"), "{subjects:?}");
         let now = crate::metrics::unix_now();
         assert!(m.expiry().trust_anchors.iter().all(|(_, t)| *t > now));
+    }
+
+    #[test]
+    fn each_trust_domain_asserts_only_its_identities_for_peers_and_remote_gateways() {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let west = CertAuthority::new("west CA").expect("ca");
+        let south = CertAuthority::new("south CA").expect("ca");
+        let leaf = west.issue(&LeafSpec::gateway()).expect("issue");
+        std::fs::write(dir.path().join("c.crt"), leaf.cert_pem()).expect("write");
+        std::fs::write(dir.path().join("c.key"), leaf.key_pem()).expect("write");
+        std::fs::write(dir.path().join("west.crt"), west.cert_pem()).expect("write");
+        std::fs::write(dir.path().join("south.crt"), south.cert_pem()).expect("write");
+        let domain = |file: &str, id: &str| crate::config::TrustDomain {
+            trust_anchors: dir.path().join(file),
+            identities: vec![id.into()],
+        };
+        let cfg = TlsConfig {
+            cert: dir.path().join("c.crt"),
+            key: dir.path().join("c.key"),
+            trust_anchors: None,
+            trust_domains: vec![
+                domain("west.crt", "spiffe://west.example/*"),
+                domain("south.crt", "spiffe://south.example/*"),
+            ],
+            session_resumption: true,
+            reload_interval_ms: 1_000,
+        };
+        let m = TlsMaterial::load(&cfg).expect("load");
+        assert_eq!(m.expiry().trust_anchors.len(), 2);
+        let now = UnixTime::now();
+        let id = "spiffe://south.example/gw";
+        let server_spec = LeafSpec {
+            uris: vec![id.into()],
+            ekus: vec![Eku::ServerAuth, Eku::ClientAuth],
+            ..LeafSpec::default()
+        };
+        let name =
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let by_west = west.issue(&server_spec).expect("issue");
+        let by_south = south.issue(&server_spec).expect("issue");
+        let (w, s) = (
+            CertificateDer::from(by_west.der().to_vec()),
+            CertificateDer::from(by_south.der().to_vec()),
+        );
+        // Remote gateways (egress): west's CA may not assert a south identity.
+        assert!(matches!(
+            m.trust.verify_server(&w, &[], &name, &[], now, id),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
+        ));
+        assert!(m.trust.verify_server(&s, &[], &name, &[], now, id).is_ok());
+        // Peers: the same binding, with its own handshake failure reason.
+        let err = m.trust.verify_client(&w, &[], now).expect_err("refused");
+        assert_eq!(classify_rustls(&err), HandshakeFailure::OutsideTrustDomain);
+        assert!(m.trust.verify_client(&s, &[], now).is_ok());
+        // A CA in no domain: unknown.
+        let other = CertAuthority::new("other CA").expect("ca");
+        let o = CertificateDer::from(other.issue(&server_spec).expect("issue").der().to_vec());
+        let err = m.trust.verify_client(&o, &[], now).expect_err("refused");
+        assert_eq!(classify_rustls(&err), HandshakeFailure::UnknownCa);
+
+        // A bad bundle is an error naming its file; check lists every one.
+        std::fs::write(dir.path().join("south.crt"), "junk").expect("write");
+        let err = TlsMaterial::load(&cfg).err().expect("refused").to_string();
+        assert!(err.contains("south.crt"), "{err}");
+        let problems = TlsMaterial::anchor_problems(&TlsConfig {
+            trust_domains: vec![
+                domain("missing.crt", "*"),
+                domain("south.crt", "*"),
+                domain("west.crt", "*"),
+            ],
+            ..cfg.clone()
+        });
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }

@@ -235,6 +235,18 @@ pub(crate) const RESOURCES: &[ResourceType] = &[
         status_subresource: true,
         cluster_scoped: false,
     },
+    ResourceType {
+        group: "gateway.networking.k8s.io",
+        version: "v1beta1",
+        plural: "referencegrants",
+        singular: "referencegrant",
+        kind: "ReferenceGrant",
+        list_kind: "ReferenceGrantList",
+        short_names: &["refgrant"],
+        custom: true,
+        status_subresource: false,
+        cluster_scoped: false,
+    },
 ];
 
 /// The resource id for a group/version/plural triple.

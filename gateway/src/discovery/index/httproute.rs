@@ -16,7 +16,8 @@ use std::collections::HashMap;
 
 use super::{Index, IndexConfig, ObjectKey, Resolver, ServiceInfo, ServiceRef};
 use crate::discovery::httproute::{
-    BackendRef, Filters, Listener, ParentKind, ParentRef, PathMatch, PathModifier, RouteSpec, Rule,
+    BackendRef, Filters, Listener, ParentKind, ParentRef, PathMatch, PathModifier,
+    ReferenceGrantSpec, RouteSpec, Rule, GROUP,
 };
 use crate::routes::{
     Authorization, Backend, BackendSettings, DirectAnswer, HostMatch, PortMatch, Redirect,
@@ -107,6 +108,8 @@ pub(super) struct GatewayView<'a> {
     pub(super) httproutes: &'a BTreeMap<ObjectKey, HttpRouteEntry>,
     pub(super) gateways: &'a BTreeMap<ObjectKey, GatewayInfo>,
     pub(super) gateway_classes: &'a BTreeMap<String, bool>,
+    /// ReferenceGrants, for backendRefs in other namespaces.
+    pub(super) grants: &'a BTreeMap<ObjectKey, ReferenceGrantSpec>,
 }
 
 impl Index {
@@ -252,17 +255,19 @@ impl GatewayView<'_> {
                 format!("backendRef kind {kind} is not supported (Service)"),
             ));
         }
-        if b.namespace != route_ns {
+        let key = ObjectKey::new(&b.namespace, &b.name);
+        if b.namespace != route_ns
+            && !super::claims::permitted(self.grants, GROUP, "HTTPRoute", route_ns, &key)
+        {
             return Err(cond(
                 false,
                 "RefNotPermitted",
                 format!(
-                    "backendRef {}/{} is in another namespace (ReferenceGrant is not supported)",
-                    b.namespace, b.name
+                    "backendRef {key} is in another namespace and no ReferenceGrant in namespace {} allows HTTPRoutes from {route_ns} to refer to it",
+                    b.namespace
                 ),
             ));
         }
-        let key = ObjectKey::new(&b.namespace, &b.name);
         let Some(svc) = self.services.get(&key) else {
             return Err(cond(
                 false,

@@ -1109,6 +1109,67 @@ mod httproutes {
         assert!(find(&t, "p.example.com", "/foo/bar").is_some());
         assert!(find(&t, "p.example.com", "/foobar").is_none());
     }
+
+    #[test]
+    fn a_cross_namespace_backend_ref_needs_a_reference_grant() {
+        let mut idx = Index::new(cfg());
+        infra(&mut idx);
+        idx.apply(&mk_service(
+            "other",
+            "db",
+            false,
+            &[("http", 80, IntOrString::Int(8080))],
+        ))
+        .unwrap();
+        idx.apply(&mk_slice(
+            "other",
+            "db-1",
+            "db",
+            &[("http", 8080)],
+            &[("10.0.0.9", true)],
+        ))
+        .unwrap();
+        idx.apply(&route(
+            "x",
+            json!({
+            "parentRefs": [{"name": "gw"}], "hostnames": ["x.example.com"],
+            "rules": [{"backendRefs": [{"name": "db", "namespace": "other", "port": 80}]}]}),
+        ))
+        .unwrap();
+        let backend = |idx: &mut Index| {
+            let t = idx.build();
+            let r = t
+                .lookup(
+                    &Authority::parse(b"x.example.com").unwrap(),
+                    "/",
+                    &Method::GET,
+                    &HeaderMap::new(),
+                )
+                .expect("route")
+                .clone();
+            let b = &r.target.backends[0];
+            let eps: Vec<String> = b.endpoints.iter().map(|e| e.addr.to_string()).collect();
+            let states: BTreeMap<_, _> = idx.httproute_states().collect();
+            let reason = states[&ObjectKey::new("t", "x")].parents[0]
+                .resolved_refs
+                .reason;
+            (eps, b.settings.answer.clone(), reason)
+        };
+        let (eps, answer, reason) = backend(&mut idx);
+        assert!(eps.is_empty());
+        assert_eq!(answer, Some(crate::routes::DirectAnswer::InvalidBackend));
+        assert_eq!(reason, "RefNotPermitted");
+        // A grant for Mappings does not admit HTTPRoutes; one for HTTPRoutes does.
+        idx.apply(&mk_grant("other", "mappings", "Mapping", "t", None))
+            .unwrap();
+        assert_eq!(backend(&mut idx).2, "RefNotPermitted");
+        idx.apply(&mk_grant("other", "routes", "HTTPRoute", "t", Some("db")))
+            .unwrap();
+        let (eps, answer, reason) = backend(&mut idx);
+        assert_eq!(eps, vec!["10.0.0.9:8080".to_string()]);
+        assert_eq!(answer, None);
+        assert_eq!(reason, "ResolvedRefs");
+    }
 }
 
 fn with_app_protocol(obj: Object, proto: &str) -> Object {
@@ -1182,4 +1243,185 @@ fn app_protocol_and_mapping_grpc_choose_h2c_and_upgrades_follow_the_route() {
         ))
         .expect_err("refused");
     assert!(bad.reason.contains("allow_upgrade[0]"), "{bad}");
+}
+
+fn mk_grant(ns: &str, name: &str, from_kind: &str, from_ns: &str, to_name: Option<&str>) -> Object {
+    use crate::discovery::httproute::{GrantFrom, GrantTo, ReferenceGrant, ReferenceGrantSpec};
+    let group = if from_kind == "Mapping" {
+        "isthmus.dev"
+    } else {
+        "gateway.networking.k8s.io"
+    };
+    Object::ReferenceGrant(Box::new(ReferenceGrant {
+        metadata: meta(ns, name, &[]),
+        spec: ReferenceGrantSpec {
+            from: vec![GrantFrom {
+                group: group.into(),
+                kind: from_kind.into(),
+                namespace: from_ns.into(),
+            }],
+            to: vec![GrantTo {
+                group: String::new(),
+                kind: "Service".into(),
+                name: to_name.map(str::to_string),
+            }],
+        },
+    }))
+}
+
+fn state_of(index: &Index, ns: &str, name: &str) -> MappingState {
+    index
+        .mapping_states()
+        .find(|(k, _)| k.namespace == ns && k.name == name)
+        .map(|(_, s)| s)
+        .expect("mapping state")
+}
+
+#[test]
+fn a_mapping_from_another_namespace_cannot_take_over_a_service_fqdn() {
+    let mut index = index_with(&[
+        mk_service(
+            "test",
+            "podinfo",
+            true,
+            &[("", 9898, IntOrString::Int(9898))],
+        ),
+        mk_slice(
+            "test",
+            "podinfo-a",
+            "podinfo",
+            &[("", 9898)],
+            &[("10.0.0.1", true)],
+        ),
+        mk_service("evil", "thief", false, &[("", 80, IntOrString::Int(80))]),
+        mk_slice(
+            "evil",
+            "thief-a",
+            "thief",
+            &[("", 80)],
+            &[("10.6.6.6", true)],
+        ),
+        // The tie-break by name ("mapping/..." < "service/...") would hand it the host.
+        mk_mapping(
+            "evil",
+            "takeover",
+            spec("podinfo.test.svc.cluster.local:9898", "/", "thief:80"),
+        ),
+        mk_mapping(
+            "evil",
+            "takeover-any-port",
+            spec("podinfo.test.svc.cluster.local", "/", "thief:80"),
+        ),
+    ]);
+    let t = index.build();
+    for host in [
+        "podinfo.test.svc.cluster.local:9898",
+        "podinfo.test.svc.cluster.local",
+    ] {
+        assert_eq!(
+            route_for(&t, host, "/"),
+            Some((
+                "service/test/podinfo:9898".to_string(),
+                vec!["10.0.0.1:9898".to_string()]
+            )),
+            "{host}"
+        );
+    }
+    let s = state_of(&index, "evil", "takeover");
+    assert_eq!(s.reason, "HostnameNotOwned");
+    assert!(
+        s.accepted
+            .as_ref()
+            .is_err_and(|m| m.contains("Service test/podinfo")),
+        "{s:?}"
+    );
+    let reported = index.take_mapping_refusals();
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    assert!(index.take_mapping_refusals().is_empty(), "reported once");
+
+    // The Service's own namespace may claim it.
+    index
+        .apply(&mk_mapping(
+            "test",
+            "own",
+            spec(
+                "podinfo.test.svc.cluster.local:9898",
+                "/v2/",
+                "podinfo:9898",
+            ),
+        ))
+        .expect("valid");
+    let t = index.build();
+    assert_eq!(
+        route_for(&t, "podinfo.test.svc.cluster.local:9898", "/v2/x").map(|r| r.0),
+        Some("mapping/test/own".to_string())
+    );
+    assert_eq!(state_of(&index, "test", "own").reason, "Accepted");
+}
+
+#[test]
+fn a_cross_namespace_service_routes_only_with_a_reference_grant() {
+    let mut index = index_with(&[
+        mk_service("test", "internal", false, &[("", 80, IntOrString::Int(80))]),
+        mk_slice(
+            "test",
+            "internal-a",
+            "internal",
+            &[("", 80)],
+            &[("10.0.0.7", true)],
+        ),
+        mk_mapping(
+            "west",
+            "api",
+            spec("api.example.com", "/", "internal.test:80"),
+        ),
+    ]);
+    let t = index.build();
+    assert_eq!(route_for(&t, "api.example.com", "/"), None);
+    let s = state_of(&index, "west", "api");
+    assert_eq!(s.reason, "RefNotPermitted");
+    assert_eq!(index.take_mapping_refusals().len(), 1);
+
+    // A grant for HTTPRoutes, or for another Service, does not do.
+    index
+        .apply(&mk_grant("test", "routes", "HTTPRoute", "west", None))
+        .expect("valid");
+    index
+        .apply(&mk_grant("test", "other", "Mapping", "west", Some("other")))
+        .expect("valid");
+    let t = index.build();
+    assert_eq!(route_for(&t, "api.example.com", "/"), None);
+
+    // The grant appears: the route appears; it goes: the route goes.
+    index
+        .apply(&mk_grant(
+            "test",
+            "west-mappings",
+            "Mapping",
+            "west",
+            Some("internal"),
+        ))
+        .expect("valid");
+    let t = index.build();
+    assert_eq!(
+        route_for(&t, "api.example.com", "/"),
+        Some((
+            "mapping/west/api".to_string(),
+            vec!["10.0.0.7:80".to_string()]
+        ))
+    );
+    assert_eq!(state_of(&index, "west", "api").reason, "Accepted");
+    assert!(index.take_mapping_refusals().is_empty());
+    index.delete(
+        ObjectKind::ReferenceGrant,
+        &ObjectKey::new("test", "west-mappings"),
+    );
+    let t = index.build();
+    assert_eq!(route_for(&t, "api.example.com", "/"), None);
+    assert_eq!(state_of(&index, "west", "api").reason, "RefNotPermitted");
+    assert_eq!(
+        index.take_mapping_refusals().len(),
+        1,
+        "refused again after being accepted: reported again"
+    );
 }
