@@ -472,3 +472,6 @@ fn unreadable(what: &str, e: &kube::Error, secret: bool) -> Finding {
         _ => Finding::fail(msg, "fix the Deployment's volume or create the object"),
     }
 }
+
+#[cfg(test)]
+mod tests;
