@@ -36,11 +36,19 @@ struct Certs {
 
 /// Writes a gateway certificate for `identity` issued by `ca`, and `anchors_pem`
 /// as its trust bundle, into `dir` under `name`.
-fn gateway_certs(dir: &Path, name: &str, ca: &CertAuthority, identity: &str, days: i64, anchors_pem: &str) -> Certs {
+fn gateway_certs(
+    dir: &Path,
+    name: &str,
+    ca: &CertAuthority,
+    identity: &str,
+    days: i64,
+    anchors_pem: &str,
+) -> Certs {
     let mut spec = LeafSpec::gateway();
     spec.common_name = format!("{name} gateway");
     spec.uris = vec![identity.into()];
-    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days) + time::Duration::hours(1);
+    spec.not_after =
+        time::OffsetDateTime::now_utc() + time::Duration::days(days) + time::Duration::hours(1);
     let issued = ca.issue(&spec).expect("issue the gateway certificate");
     let certs = Certs {
         cert: dir.join(format!("{name}.crt")),
@@ -193,7 +201,11 @@ impl Pair {
         self.east
             .apply(&typed::<Service>(&service("test", "podinfo", true, 9898)));
         self.east.apply(&typed::<EndpointSlice>(&slice(
-            "test", "podinfo-1", "podinfo", self.up.addr, ready,
+            "test",
+            "podinfo-1",
+            "podinfo",
+            self.up.addr,
+            ready,
         )));
     }
 
@@ -262,13 +274,16 @@ impl Pair {
 
     /// The mirror is ready and the status carries latencies.
     async fn wait_linked(&self) {
-        wait("podinfo-east mirrored, ready, latencies in the Link status", || {
-            let st = self.status();
-            self.mirror_ready() == Some(true)
-                && st["mirroredServices"] == 1
-                && st["gateway"]["alive"] == true
-                && st["gateway"]["latency"]["samples"].as_u64().unwrap_or(0) >= 2
-        })
+        wait(
+            "podinfo-east mirrored, ready, latencies in the Link status",
+            || {
+                let st = self.status();
+                self.mirror_ready() == Some(true)
+                    && st["mirroredServices"] == 1
+                    && st["gateway"]["alive"] == true
+                    && st["gateway"]["latency"]["samples"].as_u64().unwrap_or(0) >= 2
+            },
+        )
         .await;
     }
 
@@ -325,7 +340,7 @@ fn findings(report: &str) -> Vec<String> {
         .collect()
 }
 
-fn marked<'a>(report: &'a str, mark: &str) -> Vec<String> {
+fn marked(report: &str, mark: &str) -> Vec<String> {
     findings(report)
         .into_iter()
         .filter(|l| l.starts_with(mark))
@@ -347,7 +362,6 @@ async fn healthy_pair_every_check_ok() {
     assert_eq!(marked(&out, "✘"), Vec::<String>::new(), "{out}");
     assert_eq!(marked(&out, "‼"), Vec::<String>::new(), "{out}");
     assert_eq!(marked(&out, "-"), Vec::<String>::new(), "{out}");
-    let port = p.east_ports.0.port();
     for want in [
         "✔ CRD links.isthmus.dev is installed".to_string(),
         "✔ CRD mappings.isthmus.dev is installed".to_string(),
@@ -365,7 +379,6 @@ async fn healthy_pair_every_check_ok() {
     ] {
         assert_line(&out, &want);
     }
-    let _ = port;
     p.shutdown().await;
 }
 
@@ -380,7 +393,10 @@ async fn missing_crd_is_named() {
         ["✘ CRD mappings.isthmus.dev is not installed: the API server does not serve Mapping"],
         "{out}"
     );
-    assert!(out.contains("→ install it: isthmus crds mapping | kubectl apply -f -"), "{out}");
+    assert!(
+        out.contains("→ install it: isthmus crds mapping | kubectl apply -f -"),
+        "{out}"
+    );
     p.shutdown().await;
 }
 
@@ -405,7 +421,14 @@ async fn bad_credentials_are_named() {
 async fn foreign_ca_is_named_with_both_sides_anchors() {
     let mut p = Pair::start(true).await;
     let foreign = CertAuthority::new("foreign root").expect("CA");
-    let certs = gateway_certs(p.dir.path(), "east-foreign", &foreign, EAST_ID, 365, p.mesh.cert_pem());
+    let certs = gateway_certs(
+        p.dir.path(),
+        "east-foreign",
+        &foreign,
+        EAST_ID,
+        365,
+        p.mesh.cert_pem(),
+    );
     p.restart_east(Some(&certs)).await;
     let (code, out) = p.diagnose().await;
     assert_eq!(code, 1, "{out}");
@@ -415,14 +438,24 @@ async fn foreign_ca_is_named_with_both_sides_anchors() {
         failed[0].starts_with("✘ east's gateway certificate CN=east-foreign gateway (issued by CN=foreign root) is not trusted by this cluster's trust anchors [CN=mesh root] ("),
         "{out}"
     );
-    assert!(failed[0].ends_with("); east's anchors are [CN=mesh root]"), "{out}");
+    assert!(
+        failed[0].ends_with("); east's anchors are [CN=mesh root]"),
+        "{out}"
+    );
     p.shutdown().await;
 }
 
 #[tokio::test]
 async fn expiring_certificate_warns_and_exits_zero() {
     let mut p = Pair::start(true).await;
-    let certs = gateway_certs(p.dir.path(), "east-expiring", &p.mesh, EAST_ID, 10, p.mesh.cert_pem());
+    let certs = gateway_certs(
+        p.dir.path(),
+        "east-expiring",
+        &p.mesh,
+        EAST_ID,
+        10,
+        p.mesh.cert_pem(),
+    );
     p.restart_east(Some(&certs)).await;
     let (code, out) = p.diagnose().await;
     assert_eq!(code, 0, "warnings alone exit 0:\n{out}");
@@ -430,7 +463,9 @@ async fn expiring_certificate_warns_and_exits_zero() {
     let warned = marked(&out, "‼");
     assert_eq!(warned.len(), 1, "{out}");
     assert!(
-        warned[0].starts_with("‼ east's gateway certificate CN=east-expiring gateway expires in 10 days"),
+        warned[0].starts_with(
+            "‼ east's gateway certificate CN=east-expiring gateway expires in 10 days"
+        ),
         "{out}"
     );
     p.shutdown().await;
@@ -456,7 +491,10 @@ async fn dead_probe_is_named() {
 async fn mirror_without_endpoints_is_named() {
     let p = Pair::start(true).await;
     p.export(false);
-    wait("the mirror is not ready", || p.mirror_ready() == Some(false)).await;
+    wait("the mirror is not ready", || {
+        p.mirror_ready() == Some(false)
+    })
+    .await;
     let (code, out) = p.diagnose().await;
     assert_eq!(code, 1, "{out}");
     assert_eq!(
@@ -475,21 +513,47 @@ async fn gateways_shows_unknown_then_alive_latencies_then_dead() {
     let mut p = Pair::start(false).await;
     let (code, out) = p.run(&["gateways"]).await;
     assert_eq!(code, 0, "{out}");
-    let row: Vec<&str> = out.lines().nth(1).unwrap_or("").split_whitespace().collect();
-    assert_eq!(row, ["east", "unknown", "unknown", "unknown", "unknown", "unknown"], "{out}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        ["east", "unknown", "unknown", "unknown", "unknown", "unknown"],
+        "{out}"
+    );
 
     p.start_mirror().await;
     p.wait_linked().await;
     let (code, out) = p.run(&["gateways"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(
-        out.lines().next().map(|l| l.split_whitespace().collect::<Vec<_>>()),
-        Some(vec!["CLUSTER", "ALIVE", "NUM_SVC", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"])
+        out.lines()
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec![
+            "CLUSTER",
+            "ALIVE",
+            "NUM_SVC",
+            "LATENCY_P50",
+            "LATENCY_P95",
+            "LATENCY_P99"
+        ])
     );
-    let row: Vec<&str> = out.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..3], ["east", "True", "1"], "{out}");
     for l in &row[3..] {
-        assert!(l.ends_with("ms") && l[..l.len() - 2].parse::<f64>().is_ok(), "latency {l:?}: {out}");
+        assert!(
+            l.ends_with("ms") && l[..l.len() - 2].parse::<f64>().is_ok(),
+            "latency {l:?}: {out}"
+        );
     }
     let (code, json_out) = p.run(&["gateways", "-o", "json"]).await;
     assert_eq!(code, 0);
@@ -499,12 +563,23 @@ async fn gateways_shows_unknown_then_alive_latencies_then_dead() {
     assert_eq!(v[0]["services"], 1);
     let lat = &v[0]["latency"];
     assert!(lat["samples"].as_u64().unwrap_or(0) >= 2, "{json_out}");
-    assert!(lat["p50Micros"].as_u64() <= lat["p99Micros"].as_u64(), "{json_out}");
+    assert!(
+        lat["p50Micros"].as_u64() <= lat["p99Micros"].as_u64(),
+        "{json_out}"
+    );
 
     p.restart_east(None).await;
-    wait("the Link says the gateway is dead", || p.status()["gateway"]["alive"] == false).await;
+    wait("the Link says the gateway is dead", || {
+        p.status()["gateway"]["alive"] == false
+    })
+    .await;
     let (_, out) = p.run(&["gateways"]).await;
-    let row: Vec<&str> = out.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..3], ["east", "False", "1"], "{out}");
     p.shutdown().await;
 }

@@ -209,9 +209,9 @@ pub async fn run(local: &Client, opts: &Options) -> Report {
         if let Some(settings) = &link.settings {
             let remote = credentials::check(local, link, settings, opts).await;
             findings.extend(remote.findings.clone());
-            findings.extend(trust::check(link, settings, &remote, &local_gateway, opts).await);
-            findings.push(probe::check(link, settings, opts).await);
-            findings.extend(endpoints::exported_there(link, settings, &remote).await);
+            findings.extend(trust::check(settings, &remote, &local_gateway, opts).await);
+            findings.push(probe::check(settings, opts).await);
+            findings.extend(endpoints::exported_there(settings, &remote).await);
         }
         report.sections.push((title, findings));
     }

@@ -717,10 +717,12 @@ fn only_the_mirror_writes_services_and_endpointslices() {
         let _: ServiceAccount = docs.get("ServiceAccount", name);
     }
     // (A grant limited to named objects ends in `[names]`.)
-    assert!(by_sa["isthmus/isthmus-mirror-remote-access"].iter().all(|g| {
-        let verb = g.split_once('[').map_or(g.as_str(), |(v, _)| v);
-        verb.ends_with(":get") || verb.ends_with(":list") || verb.ends_with(":watch")
-    }));
+    assert!(by_sa["isthmus/isthmus-mirror-remote-access"]
+        .iter()
+        .all(|g| {
+            let verb = g.split_once('[').map_or(g.as_str(), |(v, _)| v);
+            verb.ends_with(":get") || verb.ends_with(":list") || verb.ends_with(":watch")
+        }));
 }
 
 /// The config lines an overlay may change: `identity`, `allowed_identities` and comments.

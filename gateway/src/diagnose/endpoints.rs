@@ -114,8 +114,7 @@ pub async fn mirrors_here(client: &Client, links: &[LinkView]) -> Vec<Finding> {
 }
 
 /// The exported Services of one Link's target.
-pub async fn exported_there(link: &LinkView, s: &LinkSettings, remote: &Remote) -> Vec<Finding> {
-    let _ = link;
+pub async fn exported_there(s: &LinkSettings, remote: &Remote) -> Vec<Finding> {
     let Some(client) = &remote.client else {
         return vec![Finding::skipped(format!(
             "{}'s exported Services not checked: the credentials do not work",

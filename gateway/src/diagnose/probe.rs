@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use super::links::LinkView;
 use super::{Finding, Options};
 use crate::mirror::link::LinkSettings;
 use crate::mirror::probe::{probe, resolve_all};
@@ -12,8 +11,7 @@ use crate::mirror::probe::{probe, resolve_all};
 const MAX_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One finding: reachable (with latency) or why not.
-pub async fn check(link: &LinkView, s: &LinkSettings, opts: &Options) -> Finding {
-    let _ = link;
+pub async fn check(s: &LinkSettings, opts: &Options) -> Finding {
     let target = &s.target;
     let p = &s.probe;
     let url = format!(

@@ -20,7 +20,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::anchors::{Anchors, Side};
 use super::credentials::Remote;
-use super::links::LinkView;
 use super::{Finding, Options};
 use crate::mirror::link::LinkSettings;
 use crate::mirror::probe::resolve_all;
@@ -242,7 +241,6 @@ pub fn verify_as_client(p: &Presented, anchors: &Anchors) -> Result<(), String> 
 
 /// The trust findings of one Link.
 pub async fn check(
-    link: &LinkView,
     settings: &LinkSettings,
     remote: &Remote,
     here: &Side,
@@ -271,7 +269,7 @@ pub async fn check(
         .map_or_else(|| "(unknown)".to_string(), Anchors::subjects);
 
     // The remote gateway, as this cluster's egress dials it.
-    let chain = remote_chain(link, settings, opts).await;
+    let chain = remote_chain(settings, opts).await;
     match &chain {
         Err(e) => out.push(Finding::fail(
             format!("cannot take the certificate {target}'s gateway presents: {e}"),
@@ -350,12 +348,7 @@ pub async fn check(
     out
 }
 
-async fn remote_chain(
-    link: &LinkView,
-    s: &LinkSettings,
-    opts: &Options,
-) -> Result<Presented, String> {
-    let _ = link;
+async fn remote_chain(s: &LinkSettings, opts: &Options) -> Result<Presented, String> {
     let ips = resolve_all(&opts.resolver, &s.gateway_addresses).await?;
     let mut errors = Vec::new();
     for ip in ips {

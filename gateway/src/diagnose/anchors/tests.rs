@@ -16,7 +16,10 @@ fn shipped_deployment_reads_anchors_from_the_tls_secret() {
     ))
     .expect("manifests/deployment.yaml");
     let (pod, c) = pod(&text);
-    assert_eq!(config_arg(&c), Some(PathBuf::from("/etc/isthmus/config.yaml")));
+    assert_eq!(
+        config_arg(&c),
+        Some(PathBuf::from("/etc/isthmus/config.yaml"))
+    );
     assert_eq!(
         mounted(&pod, &c, Path::new("/etc/isthmus/config.yaml")),
         Some(Source::ConfigMap {
@@ -36,8 +39,7 @@ fn shipped_deployment_reads_anchors_from_the_tls_secret() {
 
 #[test]
 fn projected_items_and_sub_paths_are_followed() {
-    let (pod, c) = pod(
-        r#"
+    let (pod, c) = pod(r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: g}
@@ -59,8 +61,7 @@ spec:
             sources:
               - secret: {name: gw-tls, items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]}
               - configMap: {name: mesh-roots, items: [{key: roots.pem, path: ca.crt}]}
-"#,
-    );
+"#);
     assert_eq!(config_arg(&c), Some(PathBuf::from("/cfg/gw.yaml")));
     assert_eq!(
         mounted(&pod, &c, Path::new("/cfg/gw.yaml")),
