@@ -1398,7 +1398,8 @@ async fn discovery_documents_come_from_the_table() {
             "secrets",
             "namespaces",
             "namespaces/status",
-            "serviceaccounts"
+            "serviceaccounts",
+            "configmaps"
         ]
     );
 }

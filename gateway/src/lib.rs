@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod diagnose;
 pub mod discovery;
 pub mod egress;
 pub mod gateway;

@@ -1,4 +1,5 @@
-//! The `isthmus` command line: `run`, `check`, `certs dev`, `crds`, `mirror`, `link`.
+//! The `isthmus` command line: `run`, `check`, `certs dev`, `crds`, `mirror`, `link`,
+//! `gateways`, `diagnose`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,47 @@ enum Command {
     /// Print the Secret and Link that link this cluster (the target) from
     /// another: `isthmus link --cluster-name east | kubectl --context west apply -f -`.
     Link(LinkArgs),
+    /// One row per Link: the remote gateway's liveness, mirrored Services and
+    /// probe latency percentiles, from the Link status.
+    Gateways {
+        /// Kubeconfig of this cluster (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Context in that kubeconfig.
+        #[arg(long)]
+        context: Option<String>,
+        /// Only the Links of this namespace (default: all namespaces).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// `table` or `json`.
+        #[arg(long, short, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Check a live installation (CRDs, Links, credentials, trust on the real
+    /// certificate chains, expiry, probes, endpoints); exit 1 on any failure.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(clap::Args)]
+struct DiagnoseArgs {
+    /// Kubeconfig of this cluster (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Context in that kubeconfig.
+    #[arg(long)]
+    context: Option<String>,
+    /// Only the Links of this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Namespace of the gateway Service and Deployment (in every cluster).
+    #[arg(long, default_value = "isthmus")]
+    gateway_namespace: String,
+    /// The gateway Service (in every cluster).
+    #[arg(long, default_value = "isthmus-gateway")]
+    gateway_name: String,
+    /// This cluster's gateway (HOST:PORT) instead of its Service's load-balancer address.
+    #[arg(long, value_name = "ADDR")]
+    local_gateway: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -219,6 +261,13 @@ fn main() -> ExitCode {
             identity,
         } => mirror(kubeconfig, namespace, admin, identity),
         Command::Link(args) => link(args),
+        Command::Gateways {
+            kubeconfig,
+            context,
+            namespace,
+            output,
+        } => gateways(kubeconfig, context, namespace, &output),
+        Command::Diagnose(args) => diagnose(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -341,6 +390,57 @@ fn link(args: LinkArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
         print!("{yaml}");
+        Ok(())
+    })
+}
+
+fn gateways(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    namespace: Option<String>,
+    output: &str,
+) -> anyhow::Result<()> {
+    use isthmus::mirror::gateways;
+    runtime()?.block_on(async move {
+        let client = isthmus::diagnose::cluster::connect(kubeconfig.as_deref(), context.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let rows = gateways::list(&client, namespace.as_deref())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot list Links: {}",
+                    isthmus::diagnose::cluster::api_error(&e)
+                )
+            })?;
+        if output == "json" {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", gateways::table(&rows));
+        }
+        Ok(())
+    })
+}
+
+fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
+    use isthmus::diagnose::{self, Options};
+    runtime()?.block_on(async move {
+        let client =
+            diagnose::cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let opts = Options {
+            namespace: args.namespace,
+            gateway_namespace: args.gateway_namespace,
+            gateway_name: args.gateway_name,
+            local_gateway: args.local_gateway,
+            resolver: std::sync::Arc::new(isthmus::mirror::probe::SystemResolver),
+        };
+        let report = diagnose::run(&client, &opts).await;
+        print!("{}", report.render());
+        if report.failed() {
+            bail!("diagnose found failures (✘ above)");
+        }
         Ok(())
     })
 }

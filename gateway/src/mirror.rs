@@ -15,6 +15,8 @@
 
 pub mod controller;
 pub mod desired;
+pub mod gateways;
+pub mod latency;
 pub mod lease;
 pub mod link;
 pub mod linkgen;

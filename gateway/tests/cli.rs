@@ -214,6 +214,8 @@ fn help_for_every_command() {
         &["check", "--help"],
         &["certs", "dev", "--help"],
         &["crds", "--help"],
+        &["gateways", "--help"],
+        &["diagnose", "--help"],
     ] {
         let o = isthmus(args);
         assert!(o.status.success(), "{args:?}: {}", text(&o));

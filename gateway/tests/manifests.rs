@@ -140,7 +140,9 @@ fn kustomize_renders_every_object_into_its_type() {
             "NetworkPolicy/isthmus-gateway",
             "PodDisruptionBudget/isthmus-gateway",
             "Role/isthmus-mirror",
+            "Role/isthmus-mirror-remote-access",
             "RoleBinding/isthmus-mirror",
+            "RoleBinding/isthmus-mirror-remote-access",
             "Secret/isthmus-mirror-remote-access",
             "Service/isthmus-egress",
             "Service/isthmus-gateway",
@@ -429,6 +431,25 @@ fn target_side_remote_access_is_read_only() {
         subjects,
         ["ServiceAccount:isthmus/isthmus-mirror-remote-access"]
     );
+
+    // `isthmus diagnose` in the peer: the gateway Deployment and its non-secret
+    // ConfigMaps in this namespace only, read-only, no Secrets.
+    let role: Role = docs.get("Role", "isthmus-mirror-remote-access");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("isthmus"));
+    assert_eq!(
+        grants(&role.rules.unwrap_or_default()),
+        [
+            "/configmaps:get[isthmus-gateway,isthmus-trust-anchors]",
+            "apps/deployments:get",
+            "apps/deployments:list",
+        ]
+    );
+    let binding: RoleBinding = docs.get("RoleBinding", "isthmus-mirror-remote-access");
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(
+        binding.subjects.unwrap_or_default()[0].name,
+        "isthmus-mirror-remote-access"
+    );
 }
 
 fn container(deploy: &Deployment) -> &Container {
@@ -698,9 +719,13 @@ fn only_the_mirror_writes_services_and_endpointslices() {
         let name = sa.split_once('/').map_or(sa.as_str(), |(_, n)| n);
         let _: ServiceAccount = docs.get("ServiceAccount", name);
     }
+    // (A grant limited to named objects ends in `[names]`.)
     assert!(by_sa["isthmus/isthmus-mirror-remote-access"]
         .iter()
-        .all(|g| g.ends_with(":get") || g.ends_with(":list") || g.ends_with(":watch")));
+        .all(|g| {
+            let verb = g.split_once('[').map_or(g.as_str(), |(v, _)| v);
+            verb.ends_with(":get") || verb.ends_with(":list") || verb.ends_with(":watch")
+        }));
 }
 
 /// The config lines an overlay may change: `identity`, `allowed_identities` and comments.

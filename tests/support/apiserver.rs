@@ -6,7 +6,8 @@
 //!
 //! | group/version | resources |
 //! |---|---|
-//! | core `v1` | `services` (+`/status`), `secrets`, `serviceaccounts`, `namespaces` (cluster-scoped, +`/status`) |
+//! | core `v1` | `services` (+`/status`), `secrets`, `serviceaccounts`, `namespaces` (cluster-scoped, +`/status`), `configmaps` |
+//! | `apps/v1` | `deployments` (+`/status`) |
 //! | `discovery.k8s.io/v1` | `endpointslices` |
 //! | `coordination.k8s.io/v1` | `leases` |
 //! | `isthmus.dev/v1alpha1` | `mappings` (+`/status`), `links` (+`/status`) |

@@ -116,12 +116,29 @@ pub struct GatewayStatus {
     /// Latency of the last successful probe, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Percentiles of the last 100 successful probes' latency (`isthmus gateways`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyPercentiles>,
     /// The addresses the gateway address resolved to at the last probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
     /// RFC 3339 time of the last probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<String>,
+}
+
+/// Probe latency percentiles over the recent successful probes, in microseconds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyPercentiles {
+    /// Median.
+    pub p50_micros: u64,
+    /// 95th percentile.
+    pub p95_micros: u64,
+    /// 99th percentile.
+    pub p99_micros: u64,
+    /// How many probes they are computed from (at most 100).
+    pub samples: u32,
 }
 
 /// Whether one remote Service is mirrored, and why not.

@@ -30,6 +30,7 @@ use kube::Client;
 use tokio::sync::{mpsc, watch};
 
 use super::desired::{self, GatewayView, Mirror, Refusal};
+use super::latency::LatencyWindow;
 use super::link::{Condition, GatewayStatus, Link, LinkSettings, ObjectRef, ServiceStatus};
 use super::metrics::MirrorMetrics;
 use super::probe::{self, Liveness, Resolve};
@@ -119,6 +120,7 @@ pub async fn run(
         gateway: GatewayView::default(),
         probed: false,
         latency: None,
+        window: LatencyWindow::default(),
         last_probe: None,
         last_good: HashMap::new(),
         outcomes: BTreeMap::new(),
@@ -249,6 +251,8 @@ struct Worker {
     gateway: GatewayView,
     probed: bool,
     latency: Option<Duration>,
+    /// Recent successful probe latencies (the status's percentiles).
+    window: LatencyWindow,
     last_probe: Option<String>,
     /// The last remote Service of each key that could be mirrored.
     last_good: HashMap<Key, Arc<Service>>,
@@ -397,6 +401,7 @@ impl Worker {
                     .with_label_values(&[&target])
                     .observe(d.as_secs_f64());
                 self.latency = Some(*d);
+                self.window.record(*d);
             }
             Err(e) => {
                 tracing::debug!(link = %self.link_ref, error = %e, "gateway probe failed")
@@ -687,6 +692,7 @@ impl Worker {
                 latency_ms: self
                     .latency
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                latency: self.window.percentiles(),
                 addresses: self
                     .gateway
                     .addresses

@@ -247,6 +247,30 @@ pub(crate) const RESOURCES: &[ResourceType] = &[
         status_subresource: false,
         cluster_scoped: false,
     },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        list_kind: "ConfigMapList",
+        short_names: &["cm"],
+        custom: false,
+        status_subresource: false,
+        cluster_scoped: false,
+    },
+    ResourceType {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        list_kind: "DeploymentList",
+        short_names: &["deploy"],
+        custom: false,
+        status_subresource: true,
+        cluster_scoped: false,
+    },
 ];
 
 /// The resource id for a group/version/plural triple.
