@@ -67,7 +67,7 @@ async fn gateway(certs: &Certs, ports: Option<(SocketAddr, SocketAddr, SocketAdd
     Harness::start_with(&[], move |cfg| {
         cfg.tls.cert = cert;
         cfg.tls.key = key;
-        cfg.tls.trust_anchors = anchors;
+        cfg.tls.trust_anchors = Some(anchors);
         if let Some((gw, probe, admin)) = ports {
             cfg.listen.gateway = gw;
             cfg.listen.probe = probe;

@@ -316,6 +316,8 @@ fn mirror(
     identity: Option<String>,
 ) -> anyhow::Result<()> {
     use isthmus::mirror::{self, metrics::MirrorMetrics, probe::SystemResolver};
+    // Long-lived state, no request path: freed pages go back at once.
+    isthmus::memory::purge_eagerly();
     let identity = identity
         .or_else(|| std::env::var("POD_NAME").ok())
         .unwrap_or_else(|| {

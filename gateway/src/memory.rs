@@ -36,6 +36,48 @@ pub fn release_freed_when_idle() {
     }
 }
 
+/// Makes the allocator hand freed pages back to the OS at once instead of
+/// after its default delay (10 ms, then longer for arenas, and only on later
+/// allocator activity of the owning thread). For processes whose memory is
+/// mostly long-lived state and whose allocations are not on a request path:
+/// the mirror controller, where the delay kept a relist's and each write's
+/// transient buffers resident. A no-op without mimalloc.
+pub fn purge_eagerly() {
+    set_purge_delay(0);
+}
+
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h;
+/// the `libmimalloc-sys` crate exports no constant for it). The unit test
+/// checks the index against the option's documented default.
+#[cfg(feature = "mimalloc")]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+#[cfg(feature = "mimalloc")]
+#[allow(unsafe_code)]
+fn set_purge_delay(ms: i64) {
+    // SAFETY: options are plain integers in mimalloc's option table; setting
+    // one is allowed at any time from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms as _) }
+}
+
+#[cfg(not(feature = "mimalloc"))]
+fn set_purge_delay(_ms: i64) {}
+
+#[cfg(all(test, feature = "mimalloc"))]
+mod tests {
+    #[test]
+    #[allow(unsafe_code)]
+    fn purge_delay_index_names_the_purge_delay_option() {
+        // SAFETY: reading an option has no preconditions.
+        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        // Unset, the option holds its documented default of 10 ms (the
+        // test process never sets it; MIMALLOC_PURGE_DELAY would override).
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(v, 10, "option 15 is not purge_delay in this mimalloc");
+        }
+    }
+}
+
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
 fn collect(force: bool) {

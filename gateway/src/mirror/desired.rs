@@ -328,19 +328,74 @@ pub fn service_matches(have: &Service, want: &Service) -> bool {
         && norm(hs.ports) == norm(ws.ports)
 }
 
+/// The labels a mirror slice carries; other labels on a slice here (added
+/// by someone else) do not make it differ.
+const SLICE_LABELS: [&str; 4] = [
+    LABEL_SERVICE_NAME,
+    LABEL_MANAGED_BY,
+    LABEL_MIRRORED,
+    LABEL_CLUSTER,
+];
+
+/// A mirror slice here, reduced to what deciding and writing need: a digest
+/// of the fields a mirror sets, the version to replace, and whether any
+/// endpoint is ready. Thousands of these are kept; whole slices would cost
+/// a few KiB each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceHave {
+    /// `metadata.resourceVersion`, for the replace.
+    pub resource_version: Option<String>,
+    /// [`slice_digest`] of the slice.
+    pub digest: u64,
+    /// Whether an endpoint in it is marked ready.
+    pub any_ready: bool,
+}
+
+impl SliceHave {
+    /// Summarises a slice read or written here.
+    pub fn of(s: &EndpointSlice) -> SliceHave {
+        SliceHave {
+            resource_version: s.metadata.resource_version.clone(),
+            digest: slice_digest(s),
+            any_ready: s
+                .endpoints
+                .iter()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true)),
+        }
+    }
+
+    /// Whether the slice here already says what `want` says.
+    pub fn matches(&self, want: &EndpointSlice) -> bool {
+        self.digest == slice_digest(want)
+    }
+}
+
+/// A digest of what a mirror slice sets: its own labels, annotations,
+/// address type, endpoints and ports (not owner references, not what the
+/// API server fills in). Equal digests: nothing to write.
+pub fn slice_digest(s: &EndpointSlice) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let labels = s.metadata.labels.as_ref();
+    for k in SLICE_LABELS {
+        labels.and_then(|l| l.get(k)).hash(&mut h);
+    }
+    s.metadata.annotations.hash(&mut h);
+    s.address_type.hash(&mut h);
+    // Endpoint and EndpointPort implement no Hash: their JSON is canonical
+    // (fields in declaration order, maps sorted).
+    serde_json::to_vec(&s.endpoints)
+        .unwrap_or_default()
+        .hash(&mut h);
+    serde_json::to_vec(&s.ports)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
 /// Whether the slice here already says what `want` says.
 pub fn slice_matches(have: &EndpointSlice, want: &EndpointSlice) -> bool {
-    let labels_ok = want
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| have.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
-    labels_ok
-        && have.metadata.annotations == want.metadata.annotations
-        && have.address_type == want.address_type
-        && have.endpoints == want.endpoints
-        && have.ports == want.ports
+    SliceHave::of(have).matches(want)
 }
 
 /// `want` as an update of `have`: the fields the API server owns (clusterIP,

@@ -11,7 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
 use super::desired::{
-    ANN_LINK, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_MIRRORED, LABEL_SERVICE_NAME, MANAGED_BY,
+    SliceHave, ANN_LINK, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_MIRRORED, LABEL_SERVICE_NAME,
+    MANAGED_BY,
 };
 
 /// A remote Service: namespace and name.
@@ -54,19 +55,6 @@ fn strip_service(mut s: Service) -> Service {
         if let Some(p) = spec.ports.as_mut() {
             p.shrink_to_fit();
         }
-    }
-    s
-}
-
-/// A slice as kept in memory: without managed fields, lists at their length.
-fn strip_slice(mut s: EndpointSlice) -> EndpointSlice {
-    strip_meta(&mut s.metadata);
-    s.endpoints.shrink_to_fit();
-    for e in &mut s.endpoints {
-        e.addresses.shrink_to_fit();
-    }
-    if let Some(p) = s.ports.as_mut() {
-        p.shrink_to_fit();
     }
     s
 }
@@ -255,9 +243,10 @@ pub struct Local {
     services: BTreeMap<Key, Service>,
     /// By remote Service and slice name: one map, not one per Service (a
     /// B-tree node holds room for eleven slices however few it has).
-    slices: BTreeMap<(Key, String), EndpointSlice>,
+    slices: BTreeMap<(Key, String), SliceHave>,
     service_list: Relist<Service>,
-    slice_list: Relist<EndpointSlice>,
+    /// Listed slices, already reduced to what is kept of them.
+    slice_list: Relist<((Key, String), SliceHave)>,
     /// Objects this worker wrote whose own watch event has not arrived yet.
     echoes: Echoes,
 }
@@ -359,7 +348,7 @@ impl Local {
     }
 
     /// The slices of `key`'s mirror, by slice name.
-    pub fn slices(&self, key: &Key) -> BTreeMap<String, EndpointSlice> {
+    pub fn slices(&self, key: &Key) -> BTreeMap<String, SliceHave> {
         self.slices_of(key)
             .map(|((_, name), s)| (name.clone(), s.clone()))
             .collect()
@@ -368,7 +357,7 @@ impl Local {
     fn slices_of<'a>(
         &'a self,
         key: &'a Key,
-    ) -> impl Iterator<Item = (&'a (Key, String), &'a EndpointSlice)> + 'a {
+    ) -> impl Iterator<Item = (&'a (Key, String), &'a SliceHave)> + 'a {
         self.slices
             .range((key.clone(), String::new())..)
             .take_while(move |((k, _), _)| k == key)
@@ -385,11 +374,7 @@ impl Local {
 
     /// Whether any slice here marks an endpoint ready (adopted at start).
     pub fn any_ready(&self) -> bool {
-        self.slices.values().any(|s| {
-            s.endpoints
-                .iter()
-                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-        })
+        self.slices.values().any(|s| s.any_ready)
     }
 
     /// Records the result of our write of `key`'s mirror Service: the object
@@ -413,18 +398,23 @@ impl Local {
         match &slice {
             Some(s) => self.echoes.wrote("EndpointSlice", &s.metadata, false),
             None => {
-                if let Some(old) = self.slices.get(&(key.clone(), name.to_string())) {
-                    self.echoes.wrote("EndpointSlice", &old.metadata, true);
+                if self.slices.contains_key(&(key.clone(), name.to_string())) {
+                    let m = ObjectMeta {
+                        namespace: Some(key.namespace.clone()),
+                        name: Some(name.to_string()),
+                        ..ObjectMeta::default()
+                    };
+                    self.echoes.wrote("EndpointSlice", &m, true);
                 }
             }
         }
-        self.put_slice(key, name, slice.map(strip_slice));
+        self.put_slice(key, name, slice.as_ref());
     }
 
-    fn put_slice(&mut self, key: &Key, name: &str, slice: Option<EndpointSlice>) {
+    fn put_slice(&mut self, key: &Key, name: &str, slice: Option<&EndpointSlice>) {
         let id = (key.clone(), name.to_string());
         match slice {
-            Some(s) => self.slices.insert(id, s),
+            Some(s) => self.slices.insert(id, SliceHave::of(s)),
             None => self.slices.remove(&id),
         };
     }
@@ -508,22 +498,24 @@ impl Local {
         let mut dirty = BTreeSet::new();
         match event {
             Event::Init => self.slice_list.buffer = Some(Vec::new()),
-            Event::InitApply(s) => self
-                .slice_list
-                .buffer
-                .get_or_insert_with(Vec::new)
-                .push(strip_slice(s)),
+            Event::InitApply(s) => {
+                if let Some(id) = self.slice_key(&s) {
+                    let have = SliceHave::of(&s);
+                    self.slice_list
+                        .buffer
+                        .get_or_insert_with(Vec::new)
+                        .push((id, have));
+                }
+            }
             Event::InitDone => {
                 dirty.extend(self.slices.keys().map(|(k, _)| k.clone()));
                 self.slices.clear();
                 self.echoes
                     .0
                     .retain(|(kind, _, _), _| *kind != "EndpointSlice");
-                for s in self.slice_list.buffer.take().unwrap_or_default() {
-                    if let Some((k, name)) = self.slice_key(&s) {
-                        dirty.insert(k.clone());
-                        self.put_slice(&k, &name, Some(s));
-                    }
+                for (id, have) in self.slice_list.buffer.take().unwrap_or_default() {
+                    dirty.insert(id.0.clone());
+                    self.slices.insert(id, have);
                 }
                 self.slice_list.synced = true;
             }
@@ -531,7 +523,7 @@ impl Local {
                 if let Some((k, name)) = self.slice_key(&s) {
                     if !self.echoes.stale("EndpointSlice", &s.metadata, false) {
                         dirty.insert(k.clone());
-                        self.put_slice(&k, &name, Some(strip_slice(s)));
+                        self.put_slice(&k, &name, Some(&s));
                     }
                 }
             }
@@ -545,5 +537,96 @@ impl Local {
             }
         }
         dirty
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror(rv: &str, port: i32) -> Service {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_MIRRORED.to_string(), "true".to_string());
+        labels.insert(LABEL_CLUSTER.to_string(), "east".to_string());
+        let mut annotations = BTreeMap::new();
+        annotations.insert(ANN_LINK.to_string(), "isthmus/east".to_string());
+        Service {
+            metadata: ObjectMeta {
+                name: Some("podinfo-east".into()),
+                namespace: Some("test".into()),
+                resource_version: Some(rv.into()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                    port,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn key() -> Key {
+        Key {
+            namespace: "test".into(),
+            name: "podinfo".into(),
+        }
+    }
+
+    fn version(local: &Local) -> Option<String> {
+        local.service(&key())?.metadata.resource_version.clone()
+    }
+
+    #[test]
+    fn watch_events_older_than_our_write_do_not_replace_it() {
+        let mut local = Local::new("east", "isthmus/east");
+        local.apply_service(Event::Init);
+        local.apply_service(Event::InitApply(mirror("3", 80)));
+        local.apply_service(Event::InitDone);
+        // Our write answered with version 5; the watch still delivers 4
+        // (someone's earlier change, or our own previous write).
+        local.wrote_service(&key(), Some(mirror("5", 81)));
+        assert!(local
+            .apply_service(Event::Apply(mirror("4", 80)))
+            .is_empty());
+        assert_eq!(version(&local).as_deref(), Some("5"));
+        // The echo of our write clears the wait; later changes apply again.
+        local.apply_service(Event::Apply(mirror("5", 81)));
+        assert!(!local
+            .apply_service(Event::Apply(mirror("7", 82)))
+            .is_empty());
+        assert_eq!(version(&local).as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn after_our_delete_only_the_delete_event_is_awaited() {
+        let mut local = Local::new("east", "isthmus/east");
+        local.apply_service(Event::Init);
+        local.apply_service(Event::InitApply(mirror("3", 80)));
+        local.apply_service(Event::InitDone);
+        local.wrote_service(&key(), None);
+        // A lagging update of the deleted object does not bring it back.
+        local.apply_service(Event::Apply(mirror("4", 80)));
+        assert!(local.service(&key()).is_none());
+        local.apply_service(Event::Delete(mirror("6", 80)));
+        // A later re-creation by anyone is seen.
+        local.apply_service(Event::Apply(mirror("9", 80)));
+        assert_eq!(version(&local).as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn a_relist_is_authoritative() {
+        let mut local = Local::new("east", "isthmus/east");
+        local.wrote_service(&key(), Some(mirror("5", 81)));
+        local.apply_service(Event::Init);
+        local.apply_service(Event::InitApply(mirror("8", 83)));
+        local.apply_service(Event::InitDone);
+        assert_eq!(version(&local).as_deref(), Some("8"));
+        local.apply_service(Event::Apply(mirror("9", 84)));
+        assert_eq!(version(&local).as_deref(), Some("9"));
     }
 }

@@ -499,9 +499,7 @@ impl Worker {
                         && m.slices.len() == have_slices.len()
                         && m.slices.iter().all(|s| {
                             let name = s.metadata.name.clone().unwrap_or_default();
-                            have_slices
-                                .get(&name)
-                                .is_some_and(|h| desired::slice_matches(h, s))
+                            have_slices.get(&name).is_some_and(|h| h.matches(s))
                         })
                 }
             };

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 
-use super::desired::{self, Mirror, ANN_LINK, LABEL_MANAGED_BY, MANAGED_BY};
+use super::desired::{self, Mirror, SliceHave, ANN_LINK, LABEL_MANAGED_BY, MANAGED_BY};
 use super::metrics::MirrorMetrics;
 use super::state::Key;
 
@@ -82,7 +82,7 @@ impl Writer {
         key: Key,
         want: Option<Mirror>,
         have: Option<Service>,
-        have_slices: BTreeMap<String, EndpointSlice>,
+        have_slices: BTreeMap<String, SliceHave>,
         namespace_known: bool,
     ) -> Synced {
         let mut out = Synced {
@@ -156,9 +156,9 @@ impl Writer {
             keep.insert(name.clone());
             slice.metadata.owner_references = owner.clone().map(|o| vec![o]);
             let written = match have_slices.get(&name) {
-                Some(h) if desired::slice_matches(h, &slice) => continue,
+                Some(h) if h.matches(&slice) => continue,
                 Some(h) => {
-                    slice.metadata.resource_version = h.metadata.resource_version.clone();
+                    slice.metadata.resource_version = h.resource_version.clone();
                     let r = slices.replace(&name, &PostParams::default(), &slice).await;
                     self.count("endpointslice", "replace", r.is_ok());
                     r.map_err(|e| WriteError::Failed(format!("replace EndpointSlice {name}: {e}")))
