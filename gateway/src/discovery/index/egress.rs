@@ -7,10 +7,10 @@
 //! A split applies to egress callers only: the ingress table keeps serving
 //! an exported root Service itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Index, ObjectError, ObjectKey, Resolver, ServiceInfo, ServiceRef, SliceInfo};
+use super::{Index, ObjectError, ObjectKey, Resolver, ServiceInfo, ServiceRef};
 use crate::discovery::trafficsplit::Split;
 use crate::routes::{
     Authorization, Backend, BackendSettings, HostMatch, PortMatch, RemoteTarget, Route, RouteMatch,
@@ -18,15 +18,13 @@ use crate::routes::{
 };
 
 impl Index {
-    /// Builds the egress table (called by [`Index::build`] when egress is on).
-    pub(super) fn build_egress(&mut self) -> RouteTable {
-        let mut slices_by_service: HashMap<&ObjectKey, Vec<&SliceInfo>> = HashMap::new();
-        for s in self.slices.values() {
-            slices_by_service.entry(&s.service).or_default().push(s);
-        }
+    /// Builds the egress routes, with the Service and endpoint counts of
+    /// their table (called by [`Index::build`] when egress is on).
+    pub(super) fn build_egress(&mut self) -> (Vec<Arc<Route>>, usize, usize) {
         let mut resolver = Resolver {
             services: &self.services,
-            slices: &slices_by_service,
+            slices: &self.slices,
+            slices_of: &self.slices_of,
             endpoints: &mut self.endpoints,
         };
         let defaults = &self.cfg.defaults;
@@ -185,7 +183,7 @@ impl Index {
             .flat_map(|r| &r.target.backends)
             .map(|b| b.endpoints.len())
             .sum();
-        RouteTable::new(routes, services, endpoints)
+        (routes.into_iter().map(Arc::new).collect(), services, endpoints)
     }
 
     /// The egress table of the last build (once).
