@@ -42,7 +42,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// How a size is named in file names: `10k`, `100k`, else the number.
 fn size_label(services: usize) -> String {
-    if services >= 1000 && services % 1000 == 0 {
+    if services >= 1000 && services.is_multiple_of(1000) {
         format!("{}k", services / 1000)
     } else {
         services.to_string()
@@ -55,7 +55,10 @@ async fn main() {
     let sizes: Vec<usize> = match args.next() {
         Some(a) => a
             .split(',')
-            .map(|n| n.parse().unwrap_or_else(|_| panic!("size {n:?} is not a number")))
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("size {n:?} is not a number"))
+            })
             .collect(),
         None => vec![10_000, 100_000],
     };
@@ -159,7 +162,11 @@ async fn run(services: usize, probes: usize, work: &std::path::Path) -> serde_js
     std::fs::write(work.join("kubeconfig"), api.kubeconfig_yaml()).expect("kubeconfig");
     // CONVERGENCE_EGRESS=off runs without the egress listener (and its table).
     let egress_on = std::env::var("CONVERGENCE_EGRESS").map_or(true, |v| v != "off");
-    let egress = if egress_on { "\"127.0.0.1:15140\"" } else { "null" };
+    let egress = if egress_on {
+        "\"127.0.0.1:15140\""
+    } else {
+        "null"
+    };
     std::fs::write(
         work.join("isthmus.yaml"),
         "listen: {gateway: \"127.0.0.1:15143\", admin: \"127.0.0.1:15191\", probe: \"127.0.0.1:15192\", egress: EGRESS}\n\

@@ -183,7 +183,11 @@ impl Index {
             .flat_map(|r| &r.target.backends)
             .map(|b| b.endpoints.len())
             .sum();
-        (routes.into_iter().map(Arc::new).collect(), services, endpoints)
+        (
+            routes.into_iter().map(Arc::new).collect(),
+            services,
+            endpoints,
+        )
     }
 
     /// The egress table of the last build (once).

@@ -1253,7 +1253,10 @@ fn a_change_to_one_host_leaves_every_other_host_entry_shared() {
         ))
         .expect("valid");
     let t2 = index.build();
-    assert!(!Arc::ptr_eq(&host_arc(&t1, &host(7)), &host_arc(&t2, &host(7))));
+    assert!(!Arc::ptr_eq(
+        &host_arc(&t1, &host(7)),
+        &host_arc(&t2, &host(7))
+    ));
     assert_eq!(route_for(&t2, &host(7), "/").map(|r| r.1.len()), Some(2));
     assert_eq!(
         route_for(&t1, &host(7), "/").map(|r| r.1.len()),
@@ -1374,14 +1377,27 @@ fn a_mapping_moving_between_hosts_leaves_the_old_host_and_splits_follow() {
         ))
         .expect("valid");
     let t3 = index.build();
-    assert!(Arc::ptr_eq(&route_arc(&t2, "one.example"), &route_arc(&t3, "one.example")));
-    assert_eq!(route_for(&t3, "two.example", "/").map(|r| r.1.len()), Some(2));
-    assert_eq!(route_for(&t3, "three.example", "/").map(|r| r.1.len()), Some(2));
+    assert!(Arc::ptr_eq(
+        &route_arc(&t2, "one.example"),
+        &route_arc(&t3, "one.example")
+    ));
+    assert_eq!(
+        route_for(&t3, "two.example", "/").map(|r| r.1.len()),
+        Some(2)
+    );
+    assert_eq!(
+        route_for(&t3, "three.example", "/").map(|r| r.1.len()),
+        Some(2)
+    );
     assert_eq!(described(&t3), rebuilt(&index));
 
     // An invalid version takes the Mapping's route away (status says why).
     index
-        .apply(&mk_mapping("test", "m1", spec("three.example", "nope", "a.test:80")))
+        .apply(&mk_mapping(
+            "test",
+            "m1",
+            spec("three.example", "nope", "a.test:80"),
+        ))
         .expect_err("invalid prefix");
     let t4 = index.build();
     assert!(t4.host_entry("three.example").is_none());

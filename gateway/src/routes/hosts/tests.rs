@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::routes::{Authorization, Backend, BackendSettings, IdentityPattern, RouteMatch, RouteTarget};
+use crate::routes::{
+    Authorization, Backend, BackendSettings, IdentityPattern, RouteMatch, RouteTarget,
+};
 
 fn route(name: &str, hosts: Vec<HostMatch>, prefix: &str) -> Arc<Route> {
     let settings = Arc::new(BackendSettings::with_timeouts(
@@ -38,7 +40,10 @@ fn inserted_in_any_order_routes_go_most_specific_first() {
     for order in [[&a, &b, &c, &d], [&d, &c, &b, &a], [&b, &d, &a, &c]] {
         let index = HostIndex::from_routes(order.into_iter().cloned());
         let entry = index.exact("h").expect("host");
-        assert_eq!(names(entry.routes(PortMatch::Any).expect("port")), ["c", "b", "d", "a"]);
+        assert_eq!(
+            names(entry.routes(PortMatch::Any).expect("port")),
+            ["c", "b", "d", "a"]
+        );
         assert_eq!(index.route_count(), 4);
     }
 }
@@ -78,11 +83,17 @@ fn a_change_to_one_host_leaves_the_published_copy_and_other_hosts_alone() {
     let old = published.exact("h1").expect("h1");
     assert_eq!(names(old.routes(PortMatch::Any).expect("port")), ["r1"]);
     let new = index.exact("h1").expect("h1");
-    assert_eq!(names(new.routes(PortMatch::Any).expect("port")), ["extra", "r1"]);
+    assert_eq!(
+        names(new.routes(PortMatch::Any).expect("port")),
+        ["extra", "r1"]
+    );
     // Every other host is the very same entry in both.
     for i in (0..5000).filter(|i| *i != 1) {
         let h = format!("h{i}");
-        let (a, b) = (published.exact(&h).expect("host"), index.exact(&h).expect("host"));
+        let (a, b) = (
+            published.exact(&h).expect("host"),
+            index.exact(&h).expect("host"),
+        );
         assert!(Arc::ptr_eq(a, b), "{h} was copied");
     }
 }
