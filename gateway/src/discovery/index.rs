@@ -369,7 +369,12 @@ pub struct Index {
     /// TrafficSplits (egress split roots); invalid ones kept with their reason.
     splits: BTreeMap<ObjectKey, Result<Split, String>>,
     /// The egress table of the last [`Index::build`], when egress is on.
-    egress: Option<RouteTable>,
+    egress_table: Option<RouteTable>,
+    /// The egress routes, the split roots they were built with, and the
+    /// problems each root's split had.
+    egress: egress::EgressRoutes,
+    egress_roots: BTreeMap<ObjectKey, (ObjectKey, Split)>,
+    root_problems: HashMap<ObjectKey, BTreeMap<ObjectKey, String>>,
     /// Split problems found by builds, by split, and which were reported.
     split_problems: BTreeMap<ObjectKey, String>,
     reported_splits: BTreeMap<ObjectKey, String>,
@@ -399,8 +404,6 @@ pub struct Index {
     httproute_routes: Vec<Arc<Route>>,
     httproute_refs: HashSet<ObjectKey>,
     httproutes_dirty: bool,
-    /// The routes of the last egress table.
-    egress_routes: Vec<Arc<Route>>,
     /// Every ingress route, by host.
     ingress: IngressRoutes,
     /// Mirror Services for the table (see [`RouteTable::mirrors`]), rebuilt
@@ -427,7 +430,10 @@ impl Index {
             slices: HashMap::new(),
             mappings: BTreeMap::new(),
             splits: BTreeMap::new(),
-            egress: None,
+            egress_table: None,
+            egress: egress::EgressRoutes::default(),
+            egress_roots: BTreeMap::new(),
+            root_problems: HashMap::new(),
             split_problems: BTreeMap::new(),
             reported_splits: BTreeMap::new(),
             slices_of: HashMap::new(),
@@ -443,7 +449,6 @@ impl Index {
             httproute_routes: Vec::new(),
             httproute_refs: HashSet::new(),
             httproutes_dirty: false,
-            egress_routes: Vec::new(),
             ingress: IngressRoutes::default(),
             mirrors: Arc::from(Vec::new()),
             mirrors_dirty: false,
@@ -855,6 +860,11 @@ impl Index {
     /// its own hosts only. The table shares every other host with the last one.
     pub fn build(&mut self) -> RouteTable {
         let stale: Vec<ObjectKey> = self.stale.drain().collect();
+        let changed = if self.cfg.egress {
+            stale.clone()
+        } else {
+            Vec::new()
+        };
         for key in &stale {
             for m in self.mappings_of.get(key).into_iter().flatten() {
                 if let Some((group, _)) = self.mappings.get(m).and_then(MappingEntry::group) {
@@ -961,14 +971,7 @@ impl Index {
             self.httproute_refs = self.httproute_services().collect();
         }
         if self.cfg.egress {
-            let (routes, services, endpoints) = self.build_egress();
-            for r in &routes {
-                self.endpoints.hold(r, Table::Egress);
-            }
-            for r in std::mem::replace(&mut self.egress_routes, routes.clone()) {
-                self.endpoints.release(&r, Table::Egress);
-            }
-            self.egress = Some(RouteTable::from_shared(routes, services, endpoints));
+            self.egress_table = Some(self.build_egress(&changed));
         }
         self.endpoints.sweep();
         // Each Service port route is one backend; Mapping backends add the

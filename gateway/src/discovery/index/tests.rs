@@ -1403,3 +1403,60 @@ fn a_mapping_moving_between_hosts_leaves_the_old_host_and_splits_follow() {
     assert!(t4.host_entry("three.example").is_none());
     assert_eq!(described(&t4), rebuilt(&index));
 }
+
+#[test]
+fn egress_rebuilds_only_changed_services_and_the_roots_that_split_to_them() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let mut index = index_with(&[
+        mk_service("test", "a", false, &port()),
+        mk_service("test", "b", false, &port()),
+        mk_service("test", "c", false, &port()),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+        mk_slice("test", "b-1", "b", &[("", 80)], &[("10.0.0.2", true)]),
+        mk_slice("test", "c-1", "c", &[("", 80)], &[("10.0.0.3", true)]),
+        Object::TrafficSplit(Box::new(crate::discovery::trafficsplit::TrafficSplit {
+            api_version: "split.smi-spec.io/v1alpha1".into(),
+            metadata: meta("test", "a", &[]),
+            spec: serde_json::json!({"service": "a", "backends": [{"service": "b", "weight": 1}]}),
+        })),
+    ]);
+    index.build();
+    let e1 = index.take_egress().expect("egress");
+    let name = |s: &str| format!("{s}.test.svc.cluster.local");
+    // An endpoint change of b: b and the root a (split to b) are rebuilt, c is not.
+    index
+        .apply(&mk_slice(
+            "test",
+            "b-1",
+            "b",
+            &[("", 80)],
+            &[("10.0.0.2", true), ("10.0.0.4", true)],
+        ))
+        .expect("valid");
+    index.build();
+    let e2 = index.take_egress().expect("egress");
+    assert!(Arc::ptr_eq(
+        &host_arc(&e1, &name("c")),
+        &host_arc(&e2, &name("c"))
+    ));
+    assert!(!Arc::ptr_eq(
+        &host_arc(&e1, &name("b")),
+        &host_arc(&e2, &name("b"))
+    ));
+    assert_eq!(route_for(&e2, &name("a"), "/").map(|r| r.1.len()), Some(2));
+    assert_eq!(route_for(&e2, &name("c"), "/").map(|r| r.1.len()), Some(1));
+    // The split goes: a routes to itself again.
+    index.delete(ObjectKind::TrafficSplit, &ObjectKey::new("test", "a"));
+    index.build();
+    let e3 = index.take_egress().expect("egress");
+    assert_eq!(
+        route_for(&e3, &name("a"), "/").map(|r| r.1),
+        Some(vec!["10.0.0.1:80".to_string()])
+    );
+    // A deleted Service leaves the egress table.
+    index.delete(ObjectKind::Service, &ObjectKey::new("test", "c"));
+    index.build();
+    let e4 = index.take_egress().expect("egress");
+    assert!(e4.host_entry(&name("c")).is_none());
+    assert_eq!(e4.route_count(), 2, "a and b, one port each");
+}
