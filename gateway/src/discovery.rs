@@ -118,15 +118,11 @@ impl Publisher {
         gauge("services", table.service_count());
         gauge("endpoints", table.endpoint_count());
         // Series of routes that are gone would stay forever: drop them.
-        let old = self.routes.load_full();
-        if old.route_count() > 0 {
-            let names: std::collections::HashSet<&str> = table.iter().map(|r| &*r.name).collect();
-            self.metrics
-                .forget_routes(old.iter().map(|r| &*r.name).filter(|n| !names.contains(n)));
-        }
-        // The old table is usually freed right here (no request holds it).
+        let gone = index.take_gone_routes();
+        self.metrics.forget_routes(gone.iter().map(|n| &**n));
+        // The old table shares its hosts with the new one; what only it
+        // held is usually freed right here (no request holds it).
         self.routes.store(Arc::new(table));
-        drop(old);
         if let (Some(shared), Some(egress)) = (&self.egress, index.take_egress()) {
             shared.store(Arc::new(egress));
         }

@@ -7,11 +7,13 @@
 //! request path).
 
 mod authority;
+mod hosts;
 mod identity;
 mod path;
 mod table;
 
 pub use authority::{Authority, AuthorityError};
+pub use hosts::{HostEntry, HostIndex};
 pub use identity::{Authorization, IdentityPattern};
 pub use path::{normalize_path, PathError};
 pub use table::health_clock;

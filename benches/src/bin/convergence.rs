@@ -1,13 +1,24 @@
 //! Convergence benchmark: time from an API event to the route being served,
-//! with 10,000 Services and 30,000 endpoints loaded through the API-server
-//! double, and the gateway's resident memory at that size.
+//! with N Services and 3N endpoints loaded through the API-server double
+//! (10,000 and 100,000 by default, one fresh gateway each), the initial sync
+//! time, and the gateway's resident memory at that size.
 //!
 //! The gateway runs as its own process (the release binary) so its RSS is its
 //! own; the API double and the probing client run here. Every probe applies an
 //! EndpointSlice for a Service that had none (503) and polls one keep-alive
 //! HTTP/2 mTLS connection until the route answers 200.
 //!
-//! `cargo run --release -p isthmus-benches --bin convergence -- [services] [probes]`
+//! `cargo run --release -p isthmus-benches --bin convergence -- [sizes] [probes]`
+//!
+//! `sizes` is a comma-separated list of Service counts (default
+//! `10000,100000`); each writes `convergence-<size>.json` (`10k`, `100k`),
+//! into `benches/results/` when it is a recorded size run with 200 probes.
+//! After the probes, a burst of 100 EndpointSlice changes is applied back to
+//! back and timed until its last Service answers (coalesced publishes).
+//!
+//! `CONVERGENCE_EGRESS=off` runs the gateway without its egress listener
+//! (and so without the egress table); results then go to
+//! `convergence-<size>-no-egress.json`.
 //!
 //! `CONVERGENCE_SMAPS=1` prints the gateway's memory split after sync;
 //! `CONVERGENCE_WRAP="heaptrack -o /tmp/gw"` runs it under a profiler and
@@ -18,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isthmus_benches::{write_report, GatewayProcess};
-use isthmus_tests::apiserver::ApiServer;
+use isthmus_tests::apiserver::ApiServer as Api;
 use isthmus_tests::manifests::{service, slice, slice_many, typed};
 use isthmus_tests::{Alpn, Client, Upstream};
 use k8s_openapi::api::core::v1::Service;
@@ -29,20 +40,84 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// How a size is named in file names: `10k`, `100k`, else the number.
+fn size_label(services: usize) -> String {
+    if services >= 1000 && services.is_multiple_of(1000) {
+        format!("{}k", services / 1000)
+    } else {
+        services.to_string()
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let sizes: Vec<usize> = match args.next() {
+        Some(a) => a
+            .split(',')
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("size {n:?} is not a number"))
+            })
+            .collect(),
+        None => vec![10_000, 100_000],
+    };
     let probes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    for services in sizes {
+        let work = tempfile::tempdir().expect("tempdir");
+        let report = run(services, probes, work.path()).await;
+        let recorded = matches!(services, 10_000 | 100_000) && probes == 200;
+        let suffix = match std::env::var("CONVERGENCE_EGRESS").as_deref() {
+            Ok("off") => "-no-egress",
+            _ => "",
+        };
+        let name = format!("convergence-{}{suffix}.json", size_label(services));
+        write_report(&report, &name, recorded, work.path());
+    }
+}
+
+/// Applies one EndpointSlice for each of `count` burst Services, one API
+/// event each as fast as the double takes them, and returns the time until
+/// the last of them answers 200; `None` if one was not served within 30 s.
+async fn burst(
+    api: &Api,
+    session: &mut isthmus_tests::client::H2Session,
+    up: std::net::SocketAddr,
+    count: usize,
+) -> Option<f64> {
+    let t0 = Instant::now();
+    for i in 0..count {
+        api.apply(&typed::<EndpointSlice>(&slice(
+            "burst",
+            &format!("b-{i}-1"),
+            &format!("b-{i}"),
+            up,
+            true,
+        )));
+    }
+    for i in 0..count {
+        let host = format!("b-{i}.burst.svc.cluster.local");
+        while session.status(&host, "/").await.ok() != Some(200) {
+            if t0.elapsed() > Duration::from_secs(30) {
+                eprintln!("{host} was not served within 30 s of the burst");
+                return None;
+            }
+        }
+    }
+    Some(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Services in the burst.
+const BURST: usize = 100;
+
+async fn run(services: usize, probes: usize, work: &std::path::Path) -> serde_json::Value {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let isthmus = std::env::var_os("CONVERGENCE_GATEWAY")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target/release/isthmus"));
-    let work = tempfile::tempdir().expect("tempdir");
-    let certs = work.path().join("certs");
+    let certs = work.join("certs");
     isthmus::tls::dev::write_dev_certs(&certs).expect("certs");
-
-    let api = ApiServer::start().await;
+    let api = Api::start().await;
     let up = Upstream::start("probe").await;
     let started = Instant::now();
     let svcs: Vec<Service> = (0..services)
@@ -73,6 +148,10 @@ async fn main() {
             80,
         )));
     }
+    let burst_services: Vec<Service> = (0..BURST)
+        .map(|i| typed(&service("burst", &format!("b-{i}"), true, 80)))
+        .collect();
+    api.apply_all(&burst_services);
     eprintln!(
         "loaded {} services, {} endpoints, {probes} probe services into the API double in {:?}",
         services,
@@ -80,13 +159,21 @@ async fn main() {
         started.elapsed()
     );
 
-    std::fs::write(work.path().join("kubeconfig"), api.kubeconfig_yaml()).expect("kubeconfig");
+    std::fs::write(work.join("kubeconfig"), api.kubeconfig_yaml()).expect("kubeconfig");
+    // CONVERGENCE_EGRESS=off runs without the egress listener (and its table).
+    let egress_on = std::env::var("CONVERGENCE_EGRESS").map_or(true, |v| v != "off");
+    let egress = if egress_on {
+        "\"127.0.0.1:15140\""
+    } else {
+        "null"
+    };
     std::fs::write(
-        work.path().join("isthmus.yaml"),
-        "listen: {gateway: \"127.0.0.1:15143\", admin: \"127.0.0.1:15191\", probe: \"127.0.0.1:15192\"}\n\
+        work.join("isthmus.yaml"),
+        "listen: {gateway: \"127.0.0.1:15143\", admin: \"127.0.0.1:15191\", probe: \"127.0.0.1:15192\", egress: EGRESS}\n\
          tls: {cert: certs/gateway.crt, key: certs/gateway.key, trust_anchors: certs/ca.crt}\n\
          allowed_identities: [\"*\"]\n\
-         discovery: {kubernetes: {kubeconfig: kubeconfig}}\n",
+         discovery: {kubernetes: {kubeconfig: kubeconfig}}\n"
+            .replace("EGRESS", egress),
     )
     .expect("config");
     let sync_start = Instant::now();
@@ -103,7 +190,7 @@ async fn main() {
     };
     let child = command
         .args(["run", "--config"])
-        .arg(work.path().join("isthmus.yaml"))
+        .arg(work.join("isthmus.yaml"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -176,24 +263,25 @@ async fn main() {
         samples.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     samples.sort_by(f64::total_cmp);
+    let burst_ms = burst(&api, &mut session, up.addr, BURST).await;
     let rss = gateway.status_kib("VmRSS:");
     let hwm = gateway.status_kib("VmHWM:");
-    let report = serde_json::json!({
-        "services": services + probes,
-        "endpoints": services * 3 + probes,
+    serde_json::json!({
+        "services": services + probes + BURST,
+        "endpoints": services * 3 + probes + BURST,
         "probes": probes,
+        "egress": egress_on,
         "initial_sync_ms": sync.as_secs_f64() * 1000.0,
         "event_to_served_ms": {
             "p50": percentile(&samples, 0.5),
             "p99": percentile(&samples, 0.99),
             "max": samples.last().copied().unwrap_or(0.0),
         },
+        "burst": {"changes": BURST, "all_served_ms": burst_ms},
         "gateway_rss_mib": {
             "after_sync": rss_synced as f64 / 1024.0,
             "after_probes": rss as f64 / 1024.0,
             "peak": hwm as f64 / 1024.0,
         },
-    });
-    let full_size = services == 10_000 && probes == 200;
-    write_report(&report, "convergence.json", full_size, work.path());
+    })
 }

@@ -5,7 +5,7 @@
 //! into internal form is a separate fallible step; a malformed object is
 //! reported and skipped, never stalling the others.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,11 +22,12 @@ use super::httproute::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, Referen
 use super::trafficsplit::{Split, TrafficSplit};
 use crate::metrics::ObjectKind;
 use crate::routes::{
-    Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostMatch,
-    IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
+    Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostIndex,
+    HostMatch, IdentityPattern, LbPolicy, MirrorService, PortMatch, Route, RouteMatch, RouteTable,
     RouteTarget,
 };
 pub use claims::Refusal;
+use endpoints::{EndpointPool, Table};
 use httproute::{GatewayInfo, HttpRouteEntry};
 pub use httproute::{ParentStatus, RouteCondition, RouteStatus};
 
@@ -251,6 +252,55 @@ struct MappingEntry {
     route: Result<MappingRoute, String>,
 }
 
+impl MappingEntry {
+    /// The group an accepted Mapping joins: Mappings with the same host and
+    /// match form one route.
+    fn group(&self) -> Option<(GroupKey, &ObjectKey)> {
+        let m = self.route.as_ref().ok()?;
+        Some(((m.host.clone(), m.matcher.clone()), &m.service.key))
+    }
+}
+
+/// The host and match a group of Mappings shares.
+type GroupKey = (HostMatch, RouteMatch);
+
+/// The route of a group of Mappings, and its backends that no Service
+/// route covers (counted as Services of their own).
+struct GroupRoute {
+    route: Arc<Route>,
+    uncovered: Vec<Arc<str>>,
+}
+
+/// The ingress routes as a host index (shared with the published tables),
+/// with the endpoints they hold and the route names gone since the last
+/// publish (whose metric series go too).
+#[derive(Default)]
+struct IngressRoutes {
+    hosts: HostIndex,
+    names: HashMap<Arc<str>, usize>,
+    gone: Vec<Arc<str>>,
+}
+
+impl IngressRoutes {
+    fn add(&mut self, route: &Arc<Route>, pool: &mut EndpointPool) {
+        pool.hold(route, Table::Ingress);
+        self.hosts.insert(route);
+        *self.names.entry(route.name.clone()).or_default() += 1;
+    }
+
+    fn remove(&mut self, route: &Arc<Route>, pool: &mut EndpointPool) {
+        pool.release(route, Table::Ingress);
+        self.hosts.remove(route);
+        if let Some(n) = self.names.get_mut(&route.name) {
+            *n -= 1;
+            if *n == 0 {
+                self.names.remove(&route.name);
+                self.gone.push(route.name.clone());
+            }
+        }
+    }
+}
+
 /// An object in the index's compact form (see [`Index::convert`]).
 #[derive(Debug)]
 pub struct Converted {
@@ -331,21 +381,43 @@ pub struct Index {
     /// TrafficSplits (egress split roots); invalid ones kept with their reason.
     splits: BTreeMap<ObjectKey, Result<Split, String>>,
     /// The egress table of the last [`Index::build`], when egress is on.
-    egress: Option<RouteTable>,
+    egress_table: Option<RouteTable>,
+    /// The egress routes, the split roots they were built with, and the
+    /// problems each root's split had.
+    egress: egress::EgressRoutes,
+    egress_roots: BTreeMap<ObjectKey, (ObjectKey, Split)>,
+    root_problems: HashMap<ObjectKey, BTreeMap<ObjectKey, String>>,
     /// Split problems found by builds, by split, and which were reported.
     split_problems: BTreeMap<ObjectKey, String>,
     reported_splits: BTreeMap<ObjectKey, String>,
-    /// Endpoint objects reused across builds so in-flight counts survive,
-    /// with the last build that used each (to forget unused ones).
-    endpoints: HashMap<SocketAddr, (Arc<Endpoint>, u64)>,
-    /// Builds so far.
-    builds: u64,
-    /// The routes of each exported Service, reused by [`Index::build`] until
-    /// the Service or one of its EndpointSlices changes: one endpoint change
-    /// among 10,000 Services rebuilds one Service's routes, not all of them.
+    /// EndpointSlices by the Service they belong to.
+    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
+    /// Endpoint objects shared across builds so in-flight counts survive.
+    endpoints: EndpointPool,
+    /// The routes of each exported Service, kept until the Service or one of
+    /// its EndpointSlices changes: one endpoint change among 100,000 Services
+    /// rebuilds one Service's routes and re-indexes its host, nothing else.
     service_routes: HashMap<ObjectKey, Vec<Arc<Route>>>,
-    /// Services whose cached routes are out of date.
+    /// Service port routes in `service_routes`.
+    service_route_count: usize,
+    /// Services (existing or not) changed since the last build.
     stale: HashSet<ObjectKey>,
+    /// Accepted Mappings by group, and by the Service they send to.
+    groups: HashMap<GroupKey, BTreeSet<ObjectKey>>,
+    mappings_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// The route of each group of Mappings, and the groups to rebuild.
+    group_routes: HashMap<GroupKey, GroupRoute>,
+    stale_groups: HashSet<GroupKey>,
+    /// Backend labels of Mapping routes no Service route covers, with the
+    /// number of times groups list each.
+    mapping_only: HashMap<Arc<str>, usize>,
+    /// The HTTPRoute routes, the Services they name, and whether an input
+    /// changed since they were built.
+    httproute_routes: Vec<Arc<Route>>,
+    httproute_refs: HashSet<ObjectKey>,
+    httproutes_dirty: bool,
+    /// Every ingress route, by host.
+    ingress: IngressRoutes,
     /// Mirror Services for the table (see [`RouteTable::mirrors`]), rebuilt
     /// only when a Service or a mirror's EndpointSlice changed.
     mirrors: Arc<[MirrorService]>,
@@ -376,13 +448,26 @@ impl Index {
             slices: HashMap::new(),
             mappings: BTreeMap::new(),
             splits: BTreeMap::new(),
-            egress: None,
+            egress_table: None,
+            egress: egress::EgressRoutes::default(),
+            egress_roots: BTreeMap::new(),
+            root_problems: HashMap::new(),
             split_problems: BTreeMap::new(),
             reported_splits: BTreeMap::new(),
-            endpoints: HashMap::new(),
-            builds: 0,
+            slices_of: HashMap::new(),
+            endpoints: EndpointPool::default(),
             service_routes: HashMap::new(),
+            service_route_count: 0,
             stale: HashSet::new(),
+            groups: HashMap::new(),
+            mappings_of: HashMap::new(),
+            group_routes: HashMap::new(),
+            stale_groups: HashSet::new(),
+            mapping_only: HashMap::new(),
+            httproute_routes: Vec::new(),
+            httproute_refs: HashSet::new(),
+            httproutes_dirty: false,
+            ingress: IngressRoutes::default(),
             mirrors: Arc::from(Vec::new()),
             mirrors_dirty: false,
             unexported: Arc::default(),
@@ -428,17 +513,11 @@ impl Index {
                 .iter()
                 .filter_map(|(k, s)| Some(((s.mirror_cluster.as_deref()?, k), Seen::default())))
                 .collect();
-            if !by_service.is_empty() {
-                let clusters: HashMap<&ObjectKey, &str> =
-                    by_service.keys().map(|(c, k)| (*k, *c)).collect();
-                for slice in self.slices.values() {
-                    if let Some(c) = clusters.get(&slice.service) {
-                        if let Some((ready, not_ready)) = by_service.get_mut(&(*c, &slice.service))
-                        {
-                            ready.extend(&slice.ready);
-                            *not_ready += slice.not_ready.len();
-                        }
-                    }
+            for ((_, service), (ready, not_ready)) in by_service.iter_mut() {
+                let slices = self.slices_of.get(*service).into_iter().flatten();
+                for slice in slices.filter_map(|k| self.slices.get(k)) {
+                    ready.extend(&slice.ready);
+                    *not_ready += slice.not_ready.len();
                 }
             }
             let mut cluster_names: HashMap<&str, Arc<str>> = HashMap::new();
@@ -565,30 +644,53 @@ impl Index {
                 if old != Some(&info) {
                     if let Some(old) = old.map(|o| o.service.clone()) {
                         self.touch_slice_of(&old);
+                        self.unlink_slice(&c.key, &old);
                         self.stale.insert(old);
                     }
                     self.touch_slice_of(&info.service);
                     self.stale.insert(info.service.clone());
+                    self.slices_of
+                        .entry(info.service.clone())
+                        .or_default()
+                        .push(c.key.clone());
                     self.slices.insert(c.key, info);
                 }
             }
             Some(Item::Mapping(entry)) => {
+                self.unlink_mapping(&c.key);
+                if let Some((group, service)) = entry.group() {
+                    self.mappings_of
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(c.key.clone());
+                    self.groups
+                        .entry(group.clone())
+                        .or_default()
+                        .insert(c.key.clone());
+                    self.stale_groups.insert(group);
+                }
                 self.mappings.insert(c.key, entry);
             }
             Some(Item::Split(split)) => {
                 self.splits.insert(c.key, split);
             }
             Some(Item::HttpRoute(entry)) => {
+                self.httproutes_dirty = true;
                 self.httproutes.insert(c.key, entry);
             }
             Some(Item::Gateway(info)) => {
+                self.httproutes_dirty = true;
                 self.gateways.insert(c.key, info);
             }
             Some(Item::GatewayClass(ours)) => {
+                self.httproutes_dirty = true;
                 self.gateway_classes.insert(c.key.name, ours);
             }
             Some(Item::Grant(spec)) => {
-                self.grants.insert(c.key, spec);
+                if self.grants.get(&c.key) != Some(&spec) {
+                    self.grants.insert(c.key, spec);
+                    self.grants_changed();
+                }
             }
         }
     }
@@ -605,29 +707,71 @@ impl Index {
             ObjectKind::EndpointSlice => {
                 if let Some(old) = self.slices.remove(key) {
                     self.touch_slice_of(&old.service);
+                    self.unlink_slice(key, &old.service);
                     self.stale.insert(old.service);
                 }
             }
             ObjectKind::Mapping => {
+                self.unlink_mapping(key);
                 self.mappings.remove(key);
             }
             ObjectKind::TrafficSplit => {
                 self.splits.remove(key);
             }
             ObjectKind::HttpRoute => {
-                self.httproutes.remove(key);
+                self.httproutes_dirty |= self.httproutes.remove(key).is_some();
             }
             ObjectKind::Gateway => {
-                self.gateways.remove(key);
+                self.httproutes_dirty |= self.gateways.remove(key).is_some();
             }
             ObjectKind::GatewayClass => {
-                self.gateway_classes.remove(&key.name);
+                self.httproutes_dirty |= self.gateway_classes.remove(&key.name).is_some();
             }
             ObjectKind::ReferenceGrant => {
-                self.grants.remove(key);
+                if self.grants.remove(key).is_some() {
+                    self.grants_changed();
+                }
             }
             ObjectKind::File => {}
         }
+    }
+
+    /// A grant came, changed or went: every Mapping group and the HTTPRoutes
+    /// are checked again (grants are few and rarely change).
+    fn grants_changed(&mut self) {
+        self.stale_groups.extend(self.groups.keys().cloned());
+        self.httproutes_dirty = true;
+    }
+
+    /// Forgets that slice `key` belongs to `service`.
+    fn unlink_slice(&mut self, key: &ObjectKey, service: &ObjectKey) {
+        if let Some(keys) = self.slices_of.get_mut(service) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.slices_of.remove(service);
+            }
+        }
+    }
+
+    /// Takes Mapping `key` (as held now) out of its group, whose route is
+    /// then rebuilt.
+    fn unlink_mapping(&mut self, key: &ObjectKey) {
+        let Some((group, service)) = self.mappings.get(key).and_then(MappingEntry::group) else {
+            return;
+        };
+        if let Some(keys) = self.mappings_of.get_mut(service) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.mappings_of.remove(service);
+            }
+        }
+        if let Some(keys) = self.groups.get_mut(&group) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
+        self.stale_groups.insert(group);
     }
 
     /// Adds or replaces an object. A Service or EndpointSlice that cannot be
@@ -769,45 +913,60 @@ impl Index {
         new
     }
 
+    /// The claim rules' verdict on Mapping `key` (`claims.rs`): hostnames of
+    /// other namespaces' Services, and Services of other namespaces without
+    /// a ReferenceGrant, are refused.
+    fn claim(&self, key: &ObjectKey, m: &MappingRoute) -> Result<(), Refusal> {
+        claims::check_mapping(
+            &key.namespace,
+            &m.host,
+            &m.service.key,
+            &self.cfg.cluster_domain,
+            &self.grants,
+        )
+    }
+
     /// What each HTTPRoute's status should say, as of the last build.
     pub fn httproute_states(&self) -> impl Iterator<Item = (&ObjectKey, &RouteStatus)> {
         self.route_statuses.iter()
     }
 
-    /// Builds the route table for the current objects. Routes of Services
-    /// unchanged since the last build are reused; Mapping routes are rebuilt.
+    /// Builds the route table for the current objects. Only what changed
+    /// since the last build is rebuilt: the routes of changed Services (a
+    /// Service, or one of its EndpointSlices), the groups of Mappings that
+    /// changed or send to a changed Service, and the HTTPRoute routes when
+    /// an HTTPRoute, Gateway or a Service they name changed; each re-indexes
+    /// its own hosts only. The table shares every other host with the last one.
     pub fn build(&mut self) -> RouteTable {
-        for key in std::mem::take(&mut self.stale) {
-            self.service_routes.remove(&key);
-        }
-        let missing: Vec<(&ObjectKey, &ServiceInfo)> = self
-            .services
+        // The claim rules first: a refused Mapping joins no route. A verdict
+        // changes only with its Mapping (whose group is then stale) or with
+        // a grant (every group is).
+        self.refusals = self
+            .mappings
             .iter()
-            .filter(|(k, s)| s.exported && !self.service_routes.contains_key(*k))
+            .filter_map(|(k, e)| {
+                let m = e.route.as_ref().ok()?;
+                self.claim(k, m).err().map(|r| (k.clone(), r))
+            })
             .collect();
-        // Slices are needed only for the Services resolved below.
-        let mut slices_by_service: HashMap<&ObjectKey, Vec<&SliceInfo>> = missing
-            .iter()
-            .map(|(k, _)| *k)
-            .chain(
-                self.mappings
-                    .values()
-                    .filter_map(|e| Some(&e.route.as_ref().ok()?.service.key)),
-            )
-            .map(|k| (k, Vec::new()))
-            .collect();
-        let gateway_services: Vec<ObjectKey> = self.httproute_services().collect();
-        for k in &gateway_services {
-            slices_by_service.entry(k).or_default();
-        }
-        for s in self.slices.values() {
-            if let Some(v) = slices_by_service.get_mut(&s.service) {
-                v.push(s);
+        let stale: Vec<ObjectKey> = self.stale.drain().collect();
+        let changed = if self.cfg.egress {
+            stale.clone()
+        } else {
+            Vec::new()
+        };
+        for key in &stale {
+            for m in self.mappings_of.get(key).into_iter().flatten() {
+                if let Some((group, _)) = self.mappings.get(m).and_then(MappingEntry::group) {
+                    self.stale_groups.insert(group);
+                }
             }
+            self.httproutes_dirty |= self.httproute_refs.contains(key);
         }
         let mut resolver = Resolver {
             services: &self.services,
-            slices: &slices_by_service,
+            slices: &self.slices,
+            slices_of: &self.slices_of,
             endpoints: &mut self.endpoints,
         };
         // Implicit Service routes pass WebSocket upgrades through.
@@ -819,166 +978,206 @@ impl Index {
             upstream_h2: true,
             ..(*defaults).clone()
         });
+        let defaults = [defaults, defaults_h2];
 
-        // Implicit routes: every port of every exported Service.
-        for (key, svc) in missing {
-            let fqdn = format!(
-                "{}.{}.svc.{}",
-                key.name, key.namespace, self.cfg.cluster_domain
-            );
-            let routes = svc
-                .ports
-                .iter()
-                .map(|port| {
-                    let mut hosts =
-                        vec![HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port))];
-                    if svc.ports.len() == 1 {
-                        hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
+        // Implicit routes: every port of every exported Service. New routes
+        // go in before the old ones leave, so shared endpoints stay pooled.
+        for key in stale {
+            let routes = match self.services.get(&key) {
+                Some(svc) if svc.exported => {
+                    service_routes(&key, svc, &self.cfg, &defaults, &mut resolver)
+                }
+                _ => Vec::new(),
+            };
+            for r in &routes {
+                self.ingress.add(r, resolver.endpoints);
+            }
+            self.service_route_count += routes.len();
+            let old = if routes.is_empty() {
+                self.service_routes.remove(&key)
+            } else {
+                self.service_routes.insert(key, routes)
+            };
+            for r in old.into_iter().flatten() {
+                self.service_route_count -= 1;
+                self.ingress.remove(&r, resolver.endpoints);
+            }
+        }
+
+        // Mapping routes of the groups that changed.
+        for group in std::mem::take(&mut self.stale_groups) {
+            let new = self.groups.get(&group).and_then(|members| {
+                mapping_route(
+                    members,
+                    &self.mappings,
+                    &self.refusals,
+                    &self.service_routes,
+                    &self.cfg,
+                    &mut resolver,
+                )
+            });
+            if let Some(g) = &new {
+                self.ingress.add(&g.route, resolver.endpoints);
+                for label in &g.uncovered {
+                    *self.mapping_only.entry(label.clone()).or_default() += 1;
+                }
+            }
+            let old = match new {
+                Some(g) => self.group_routes.insert(group, g),
+                None => self.group_routes.remove(&group),
+            };
+            if let Some(g) = old {
+                self.ingress.remove(&g.route, resolver.endpoints);
+                for label in &g.uncovered {
+                    if let Some(n) = self.mapping_only.get_mut(label) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.mapping_only.remove(label);
+                        }
                     }
-                    let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
-                        key: key.clone(),
-                        port: Some(port.port),
-                    });
-                    let settings = if port.h2 {
-                        defaults_h2.clone()
-                    } else {
-                        defaults.clone()
-                    };
-                    Arc::new(Route {
-                        name: format!("service/{}/{}:{}", key.namespace, key.name, port.port)
-                            .into(),
-                        hosts,
-                        matcher: RouteMatch::any(),
-                        authz: Authorization::new(self.cfg.allowed.clone()),
-                        target: RouteTarget::new(vec![
-                            Backend::new(label, 1, eps, settings).with_not_ready(not_ready)
-                        ]),
-                    })
-                })
-                .collect();
-            self.service_routes.insert(key.clone(), routes);
-        }
-        let mut routes: Vec<Arc<Route>> = self.service_routes.values().flatten().cloned().collect();
-
-        // Mapping routes: Mappings with the same host and match form one
-        // weighted route (Emissary's traffic-split semantics).
-        let mut mapping_only_backends: HashSet<Arc<str>> = HashSet::new();
-        let mut groups: BTreeMap<(HostMatch, RouteMatch), Vec<(&ObjectKey, &MappingRoute)>> =
-            BTreeMap::new();
-        let mut refusals = BTreeMap::new();
-        for (key, entry) in &self.mappings {
-            if let Ok(m) = &entry.route {
-                // Hostnames of other namespaces' Services and Services of other
-                // namespaces without a ReferenceGrant are refused (claims.rs).
-                let claim = claims::check_mapping(
-                    &key.namespace,
-                    &m.host,
-                    &m.service.key,
-                    &self.cfg.cluster_domain,
-                    &self.grants,
-                );
-                if let Err(r) = claim {
-                    refusals.insert(key.clone(), r);
-                    continue;
                 }
-                groups
-                    .entry((m.host.clone(), m.matcher.clone()))
-                    .or_default()
-                    .push((key, m));
             }
         }
-        for ((host, matcher), members) in groups {
-            let weights = split_weights(members.iter().map(|(_, m)| m.weight));
-            let mut authz = Authorization::default();
-            let mut backends = Vec::with_capacity(members.len());
-            for ((_, m), weight) in members.iter().zip(weights) {
-                authz.and(
-                    m.allowed
-                        .clone()
-                        .unwrap_or_else(|| self.cfg.allowed.clone()),
-                );
-                let (label, eps, not_ready) = resolver.resolve(&m.service);
-                // The same Service port as a Service route: one backend, not two.
-                let covered = self.service_routes.get(&m.service.key).is_some_and(|rs| {
-                    rs.iter()
-                        .flat_map(|r| &r.target.backends)
-                        .any(|b| b.service == label)
-                });
-                if !covered {
-                    mapping_only_backends.insert(label.clone());
-                }
-                let settings = if !m.settings.upstream_h2 && resolver.port_is_h2(&m.service) {
-                    Arc::new(BackendSettings {
-                        upstream_h2: true,
-                        ..(*m.settings).clone()
-                    })
-                } else {
-                    m.settings.clone()
-                };
-                backends.push(Backend::new(label, weight, eps, settings).with_not_ready(not_ready));
-            }
-            let (first, _) = members[0];
-            routes.push(Arc::new(Route {
-                name: format!("mapping/{}/{}", first.namespace, first.name).into(),
-                hosts: vec![host],
-                matcher,
-                authz,
-                target: RouteTarget::new(backends),
-            }));
-        }
-
-        self.refusals = refusals;
 
         // HTTPRoute routes (and the status each should carry).
-        let view = httproute::GatewayView {
-            cfg: &self.cfg,
-            services: &self.services,
-            httproutes: &self.httproutes,
-            gateways: &self.gateways,
-            gateway_classes: &self.gateway_classes,
-            grants: &self.grants,
-        };
-        self.route_statuses = view.build(&mut resolver, &mut routes);
-        let egress = self.cfg.egress.then(|| self.build_egress());
-        // Count the endpoints the table uses (marking them with this build)
-        // and forget the others; no per-build set of 30,000 addresses.
-        self.builds += 1;
-        let build = self.builds;
-        let mut used = 0;
-        for e in routes
-            .iter()
-            .flat_map(|r| &r.target.backends)
-            .flat_map(|b| &b.endpoints)
-        {
-            if let Some((_, seen)) = self.endpoints.get_mut(&e.addr) {
-                if *seen != build {
-                    *seen = build;
-                    used += 1;
-                }
+        let httproutes_rebuilt = std::mem::take(&mut self.httproutes_dirty);
+        if httproutes_rebuilt {
+            let view = httproute::GatewayView {
+                cfg: &self.cfg,
+                services: &self.services,
+                httproutes: &self.httproutes,
+                gateways: &self.gateways,
+                gateway_classes: &self.gateway_classes,
+                grants: &self.grants,
+            };
+            let mut routes = Vec::new();
+            self.route_statuses = view.build(&mut resolver, &mut routes);
+            for r in &routes {
+                self.ingress.add(r, resolver.endpoints);
+            }
+            for r in std::mem::replace(&mut self.httproute_routes, routes) {
+                self.ingress.remove(&r, resolver.endpoints);
             }
         }
-        // The egress table's endpoints (shared with ingress where they are the
-        // same address) keep their in-flight and health state too.
-        for e in egress
-            .iter()
-            .flat_map(RouteTable::iter)
-            .flat_map(|r| &r.target.backends)
-            .flat_map(|b| &b.endpoints)
-        {
-            if let Some((_, seen)) = self.endpoints.get_mut(&e.addr) {
-                *seen = build;
-            }
+        if httproutes_rebuilt {
+            self.httproute_refs = self.httproute_services().collect();
         }
-        self.egress = egress;
-        self.endpoints.retain(|_, (_, seen)| *seen == build);
+        if self.cfg.egress {
+            self.egress_table = Some(self.build_egress(&changed));
+        }
+        self.endpoints.sweep();
         // Each Service port route is one backend; Mapping backends add the
         // Service ports no Service route covers (non-exported or portless).
-        let service_backends: usize = self.service_routes.values().map(Vec::len).sum();
-        let services = service_backends + mapping_only_backends.len();
+        let services = self.service_route_count + self.mapping_only.len();
         self.refresh_facts();
-        RouteTable::from_shared(routes, services, used)
-            .with_discovery_facts(self.mirrors.clone(), self.unexported.clone())
+        RouteTable::from_hosts(
+            self.ingress.hosts.clone(),
+            services,
+            self.endpoints.ingress_used(),
+        )
+        .with_discovery_facts(self.mirrors.clone(), self.unexported.clone())
     }
+
+    /// Names of routes gone from the table since the last call (their
+    /// metric series can go too).
+    pub fn take_gone_routes(&mut self) -> Vec<Arc<str>> {
+        let mut gone = std::mem::take(&mut self.ingress.gone);
+        gone.retain(|n| !self.ingress.names.contains_key(n));
+        gone.sort();
+        gone.dedup();
+        gone
+    }
+}
+
+/// The implicit routes of an exported Service: one per port, by its
+/// cluster name with that port (and without one when it is the only port).
+fn service_routes(
+    key: &ObjectKey,
+    svc: &ServiceInfo,
+    cfg: &IndexConfig,
+    [defaults, defaults_h2]: &[Arc<BackendSettings>; 2],
+    resolver: &mut Resolver<'_>,
+) -> Vec<Arc<Route>> {
+    let fqdn = format!("{}.{}.svc.{}", key.name, key.namespace, cfg.cluster_domain);
+    svc.ports
+        .iter()
+        .map(|port| {
+            let mut hosts = vec![HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port))];
+            if svc.ports.len() == 1 {
+                hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
+            }
+            let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
+                key: key.clone(),
+                port: Some(port.port),
+            });
+            let settings = if port.h2 { defaults_h2 } else { defaults };
+            Arc::new(Route {
+                name: format!("service/{}/{}:{}", key.namespace, key.name, port.port).into(),
+                hosts,
+                matcher: RouteMatch::any(),
+                authz: Authorization::new(cfg.allowed.clone()),
+                target: RouteTarget::new(vec![
+                    Backend::new(label, 1, eps, settings.clone()).with_not_ready(not_ready)
+                ]),
+            })
+        })
+        .collect()
+}
+
+/// Where Mappings become a route: the accepted Mappings of one group (same
+/// host and match, in key order) form one weighted route (Emissary's
+/// traffic-split semantics), named after the first. `None` when no member
+/// is left.
+fn mapping_route(
+    members: &BTreeSet<ObjectKey>,
+    mappings: &BTreeMap<ObjectKey, MappingEntry>,
+    refused: &BTreeMap<ObjectKey, Refusal>,
+    service_routes: &HashMap<ObjectKey, Vec<Arc<Route>>>,
+    cfg: &IndexConfig,
+    resolver: &mut Resolver<'_>,
+) -> Option<GroupRoute> {
+    let members: Vec<(&ObjectKey, &MappingRoute)> = members
+        .iter()
+        .filter(|k| !refused.contains_key(*k))
+        .filter_map(|k| Some((k, mappings.get(k)?.route.as_ref().ok()?)))
+        .collect();
+    let (first, head) = *members.first()?;
+    let weights = split_weights(members.iter().map(|(_, m)| m.weight));
+    let mut authz = Authorization::default();
+    let mut backends = Vec::with_capacity(members.len());
+    let mut uncovered = Vec::new();
+    for ((_, m), weight) in members.iter().zip(weights) {
+        authz.and(m.allowed.clone().unwrap_or_else(|| cfg.allowed.clone()));
+        let (label, eps, not_ready) = resolver.resolve(&m.service);
+        // The same Service port as a Service route: one backend, not two.
+        let covered = service_routes.get(&m.service.key).is_some_and(|rs| {
+            rs.iter()
+                .flat_map(|r| &r.target.backends)
+                .any(|b| b.service == label)
+        });
+        if !covered {
+            uncovered.push(label.clone());
+        }
+        let settings = if !m.settings.upstream_h2 && resolver.port_is_h2(&m.service) {
+            Arc::new(BackendSettings {
+                upstream_h2: true,
+                ..(*m.settings).clone()
+            })
+        } else {
+            m.settings.clone()
+        };
+        backends.push(Backend::new(label, weight, eps, settings).with_not_ready(not_ready));
+    }
+    Some(GroupRoute {
+        route: Arc::new(Route {
+            name: format!("mapping/{}/{}", first.namespace, first.name).into(),
+            hosts: vec![head.host.clone()],
+            matcher: head.matcher.clone(),
+            authz,
+            target: RouteTarget::new(backends),
+        }),
+        uncovered,
+    })
 }
 
 /// Emissary's weights: explicit weights as given; Mappings without one share
@@ -1000,8 +1199,9 @@ fn split_weights(weights: impl Iterator<Item = Option<u32>>) -> Vec<u32> {
 
 struct Resolver<'a> {
     services: &'a HashMap<ObjectKey, ServiceInfo>,
-    slices: &'a HashMap<&'a ObjectKey, Vec<&'a SliceInfo>>,
-    endpoints: &'a mut HashMap<SocketAddr, (Arc<Endpoint>, u64)>,
+    slices: &'a HashMap<ObjectKey, SliceInfo>,
+    slices_of: &'a HashMap<ObjectKey, Vec<ObjectKey>>,
+    endpoints: &'a mut EndpointPool,
 }
 
 impl Resolver<'_> {
@@ -1035,7 +1235,8 @@ impl Resolver<'_> {
         };
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut not_ready = 0;
-        for slice in self.slices.get(&r.key).into_iter().flatten() {
+        let slices = self.slices_of.get(&r.key).into_iter().flatten();
+        for slice in slices.filter_map(|k| self.slices.get(k)) {
             let target = slice
                 .ports
                 .iter()
@@ -1051,16 +1252,7 @@ impl Resolver<'_> {
         }
         addrs.sort();
         addrs.dedup();
-        let eps = addrs
-            .into_iter()
-            .map(|a| {
-                self.endpoints
-                    .entry(a)
-                    .or_insert_with(|| (Arc::new(Endpoint::new(a)), 0))
-                    .0
-                    .clone()
-            })
-            .collect();
+        let eps = addrs.into_iter().map(|a| self.endpoints.get(a)).collect();
         (label, eps, not_ready)
     }
 }
@@ -1430,6 +1622,7 @@ fn parse_service_ref(
 
 mod claims;
 mod egress;
+mod endpoints;
 mod httproute;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,6 @@
 //! The route table: an immutable snapshot mapping (authority, path, method,
 //! headers) to a route, and each route to weighted backends and their endpoints.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{json, Value};
 
+use super::hosts::{HostEntry, HostIndex};
 use super::{Authority, Authorization};
 
 /// Which request ports an exact-host route accepts.
@@ -702,18 +702,11 @@ pub struct MirrorService {
     pub not_ready: usize,
 }
 
-/// The routes of one exact host, by port.
-type PortRoutes = Vec<(PortMatch, Vec<Arc<Route>>)>;
-
 /// The immutable routing snapshot.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// Exact hosts, then by port.
-    exact: HashMap<Box<str>, PortRoutes>,
-    /// `(suffix with leading dot, routes)`, longest suffix first.
-    wildcard: Vec<(String, Vec<Arc<Route>>)>,
-    any: Vec<Arc<Route>>,
-    routes: usize,
+    /// Routes by host (shared with the tables before and after this one).
+    hosts: HostIndex,
     services: usize,
     endpoints: usize,
     /// Mirror Services, sorted by cluster then Service (for the admin page).
@@ -721,6 +714,14 @@ pub struct RouteTable {
     /// `ns/name` of Services discovery knows but that are not exported (so
     /// `/explain` can tell the operator "not exported" from "unknown").
     unexported: Arc<std::collections::HashSet<String>>,
+}
+
+/// The order of routes within one host: more specific first, then by name.
+pub(super) fn precedence(a: &Route, b: &Route) -> std::cmp::Ordering {
+    a.matcher
+        .specificity()
+        .cmp(&b.matcher.specificity())
+        .then_with(|| a.name.cmp(&b.name))
 }
 
 impl RouteTable {
@@ -733,62 +734,26 @@ impl RouteTable {
         )
     }
 
-    /// [`RouteTable::new`] from routes that may also live in other tables
-    /// (discovery reuses the routes of unchanged Services across rebuilds).
+    /// [`RouteTable::new`] from routes that may also live in other tables.
     pub fn from_shared(routes: Vec<Arc<Route>>, services: usize, endpoints: usize) -> Self {
-        // Sized once: growing a map of 10,000 hosts by doubling allocates it twice over.
-        let exact_hosts = routes
-            .iter()
-            .map(|r| {
-                let mut names = r.hosts.iter().filter_map(|h| match h {
-                    HostMatch::Exact(name, _) => Some(name),
-                    _ => None,
-                });
-                let first = names.next();
-                usize::from(first.is_some()) + names.filter(|n| Some(*n) != first).count()
-            })
-            .sum();
-        let mut t = RouteTable {
-            exact: HashMap::with_capacity(exact_hosts),
-            routes: routes.len(),
+        Self::from_hosts(HostIndex::from_routes(routes), services, endpoints)
+    }
+
+    /// A table over a host index that discovery keeps changing in place (the
+    /// index is cloned, which shares every host entry with it).
+    pub fn from_hosts(hosts: HostIndex, services: usize, endpoints: usize) -> Self {
+        RouteTable {
+            hosts,
             services,
             endpoints,
             ..RouteTable::default()
-        };
-        let mut wild: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
-        for r in routes {
-            for host in &r.hosts {
-                match host {
-                    HostMatch::Exact(h, p) => {
-                        let ports = t.exact.entry(h.as_str().into()).or_default();
-                        match ports.iter_mut().find(|(port, _)| port == p) {
-                            Some((_, rs)) => rs.push(r.clone()),
-                            None => ports.push((*p, vec![r.clone()])),
-                        }
-                    }
-                    HostMatch::Wildcard(s) => wild.entry(s.clone()).or_default().push(r.clone()),
-                    HostMatch::Any => t.any.push(r.clone()),
-                }
-            }
         }
-        t.wildcard = wild.into_iter().collect();
-        t.wildcard
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        let sort = |v: &mut Vec<Arc<Route>>| {
-            v.sort_by(|a, b| {
-                a.matcher
-                    .specificity()
-                    .cmp(&b.matcher.specificity())
-                    .then_with(|| a.name.cmp(&b.name))
-            })
-        };
-        t.exact
-            .values_mut()
-            .flat_map(|ports| ports.iter_mut())
-            .for_each(|(_, rs)| sort(rs));
-        t.wildcard.iter_mut().for_each(|(_, v)| sort(v));
-        sort(&mut t.any);
-        t
+    }
+
+    /// The routes of one exact host (shared with the tables that have the
+    /// same routes for it).
+    pub fn host_entry(&self, host: &str) -> Option<&Arc<HostEntry>> {
+        self.hosts.exact(host)
     }
 
     /// Finds the most specific route: exact host and port (or no port), exact host with any port,
@@ -823,23 +788,24 @@ impl RouteTable {
             Some(p) => PortMatch::Port(p),
             None => PortMatch::Absent,
         };
-        if let Some(ports) = self.exact.get(host) {
+        if let Some(entry) = self.hosts.exact(host) {
             for want in [port, PortMatch::Any] {
-                if let Some((_, rs)) = ports.iter().find(|(p, _)| *p == want) {
+                if let Some(rs) = entry.routes(want) {
                     if let Some(i) = first(rs) {
                         return rs.get(i);
                     }
                 }
             }
         }
-        for (suffix, rs) in &self.wildcard {
+        for (suffix, rs) in self.hosts.wildcards() {
             if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
                 if let Some(i) = first(rs) {
                     return rs.get(i);
                 }
             }
         }
-        first(&self.any).and_then(|i| self.any.get(i))
+        let any = self.hosts.any();
+        first(any).and_then(|i| any.get(i))
     }
 
     /// Attaches what discovery knows beyond routes: mirror Services and
@@ -858,9 +824,9 @@ impl RouteTable {
     /// host, but not this port"); empty when the host has none.
     pub fn ports_of(&self, host: &str) -> Vec<PortMatch> {
         let mut ports: Vec<PortMatch> = self
-            .exact
-            .get(host)
-            .map(|ps| ps.iter().map(|(p, _)| *p).collect())
+            .hosts
+            .exact(host)
+            .map(|e| e.ports().collect())
             .unwrap_or_default();
         ports.sort();
         ports
@@ -878,7 +844,7 @@ impl RouteTable {
 
     /// Number of routes.
     pub fn route_count(&self) -> usize {
-        self.routes
+        self.hosts.route_count()
     }
 
     /// Number of distinct Service ports referenced.
@@ -894,12 +860,8 @@ impl RouteTable {
     /// Every route once.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         let mut seen = std::collections::HashSet::new();
-        self.exact
-            .values()
-            .flatten()
-            .flat_map(|(_, rs)| rs)
-            .chain(self.wildcard.iter().flat_map(|(_, v)| v))
-            .chain(self.any.iter())
+        self.hosts
+            .iter()
             .filter(move |r| seen.insert(Arc::as_ptr(r)))
     }
 
@@ -932,7 +894,7 @@ impl RouteTable {
             "total": total,
             "offset": offset,
             "limit": limit.min(total),
-            "counts": {"routes": self.routes, "services": self.services, "endpoints": self.endpoints},
+            "counts": {"routes": self.route_count(), "services": self.services, "endpoints": self.endpoints},
         })
     }
 }

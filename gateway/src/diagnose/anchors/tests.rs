@@ -9,7 +9,7 @@ fn pod(deploy_yaml: &str) -> (PodSpec, Container) {
 }
 
 #[test]
-fn shipped_deployment_reads_anchors_from_the_tls_secret() {
+fn shipped_deployment_reads_anchors_from_the_trust_anchor_configmap() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../manifests/deployment.yaml"
@@ -29,9 +29,17 @@ fn shipped_deployment_reads_anchors_from_the_tls_secret() {
     );
     assert_eq!(
         mounted(&pod, &c, Path::new("/var/run/isthmus/tls/ca.crt")),
+        Some(Source::ConfigMap {
+            name: "isthmus-trust-anchors".into(),
+            key: "ca.crt".into()
+        })
+    );
+    // The key stays in the Secret, which the remote credentials cannot read.
+    assert_eq!(
+        mounted(&pod, &c, Path::new("/var/run/isthmus/tls/tls.key")),
         Some(Source::Secret {
             name: "isthmus-gateway-tls".into(),
-            key: "ca.crt".into()
+            key: "tls.key".into()
         })
     );
     assert_eq!(mounted(&pod, &c, Path::new("/nowhere/ca.crt")), None);

@@ -1425,3 +1425,280 @@ fn a_cross_namespace_service_routes_only_with_a_reference_grant() {
         "refused again after being accepted: reported again"
     );
 }
+
+/// A table with every route of `index` built from scratch: what the
+/// incremental builds must equal.
+fn rebuilt(index: &Index) -> Vec<String> {
+    let mut fresh = Index::new(index.cfg.clone());
+    for (k, s) in &index.services {
+        fresh.services.insert(k.clone(), s.clone());
+        fresh.stale.insert(k.clone());
+    }
+    for (k, s) in &index.slices {
+        fresh.insert(Converted {
+            key: k.clone(),
+            item: Some(Item::Slice(s.clone())),
+            refused: Vec::new(),
+        });
+    }
+    for (k, m) in &index.mappings {
+        fresh.insert(Converted {
+            key: k.clone(),
+            item: Some(Item::Mapping(m.clone())),
+            refused: Vec::new(),
+        });
+    }
+    described(&fresh.build())
+}
+
+fn described(t: &RouteTable) -> Vec<String> {
+    let mut v: Vec<String> = t
+        .describe()
+        .get("routes")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+        .map(|r| r.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn host_arc(t: &RouteTable, host: &str) -> Arc<crate::routes::HostEntry> {
+    t.host_entry(host).expect("host entry").clone()
+}
+
+#[test]
+fn a_change_to_one_host_leaves_every_other_host_entry_shared() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let mut objects = Vec::new();
+    for i in 0..300 {
+        objects.push(mk_service("test", &format!("s{i}"), true, &port()));
+        objects.push(mk_slice(
+            "test",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("", 80)],
+            &[(&format!("10.0.{}.{}", i / 256, i % 256), true)],
+        ));
+    }
+    let mut index = index_with(&objects);
+    let t1 = index.build();
+    let host = |i: usize| format!("s{i}.test.svc.cluster.local");
+    index
+        .apply(&mk_slice(
+            "test",
+            "s7-1",
+            "s7",
+            &[("", 80)],
+            &[("10.9.0.1", true), ("10.9.0.2", true)],
+        ))
+        .expect("valid");
+    let t2 = index.build();
+    assert!(!Arc::ptr_eq(
+        &host_arc(&t1, &host(7)),
+        &host_arc(&t2, &host(7))
+    ));
+    assert_eq!(route_for(&t2, &host(7), "/").map(|r| r.1.len()), Some(2));
+    assert_eq!(
+        route_for(&t1, &host(7), "/").map(|r| r.1.len()),
+        Some(1),
+        "the table published before is not changed"
+    );
+    for i in (0..300).filter(|i| *i != 7) {
+        assert!(
+            Arc::ptr_eq(&host_arc(&t1, &host(i)), &host_arc(&t2, &host(i))),
+            "{} was re-indexed",
+            host(i)
+        );
+    }
+    assert_eq!(t2.endpoint_count(), 301);
+    assert_eq!(t2.route_count(), 300);
+    assert_eq!(described(&t2), rebuilt(&index));
+}
+
+#[test]
+fn deletes_and_unexporting_leave_the_host_index_as_a_fresh_build() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let mut index = index_with(&[
+        mk_service("test", "a", true, &port()),
+        mk_service("test", "b", true, &port()),
+        mk_service("test", "c", true, &port()),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+        mk_slice("test", "b-1", "b", &[("", 80)], &[("10.0.0.2", true)]),
+        mk_slice("test", "c-1", "c", &[("", 80)], &[("10.0.0.3", true)]),
+        mk_mapping("test", "m", spec("m.example", "/", "b.test:80")),
+    ]);
+    let (a, b, c) = (
+        "a.test.svc.cluster.local",
+        "b.test.svc.cluster.local",
+        "c.test.svc.cluster.local",
+    );
+    let t1 = index.build();
+    assert_eq!(t1.route_count(), 4);
+
+    // The export label goes: a's host leaves the index, a is "not exported".
+    index
+        .apply(&mk_service("test", "a", false, &port()))
+        .expect("valid");
+    let t2 = index.build();
+    assert!(t2.host_entry(a).is_none());
+    assert!(t2.is_unexported("test/a"));
+    assert!(Arc::ptr_eq(&host_arc(&t1, c), &host_arc(&t2, c)));
+    assert_eq!(t2.endpoint_count(), 2, "a's endpoint is no longer counted");
+    assert_eq!(described(&t2), rebuilt(&index));
+
+    // Deleting b's slice empties b's route and the Mapping's backend, not c.
+    index.delete(ObjectKind::EndpointSlice, &ObjectKey::new("test", "b-1"));
+    let t3 = index.build();
+    assert_eq!(route_for(&t3, b, "/").map(|r| r.1.len()), Some(0));
+    assert_eq!(route_for(&t3, "m.example", "/").map(|r| r.1.len()), Some(0));
+    assert!(Arc::ptr_eq(&host_arc(&t2, c), &host_arc(&t3, c)));
+    assert_eq!(t3.endpoint_count(), 1);
+    assert_eq!(described(&t3), rebuilt(&index));
+
+    // Deleting the Service b: its host goes; the Mapping stays (no backend).
+    index.delete(ObjectKind::Service, &ObjectKey::new("test", "b"));
+    let t4 = index.build();
+    assert!(t4.host_entry(b).is_none());
+    assert_eq!(route_for(&t4, "m.example", "/").map(|r| r.1.len()), Some(0));
+    assert_eq!(t4.route_count(), 2);
+    assert_eq!(described(&t4), rebuilt(&index));
+    index.delete(ObjectKind::Mapping, &ObjectKey::new("test", "m"));
+    let t5 = index.build();
+    assert!(t5.host_entry("m.example").is_none());
+    assert_eq!(t5.route_count(), 1);
+    assert_eq!(index.take_gone_routes().len(), 3, "a, b and the Mapping");
+}
+
+#[test]
+fn a_mapping_moving_between_hosts_leaves_the_old_host_and_splits_follow() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let mut index = index_with(&[
+        mk_service("test", "a", false, &port()),
+        mk_service("test", "b", false, &port()),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+        mk_slice("test", "b-1", "b", &[("", 80)], &[("10.0.0.2", true)]),
+        mk_mapping("test", "m1", spec("one.example", "/", "a.test:80")),
+        mk_mapping("test", "m2", spec("one.example", "/", "b.test:80")),
+        mk_mapping("test", "other", spec("two.example", "/", "a.test:80")),
+    ]);
+    let t1 = index.build();
+    let split = route_arc(&t1, "one.example");
+    assert_eq!(split.target.backends.len(), 2);
+    assert_eq!(&*split.name, "mapping/test/m1");
+
+    // m1 moves to three.example: the split on one.example is m2 alone, now
+    // named after it; two.example is untouched.
+    index
+        .apply(&mk_mapping(
+            "test",
+            "m1",
+            spec("three.example", "/", "a.test:80"),
+        ))
+        .expect("valid");
+    let t2 = index.build();
+    let one = route_arc(&t2, "one.example");
+    assert_eq!(&*one.name, "mapping/test/m2");
+    assert_eq!(one.target.backends.len(), 1);
+    assert_eq!(&*route_arc(&t2, "three.example").name, "mapping/test/m1");
+    assert!(Arc::ptr_eq(
+        &host_arc(&t1, "two.example"),
+        &host_arc(&t2, "two.example")
+    ));
+    assert_eq!(described(&t2), rebuilt(&index));
+
+    // An endpoint change of a rebuilds the Mappings sending to a, not m2's.
+    index
+        .apply(&mk_slice(
+            "test",
+            "a-1",
+            "a",
+            &[("", 80)],
+            &[("10.0.0.1", true), ("10.0.0.9", true)],
+        ))
+        .expect("valid");
+    let t3 = index.build();
+    assert!(Arc::ptr_eq(
+        &route_arc(&t2, "one.example"),
+        &route_arc(&t3, "one.example")
+    ));
+    assert_eq!(
+        route_for(&t3, "two.example", "/").map(|r| r.1.len()),
+        Some(2)
+    );
+    assert_eq!(
+        route_for(&t3, "three.example", "/").map(|r| r.1.len()),
+        Some(2)
+    );
+    assert_eq!(described(&t3), rebuilt(&index));
+
+    // An invalid version takes the Mapping's route away (status says why).
+    index
+        .apply(&mk_mapping(
+            "test",
+            "m1",
+            spec("three.example", "nope", "a.test:80"),
+        ))
+        .expect_err("invalid prefix");
+    let t4 = index.build();
+    assert!(t4.host_entry("three.example").is_none());
+    assert_eq!(described(&t4), rebuilt(&index));
+}
+
+#[test]
+fn egress_rebuilds_only_changed_services_and_the_roots_that_split_to_them() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let mut index = index_with(&[
+        mk_service("test", "a", false, &port()),
+        mk_service("test", "b", false, &port()),
+        mk_service("test", "c", false, &port()),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+        mk_slice("test", "b-1", "b", &[("", 80)], &[("10.0.0.2", true)]),
+        mk_slice("test", "c-1", "c", &[("", 80)], &[("10.0.0.3", true)]),
+        Object::TrafficSplit(Box::new(crate::discovery::trafficsplit::TrafficSplit {
+            api_version: "split.smi-spec.io/v1alpha1".into(),
+            metadata: meta("test", "a", &[]),
+            spec: serde_json::json!({"service": "a", "backends": [{"service": "b", "weight": 1}]}),
+        })),
+    ]);
+    index.build();
+    let e1 = index.take_egress().expect("egress");
+    let name = |s: &str| format!("{s}.test.svc.cluster.local");
+    // An endpoint change of b: b and the root a (split to b) are rebuilt, c is not.
+    index
+        .apply(&mk_slice(
+            "test",
+            "b-1",
+            "b",
+            &[("", 80)],
+            &[("10.0.0.2", true), ("10.0.0.4", true)],
+        ))
+        .expect("valid");
+    index.build();
+    let e2 = index.take_egress().expect("egress");
+    assert!(Arc::ptr_eq(
+        &host_arc(&e1, &name("c")),
+        &host_arc(&e2, &name("c"))
+    ));
+    assert!(!Arc::ptr_eq(
+        &host_arc(&e1, &name("b")),
+        &host_arc(&e2, &name("b"))
+    ));
+    assert_eq!(route_for(&e2, &name("a"), "/").map(|r| r.1.len()), Some(2));
+    assert_eq!(route_for(&e2, &name("c"), "/").map(|r| r.1.len()), Some(1));
+    // The split goes: a routes to itself again.
+    index.delete(ObjectKind::TrafficSplit, &ObjectKey::new("test", "a"));
+    index.build();
+    let e3 = index.take_egress().expect("egress");
+    assert_eq!(
+        route_for(&e3, &name("a"), "/").map(|r| r.1),
+        Some(vec!["10.0.0.1:80".to_string()])
+    );
+    // A deleted Service leaves the egress table.
+    index.delete(ObjectKind::Service, &ObjectKey::new("test", "c"));
+    index.build();
+    let e4 = index.take_egress().expect("egress");
+    assert!(e4.host_entry(&name("c")).is_none());
+    assert_eq!(e4.route_count(), 2, "a and b, one port each");
+}

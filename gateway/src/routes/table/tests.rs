@@ -1,5 +1,6 @@
 use super::*;
 use crate::routes::IdentityPattern;
+use std::collections::HashMap;
 
 fn settings() -> Arc<BackendSettings> {
     Arc::new(BackendSettings::with_timeouts(
