@@ -60,9 +60,7 @@ async fn open(
 ) -> Result<TlsStream<TcpStream>, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let mut s = tls
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
+    let mut s = tls.connect(ServerName::try_from("localhost")?, tcp).await?;
     s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;
     s.flush().await?;

@@ -55,7 +55,8 @@ impl ProxyHttp for Baseline {
         session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> pingora_core::Result<bool> {
-        let known = host_of(session.req_header()).is_some_and(|h| self.hosts.iter().any(|k| k == h));
+        let known =
+            host_of(session.req_header()).is_some_and(|h| self.hosts.iter().any(|k| k == h));
         if known {
             return Ok(false);
         }
