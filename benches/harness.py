@@ -748,36 +748,46 @@ def counts(ctx):
 
 def memory(ctx):
     """Each system alone, freshly started with room for the connections: RSS
-    before, with N idle connections (one request done on each), and after they
-    closed. Growth per connection = (with - before) / N."""
+    before, with N idle connections, and after they closed. Growth per
+    connection = (with - before) / N. Twice per system, each time freshly
+    started: with one request done on each connection, and after the TLS
+    handshake only (what the HTTP state adds is the difference)."""
     d = ctx.work / "memory"
     write_configs(d, ctx.certs, ctx.fd_limit, MEMORY_MAX_CONNS)
     n = ctx.args.idle_conns
     out = {"connections": n, "systems": {}}
     for s in SYSTEMS:
-        proc = start_system(s, d, ctx.certs, ctx.bins)
-        try:
-            hold_idle(ctx, s, d, 200)  # warm-up: threads, pools and first-use allocations
-            time.sleep(1)
-            before = proc.rss_bytes()
-            held, during = hold_idle(ctx, s, d, n, lambda: proc.rss_bytes())
-            time.sleep(2)
-            after = proc.rss_bytes()
-        finally:
-            proc.stop()
-        growth = (during - before) / held / 1024 if held else None
-        out["systems"][s] = {"held": held, "rss_before_mib": before / 2**20, "rss_with_mib": during / 2**20,
-                             "rss_after_close_mib": after / 2**20, "kib_per_conn": growth}
-        log(f"memory {s:<8} {held} conns: {before / 2**20:.1f} -> {during / 2**20:.1f} MiB "
-            f"({growth or 0:.1f} KiB/conn), after close {after / 2**20:.1f} MiB")
+        m = idle_rss(ctx, s, d, n, requests=1)
+        m["kib_per_conn_handshake_only"] = idle_rss(ctx, s, d, n, requests=0)["kib_per_conn"]
+        out["systems"][s] = m
+        log(f"memory {s:<8} {m['held']} conns: {m['rss_before_mib']:.1f} -> {m['rss_with_mib']:.1f} MiB "
+            f"({m['kib_per_conn'] or 0:.1f} KiB/conn; handshake only {m['kib_per_conn_handshake_only'] or 0:.1f}), "
+            f"after close {m['rss_after_close_mib']:.1f} MiB")
     return out
 
 
-def hold_idle(ctx, s, d, n, sample=None):
-    """Opens `n` idle connections with idle-conns; returns (held, sample())
-    taken while they are open."""
+def idle_rss(ctx, s, d, n, requests):
+    proc = start_system(s, d, ctx.certs, ctx.bins)
+    try:
+        hold_idle(ctx, s, d, 200, 1)  # warm-up: threads, pools and first-use allocations
+        time.sleep(1)
+        before = proc.rss_bytes()
+        held, during = hold_idle(ctx, s, d, n, requests, proc.rss_bytes)
+        time.sleep(2)
+        after = proc.rss_bytes()
+    finally:
+        proc.stop()
+    return {"held": held, "rss_before_mib": before / 2**20, "rss_with_mib": during / 2**20,
+            "rss_after_close_mib": after / 2**20,
+            "kib_per_conn": (during - before) / held / 1024 if held else None}
+
+
+def hold_idle(ctx, s, d, n, requests, sample=None):
+    """Opens `n` idle connections with idle-conns (`requests` 1: one request
+    on each, 0: handshake only); returns (held, sample()) taken while they
+    are open."""
     argv = [ctx.bins / "idle-conns", f"127.0.0.1:{PORTS[s]}", HOSTS[0], ctx.certs / "peer-west.crt",
-            ctx.certs / "peer-west.key", ctx.certs / "ca.crt", n]
+            ctx.certs / "peer-west.key", ctx.certs / "ca.crt", n, 32, requests]
     p = Proc(f"idle-conns-{s}", argv, d, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     line = p.p.stdout.readline().decode()
     held = int(line.split()[1]) if line.startswith("ready") else 0
@@ -906,9 +916,9 @@ def md_memory(mem):
              "(one HTTP/1.1 request done on each), each system alone and freshly started; RSS summed over "
              "its processes.", ""]
     rows = [[s, fmt(m["held"], 0), fmt(m["rss_before_mib"]), fmt(m["rss_with_mib"]), fmt(m["rss_after_close_mib"]),
-             fmt(m["kib_per_conn"])] for s, m in mem["systems"].items()]
+             fmt(m["kib_per_conn"]), fmt(m.get("kib_per_conn_handshake_only"))] for s, m in mem["systems"].items()]
     return lines + table(["system", "connections held", "RSS before MiB", "RSS with them MiB",
-                          "RSS after close MiB", "KiB / connection"], rows)
+                          "RSS after close MiB", "KiB / connection", "KiB / connection, handshake only"], rows)
 
 
 def md_egress(eg):

@@ -8,7 +8,8 @@
 //! The server certificate is verified against the CA as `localhost` (a SAN
 //! of the dev gateway certificate).
 //!
-//! Usage: `idle-conns ADDR HOST CERT KEY CA N [CONCURRENCY]`
+//! Usage: `idle-conns ADDR HOST CERT KEY CA N [CONCURRENCY] [REQUESTS]`
+//! (`REQUESTS` 0: handshake only, no request; default 1.)
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -51,16 +52,21 @@ fn connector(cert: &str, key: &str, ca: &str) -> Result<TlsConnector, BoxError> 
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Connects, sends one request, reads its response (status line, headers and
-/// a `Content-Length` body) and returns the still-open connection.
+/// Connects, sends one request (unless `request` is false), reads its
+/// response (status line, headers and a `Content-Length` body) and returns
+/// the still-open connection.
 async fn open(
     addr: SocketAddr,
     host: &str,
     tls: &TlsConnector,
+    request: bool,
 ) -> Result<TlsStream<TcpStream>, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let mut s = tls.connect(ServerName::try_from("localhost")?, tcp).await?;
+    if !request {
+        return Ok(s);
+    }
     s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;
     s.flush().await?;
@@ -98,11 +104,12 @@ async fn open(
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [addr, host, cert, key, ca, n, rest @ ..] = args.as_slice() else {
-        return Err("usage: idle-conns ADDR HOST CERT KEY CA N [CONCURRENCY]".into());
+        return Err("usage: idle-conns ADDR HOST CERT KEY CA N [CONCURRENCY] [REQUESTS]".into());
     };
     let addr: SocketAddr = addr.parse()?;
     let n: usize = n.parse()?;
     let concurrency: usize = rest.first().map_or(Ok(32), |c| c.parse())?;
+    let request = rest.get(1).map_or(Ok(1), |r| r.parse::<u32>())? > 0;
     let tls = connector(cert, key, ca)?;
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
@@ -110,7 +117,7 @@ async fn main() -> Result<(), BoxError> {
         let (tls, host, gate) = (tls.clone(), host.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            open(addr, &host, &tls).await
+            open(addr, &host, &tls, request).await
         }));
     }
     let mut held = Vec::with_capacity(n);
