@@ -327,15 +327,6 @@ class Proc:
                 out.append(int(d))
         return out
 
-    def tids(self):
-        out = []
-        for pid in self.pids():
-            try:
-                out += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-            except OSError:
-                pass
-        return out
-
     def cpu_seconds(self):
         ticks = os.sysconf("SC_CLK_TCK")
         total = 0
@@ -637,12 +628,13 @@ def ceiling(nginx, cores):
 # -- counts
 
 def strace_start(proc, out):
-    """`strace -c -f` attached to every thread of `proc`; returns once attached."""
-    tids = proc.tids()
-    argv = ["strace", "-c", "-f", "-o", str(out)] + [a for t in tids for a in ("-p", str(t))]
+    """`strace -c -f` attached to every process of `proc` (with -f, each with
+    all its threads: one "attached" line per process); returns once attached."""
+    pids = proc.pids()
+    argv = ["strace", "-c", "-f", "-o", str(out)] + [a for p in pids for a in ("-p", str(p))]
     st = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
     attached = 0
-    while attached < len(tids):
+    while attached < len(pids):
         line = st.stderr.readline()
         if not line:
             break
