@@ -837,7 +837,10 @@ def fmt(v, d=1):
 
 
 def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    """A markdown table; text columns (the first, and "system"/"chain"/"syscall") left-aligned."""
+    text = {0} | {i for i, h in enumerate(header) if h in ("system", "chain", "syscall")}
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "".join("---|" if i in text else "---:|" for i in range(len(header)))]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
 
