@@ -686,12 +686,11 @@ impl Index {
                 self.httproutes_dirty = true;
                 self.gateway_classes.insert(c.key.name, ours);
             }
-            Some(Item::Grant(spec)) => {
-                if self.grants.get(&c.key) != Some(&spec) {
-                    self.grants.insert(c.key, spec);
-                    self.grants_changed();
-                }
+            Some(Item::Grant(spec)) if self.grants.get(&c.key) != Some(&spec) => {
+                self.grants.insert(c.key, spec);
+                self.grants_changed();
             }
+            Some(Item::Grant(_)) => {}
         }
     }
 
