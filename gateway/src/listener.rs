@@ -307,7 +307,6 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
         if let Err(e) = stream.set_nodelay() {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let (stream, coalesce) = Coalesced::new(stream);
         let handshake = traced_handshake(self.config.acceptor.tls_handshake(stream));
         let handshake = async {
             tokio::select! {
@@ -342,7 +341,6 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
         };
         // Handshake done: the connection now counts as verified only.
         drop(slot);
-        coalesce.enable();
         // Every accepted handshake carries an identity (see tls::server).
         let identity = tls
             .get_ssl_digest()
@@ -367,7 +365,8 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             None => None,
         };
         let alpn = tls.selected_alpn_proto();
-        let tls: Stream = Box::new(tls);
+        // Plaintext coalescing: one TLS record per small response (coalesce.rs).
+        let tls: Stream = Box::new(Coalesced::new(Box::new(tls)));
         let (h2, tls): (bool, Stream) = match alpn {
             Some(ALPN::H2) => (true, tls),
             Some(_) => (false, tls),
