@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use isthmus::tls::dev::LeafSpec;
-use isthmus_tests::manifests::{exported_service, service, slice};
+use isthmus_tests::grpc::{GrpcClient, GrpcServer};
+use isthmus_tests::manifests::{
+    exported_service, exported_service_app_protocol, mapping, service, slice,
+};
 use isthmus_tests::{eventually, Harness, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,8 +25,20 @@ const PODINFO_EAST: &str = "podinfo-east.test.svc.cluster.local:9898";
 
 /// A mirror Service as `isthmus mirror` writes it, with its slice at `gw`.
 fn mirror(name: &str, remote: &str, identity: &str, gw: SocketAddr, ready: bool) -> String {
+    mirror_on(name, remote, 9898, identity, gw, ready)
+}
+
+/// A mirror of a remote Service whose (only) port is `port`.
+fn mirror_on(
+    name: &str,
+    remote: &str,
+    port: u16,
+    identity: &str,
+    gw: SocketAddr,
+    ready: bool,
+) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: test\n  labels:\n    mirror.linkerd.io/mirrored-service: \"true\"\n    mirror.linkerd.io/cluster-name: east\n  annotations:\n    mirror.linkerd.io/remote-svc-fq-name: {remote}.test.svc.cluster.local\n    mirror.linkerd.io/remote-gateway-identity: {identity}\nspec:\n  ports:\n    - name: http\n      port: 9898\n---\n{}",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: test\n  labels:\n    mirror.linkerd.io/mirrored-service: \"true\"\n    mirror.linkerd.io/cluster-name: east\n  annotations:\n    mirror.linkerd.io/remote-svc-fq-name: {remote}.test.svc.cluster.local\n    mirror.linkerd.io/remote-gateway-identity: {identity}\nspec:\n  ports:\n    - name: http\n      port: {port}\n---\n{}",
         slice("test", name, name, gw, ready).replace(
             "    kubernetes.io/service-name",
             "    endpointslice.kubernetes.io/managed-by: isthmus.dev/mirror\n    kubernetes.io/service-name"
@@ -49,39 +64,47 @@ struct Pair {
 }
 
 async fn pair() -> Pair {
+    pair_with(vec![("split.yaml", split(None))], Vec::new()).await
+}
+
+/// West and east as in [`pair`], west with `west_extra` manifests (instead of
+/// the TrafficSplit) and east with `east_extra` besides its podinfo.
+async fn pair_with(
+    west_extra: Vec<(&'static str, String)>,
+    east_extra: Vec<(&'static str, String)>,
+) -> Pair {
     let east_up = Upstream::start("podinfo-east").await;
     let west_up = Upstream::start("podinfo-west").await;
-    let east = Harness::start_with(
-        &[(
-            "podinfo.yaml",
-            exported_service("test", "podinfo", 9898, east_up.addr),
-        )],
-        |cfg| cfg.allowed_identities = vec![WEST_ID.into()],
-    )
+    let mut east_files = vec![(
+        "podinfo.yaml",
+        exported_service("test", "podinfo", 9898, east_up.addr),
+    )];
+    east_files.extend(east_extra);
+    let east = Harness::start_with(&east_files, |cfg| {
+        cfg.allowed_identities = vec![WEST_ID.into()]
+    })
     .await;
     let mut west_cert = LeafSpec::peer_uri(WEST_ID);
     west_cert.ekus = Vec::new(); // client and server use
     east.issue_cert("west-gateway", &west_cert);
     let certs = east.certs();
     let gw = east.gateway.gateway_addr;
-    let west = Harness::start_with(
-        &[
-            (
-                "podinfo.yaml",
-                exported_service("test", "podinfo", 9898, west_up.addr),
-            ),
-            (
-                "mirror.yaml",
-                mirror("podinfo-east", "podinfo", EAST_ID, gw, true),
-            ),
-            ("split.yaml", split(None)),
-        ],
-        |cfg| {
-            cfg.tls.cert = certs.join("west-gateway.crt");
-            cfg.tls.key = certs.join("west-gateway.key");
-            cfg.tls.trust_anchors = Some(certs.join("ca.crt"));
-        },
-    )
+    let mut west_files = vec![
+        (
+            "podinfo.yaml",
+            exported_service("test", "podinfo", 9898, west_up.addr),
+        ),
+        (
+            "mirror.yaml",
+            mirror("podinfo-east", "podinfo", EAST_ID, gw, true),
+        ),
+    ];
+    west_files.extend(west_extra);
+    let west = Harness::start_with(&west_files, |cfg| {
+        cfg.tls.cert = certs.join("west-gateway.crt");
+        cfg.tls.key = certs.join("west-gateway.key");
+        cfg.tls.trust_anchors = Some(certs.join("ca.crt"));
+    })
     .await;
     let egress = west.gateway.egress_addr.expect("egress on");
     Pair {
@@ -282,9 +305,6 @@ async fn split_50_50_within_7_percent() {
     let east = counts.get("podinfo-east").copied().unwrap_or(0);
     eprintln!("split over 1000 requests: {counts:?}");
     assert!((430..=570).contains(&east), "{counts:?}");
-    // Ingress peers still reach the exported root itself, unsplit.
-    let peer = p.west.client("peer-west");
-    let _ = peer; // west's ingress trusts east's CA here; the split is egress-only by construction
 }
 
 #[tokio::test]
@@ -312,8 +332,6 @@ async fn a_wrong_gateway_identity_is_refused_and_nothing_is_sent() {
         })
     })
     .await;
-    let before = p.east.metric("isthmus_open_connections").await;
-    let _ = before;
     let a = c.get(PODINFO_EAST, "/").await;
     assert_eq!(
         (a.status, a.error.as_deref()),
@@ -331,16 +349,15 @@ async fn a_wrong_gateway_identity_is_refused_and_nothing_is_sent() {
 }
 
 #[tokio::test]
-async fn east_down_means_local_only_with_no_failed_request_then_the_split_returns() {
+async fn east_down_means_local_only_with_no_failed_request() {
     let p = pair().await;
     let mut c = EgressClient::h1(p.egress).await;
-    let east_addr = p.east.gateway.gateway_addr;
     let Pair {
         east,
         west,
         _east_up,
         _west_up,
-        egress,
+        egress: _,
     } = p;
     east.shutdown(Duration::from_millis(100)).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -350,13 +367,8 @@ async fn east_down_means_local_only_with_no_failed_request_then_the_split_return
         *counts.entry(upstream_of(&a)).or_default() += 1;
     }
     assert_eq!(counts.get("podinfo-west"), Some(&300), "{counts:?}");
-    // The mirror controller marks the slice not ready once the probe says so:
-    // the backend then gets no traffic at all (no connect attempts).
-    west.write_manifest(
-        "mirror.yaml",
-        &mirror("podinfo-east", "podinfo", EAST_ID, east_addr, false),
-    );
-    let _ = egress;
+    // (East coming back, and the mirror controller's not-ready slice, are
+    // in tests/two_clusters.rs, with real processes that can restart.)
     drop(west);
 }
 
@@ -436,4 +448,191 @@ async fn a_split_with_a_missing_backend_is_reported_and_the_rest_works() {
         assert_eq!((a.status, upstream_of(&a).as_str()), (200, "podinfo-west"));
     }
     assert_eq!(upstream_of(&c.get(PODINFO_EAST, "/").await), "podinfo-east");
+}
+
+/// Counts which upstream answered `n` GETs for `host`.
+async fn spread(c: &mut EgressClient, host: &str, path: &str, n: usize) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let a = c.get(host, path).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        *counts.entry(upstream_of(&a)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn mappings_with_weights_split_the_egress_traffic() {
+    // Emissary's canary: two Mappings on podinfo's host, 80 / 20.
+    let canary = |name: &str, service: &str, weight: u32| {
+        mapping(
+            "test",
+            name,
+            &format!("  hostname: podinfo.test.svc.cluster.local\n  prefix: /\n  service: {service}\n  weight: {weight}\n"),
+        )
+    };
+    let p = pair_with(
+        vec![
+            ("local.yaml", canary("podinfo-local", "podinfo", 80)),
+            ("remote.yaml", canary("podinfo-remote", "podinfo-east", 20)),
+        ],
+        Vec::new(),
+    )
+    .await;
+    let mut c = EgressClient::h1(p.egress).await;
+    // Every in-cluster name of the root is split, with or without port.
+    for host in [PODINFO, "podinfo.test", "podinfo.test.svc:9898"] {
+        let counts = spread(&mut c, host, "/", 1000).await;
+        let east = counts.get("podinfo-east").copied().unwrap_or(0);
+        eprintln!("Mapping split 80/20 over 1000 requests to {host}: {counts:?}");
+        assert!((130..=270).contains(&east), "{host}: {counts:?}");
+    }
+
+    // A Mapping on a path sends only that path, rewritten, to its backend;
+    // the rest of the root stays as it was.
+    p.west.write_manifest(
+        "remote.yaml",
+        &mapping(
+            "test",
+            "podinfo-remote",
+            "  hostname: podinfo.test.svc.cluster.local:9898\n  prefix: /canary/\n  service: podinfo-east\n  weight: 100\n  add_request_headers:\n    x-canary: \"yes\"\n",
+        ),
+    );
+    p.west.write_manifest(
+        "local.yaml",
+        &mapping(
+            "test",
+            "podinfo-local",
+            "  hostname: podinfo.test.svc.cluster.local\n  prefix: /\n  service: podinfo\n  weight: 100\n",
+        ),
+    );
+    eventually("the canary Mapping on /canary/", || async {
+        p.west
+            .gateway
+            .egress_routes
+            .load()
+            .iter()
+            .any(|r| r.matcher.prefix == "/canary/")
+    })
+    .await;
+    let a = c.get(PODINFO, "/canary/hello").await;
+    assert_eq!(upstream_of(&a), "podinfo-east", "{a:?}");
+    assert_eq!(a.json["path"], "/hello", "Emissary's default rewrite to /");
+    assert_eq!(a.json["headers"]["x-canary"], "yes");
+    assert_eq!(a.json["headers"]["x-isthmus-peer-identity"], WEST_ID);
+    let counts = spread(&mut c, PODINFO, "/other", 50).await;
+    assert_eq!(counts.get("podinfo-west"), Some(&50), "{counts:?}");
+
+    // A Mapping from another namespace does not split test's Service.
+    p.west.write_manifest(
+        "local.yaml",
+        &mapping(
+            "elsewhere",
+            "takeover",
+            "  hostname: podinfo.test.svc.cluster.local\n  prefix: /\n  service: podinfo-east.test\n  weight: 100\n",
+        ),
+    );
+    eventually("the foreign Mapping reported", || async {
+        p.west
+            .metric_or_absent("isthmus_discovery_errors_total{kind=\"mapping\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let counts = spread(&mut c, PODINFO, "/", 50).await;
+    assert_eq!(counts.get("podinfo-west"), Some(&50), "{counts:?}");
+}
+
+#[tokio::test]
+async fn grpc_through_the_egress_to_a_local_h2c_service_and_across_clusters() {
+    let west_grpc = GrpcServer::start().await;
+    let east_grpc = GrpcServer::start().await;
+    let p = pair_with(
+        vec![(
+            "echo.yaml",
+            exported_service_app_protocol(
+                "test",
+                "echo",
+                50051,
+                west_grpc.addr,
+                "kubernetes.io/h2c",
+            ),
+        )],
+        vec![(
+            "echo.yaml",
+            exported_service_app_protocol("test", "echo", 50051, east_grpc.addr, "grpc"),
+        )],
+    )
+    .await;
+    // The mirror, once east's address is known.
+    p.west.write_manifest(
+        "echo-east.yaml",
+        &mirror_on(
+            "echo-east",
+            "echo",
+            50051,
+            EAST_ID,
+            p.east.gateway.gateway_addr,
+            true,
+        ),
+    );
+    eventually("echo-east mirrored", || async {
+        p.west
+            .gateway
+            .egress_routes
+            .load()
+            .iter()
+            .any(|r| r.name.contains("echo-east"))
+    })
+    .await;
+    for (host, server) in [
+        ("echo.test.svc.cluster.local:50051", &west_grpc),
+        ("echo-east.test.svc.cluster.local:50051", &east_grpc),
+    ] {
+        let mut c = GrpcClient::h2c(p.egress).await.expect("h2c to the egress");
+        let r = c
+            .call(host, "/test.Echo/Unary", b"hi", &[])
+            .await
+            .expect("unary");
+        assert_eq!(
+            r.messages,
+            vec![Bytes::from_static(b"echo:hi")],
+            "{host}: {r:?}"
+        );
+        assert_eq!(r.status(), Some(0), "{host}: {r:?}");
+        assert!(r.trailers.is_some(), "{host}: grpc-status in real trailers");
+        let r = c
+            .call(host, "/test.Echo/Stream", b"25", &[])
+            .await
+            .expect("stream");
+        assert_eq!(r.messages.len(), 25, "{host}: {r:?}");
+        let t = r.trailers.as_ref().expect("trailers");
+        assert_eq!(
+            (&t["grpc-status"], &t["grpc-message"]),
+            (&"0".parse().expect("v"), &"stream done".parse().expect("v"))
+        );
+        let r = c
+            .call(host, "/test.Echo/Fail", b"", &[])
+            .await
+            .expect("fail");
+        assert_eq!(
+            (r.status(), r.message().as_str()),
+            (Some(5), "no such thing"),
+            "{host}"
+        );
+        let calls = server.calls();
+        assert_eq!(calls.len(), 3, "{host}: {calls:?}");
+        assert!(calls.iter().all(|c| c.version == http::Version::HTTP_2));
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.headers.get("te").is_some_and(|v| v == "trailers")),
+            "{host}: te: trailers reaches the server"
+        );
+    }
+    // East's server saw west's gateway identity.
+    assert!(east_grpc.calls().iter().all(|c| c
+        .headers
+        .get("x-isthmus-peer-identity")
+        .is_some_and(|v| v == WEST_ID)));
 }

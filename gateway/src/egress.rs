@@ -6,7 +6,8 @@
 //! accept → HTTP/1.1 | h2c → CONNECT? 405 → authority (absolute-form or Host)
 //!   → path normalised → egress table lookup (404 in-cluster, 403 not_in_cluster)
 //!   → backend that can serve (primary first; by weight; 503 if none)
-//!   → endpoint → upstream.rs: plain HTTP/1.1, or mTLS to the remote gateway
+//!   → the backend's Mapping edits (rewrite, headers), if it came from one
+//!   → endpoint → upstream.rs: plain HTTP/1.1 or h2c, or mTLS to the remote gateway
 //!     (its identity verified; `:authority` = remote-svc-fq-name:port)
 //!   → retry an idempotent request without body elsewhere when nothing was sent
 //! ```
@@ -35,7 +36,8 @@ use tokio::sync::watch;
 
 use self::upstream::{SendError, Target, Upstreams};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::routes::{Authority, Backend, PassiveHealth, Route, SharedRoutes};
+use crate::proxy::request::rewritten_path;
+use crate::routes::{Authority, Backend, BackendSettings, PassiveHealth, Route, SharedRoutes};
 use crate::tls::TlsServer;
 
 /// Headers that belong to one hop only (RFC 9110 §7.6.1).
@@ -134,27 +136,32 @@ impl Egress {
                 self.error(ErrorKind::NotInCluster)
             };
         };
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        self.forward(&route, req, &pq).await
+        self.forward(&route, req, &path).await
     }
 
-    async fn forward(&self, route: &Route, req: Request<Incoming>, pq: &str) -> Answer {
+    async fn forward(&self, route: &Route, req: Request<Incoming>, path_in: &str) -> Answer {
         let (mut parts, body) = req.into_parts();
+        // gRPC needs `te: trailers` to reach the server (RFC 9113 §8.2.2
+        // allows it, and only it, on HTTP/2).
+        let te_trailers = parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         for h in HOP_BY_HOP {
             parts.headers.remove(*h);
         }
+        if te_trailers {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        let query = parts.uri.query().map(str::to_string);
         let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let Ok(origin) = pq.parse::<http::Uri>() else {
-            return self.error(ErrorKind::BadRequest);
-        };
         // Only a request without body can be sent again.
         let replayable = hyper::body::Body::is_end_stream(&body);
         let mut body = Some(body.boxed_unsync());
@@ -196,16 +203,27 @@ impl Egress {
                     None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
                 },
             );
-            *up.uri_mut() = origin.clone();
+            let path = rewritten_path(path_in, &route.matcher.prefix, s);
+            let path = path.as_deref().unwrap_or(path_in);
+            let origin = match &query {
+                Some(q) => format!("{path}?{q}").parse::<http::Uri>(),
+                None => path.parse::<http::Uri>(),
+            };
+            let Ok(origin) = origin else {
+                return self.error(ErrorKind::BadRequest);
+            };
+            *up.uri_mut() = origin;
             match HeaderValue::from_str(authority.as_str()) {
                 Ok(v) => {
                     up.headers_mut().insert(http::header::HOST, v);
                 }
                 Err(_) => return self.error(ErrorKind::BadRequest),
             }
+            edit_request(up.headers_mut(), s);
             let target = Target {
                 addr: endpoint.addr,
                 identity: remote.map(|r| &r.identity),
+                h2c: s.upstream_h2 && remote.is_none(),
                 connect_timeout: s.connect_timeout,
                 timeout: s.timeout,
             };
@@ -218,6 +236,7 @@ impl Egress {
                     for h in HOP_BY_HOP {
                         rp.headers.remove(*h);
                     }
+                    edit_response(&mut rp.headers, s);
                     self.count(cluster, rp.status.as_u16());
                     return Response::from_parts(rp, rb.boxed_unsync());
                 }
@@ -291,6 +310,36 @@ impl Egress {
             .egress_requests
             .with_label_values(&[cluster, crate::proxy::request::status_class(status)])
             .inc();
+    }
+}
+
+/// A Mapping's request header edits (the ingress's, on `http` types);
+/// `Host` is the remote gateway's authority for a mirror and is kept.
+fn edit_request(h: &mut http::HeaderMap, s: &BackendSettings) {
+    for name in &s.remove_request_headers {
+        h.remove(name);
+    }
+    for (name, value) in &s.add_request_headers {
+        h.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &s.append_request_headers {
+        h.append(name.clone(), value.clone());
+    }
+    if let (Some(host), None) = (&s.rewrite_host, &s.remote) {
+        h.insert(http::header::HOST, host.clone());
+    }
+}
+
+/// A Mapping's response header edits.
+fn edit_response(h: &mut http::HeaderMap, s: &BackendSettings) {
+    for name in &s.remove_response_headers {
+        h.remove(name);
+    }
+    for (name, value) in &s.add_response_headers {
+        h.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &s.append_response_headers {
+        h.append(name.clone(), value.clone());
     }
 }
 

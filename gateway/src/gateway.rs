@@ -373,25 +373,37 @@ impl Gateway {
         let egress_addr = match egress_listener {
             None => None,
             Some((l, addr)) => {
+                // An accept loop, egress and upstream pool per shard thread,
+                // all on one socket (the first shard to wake takes a new
+                // connection, so the less busy one takes more): a request
+                // and its upstream exchange stay on one core.
                 let l = into_std(l, addr, "egress")?;
-                let egress = Arc::new(crate::egress::Egress::new(
-                    egress_routes.clone(),
-                    &cfg.cluster_domain,
-                    tls.clone(),
-                    metrics.clone(),
-                    health,
-                ));
-                let (stop, idle) = (shutdown_rx.clone(), idle);
-                tasks.push(spawn_thread("egress", move || async move {
-                    match TcpListener::from_std(l) {
-                        Ok(l) => {
-                            crate::egress::serve(l, egress, stop, idle)
-                                .instrument(tracing::info_span!("egress", %addr))
-                                .await
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot serve the egress port"),
-                    }
-                })?);
+                for shard in 0..shard_count {
+                    let l = l.try_clone().map_err(StartError::Thread)?;
+                    let egress = Arc::new(crate::egress::Egress::new(
+                        egress_routes.clone(),
+                        &cfg.cluster_domain,
+                        tls.clone(),
+                        metrics.clone(),
+                        health,
+                    ));
+                    let (stop, idle) = (shutdown_rx.clone(), idle);
+                    tasks.push(spawn_thread(
+                        &format!("egress-{shard}"),
+                        move || async move {
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    crate::egress::serve(l, egress, stop, idle)
+                                        .instrument(tracing::info_span!("egress", %addr, shard))
+                                        .await
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot serve the egress port")
+                                }
+                            }
+                        },
+                    )?);
+                }
                 Some(addr)
             }
         };

@@ -220,6 +220,20 @@ impl GrpcClient {
         Ok(GrpcClient { sender })
     }
 
+    /// Connects in plaintext with HTTP/2 prior knowledge (h2c), as an
+    /// in-cluster caller does to the egress.
+    pub async fn h2c(addr: SocketAddr) -> Result<GrpcClient, ClientError> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError(e.into()))?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .map_err(|e| ClientError(e.into()))?;
+        tokio::spawn(conn);
+        Ok(GrpcClient { sender })
+    }
+
     /// Calls `path` on `host` with one request message and extra headers.
     pub async fn call(
         &mut self,

@@ -386,10 +386,12 @@ pub struct Index {
     /// problems each root's split had.
     egress: egress::EgressRoutes,
     egress_roots: BTreeMap<ObjectKey, (ObjectKey, Split)>,
-    root_problems: HashMap<ObjectKey, BTreeMap<ObjectKey, String>>,
-    /// Split problems found by builds, by split, and which were reported.
-    split_problems: BTreeMap<ObjectKey, String>,
-    reported_splits: BTreeMap<ObjectKey, String>,
+    /// The Mapping groups that split a root (see `egress.rs`).
+    mapping_splits: egress::MappingSplits,
+    root_problems: HashMap<ObjectKey, BTreeMap<egress::ProblemKey, String>>,
+    /// Split problems found by builds, by object, and which were reported.
+    split_problems: BTreeMap<egress::ProblemKey, String>,
+    reported_splits: BTreeMap<egress::ProblemKey, String>,
     /// EndpointSlices by the Service they belong to.
     slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     /// Endpoint objects shared across builds so in-flight counts survive.
@@ -451,6 +453,7 @@ impl Index {
             egress_table: None,
             egress: egress::EgressRoutes::default(),
             egress_roots: BTreeMap::new(),
+            mapping_splits: egress::MappingSplits::default(),
             root_problems: HashMap::new(),
             split_problems: BTreeMap::new(),
             reported_splits: BTreeMap::new(),
@@ -1003,7 +1006,13 @@ impl Index {
             }
         }
 
-        // Mapping routes of the groups that changed.
+        // Mapping routes of the groups that changed (the egress table has
+        // Mapping splits too).
+        let changed_groups: Vec<GroupKey> = if self.cfg.egress {
+            self.stale_groups.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         for group in std::mem::take(&mut self.stale_groups) {
             let new = self.groups.get(&group).and_then(|members| {
                 mapping_route(
@@ -1062,7 +1071,7 @@ impl Index {
             self.httproute_refs = self.httproute_services().collect();
         }
         if self.cfg.egress {
-            self.egress_table = Some(self.build_egress(&changed));
+            self.egress_table = Some(self.build_egress(&changed, &changed_groups));
         }
         self.endpoints.sweep();
         // Each Service port route is one backend; Mapping backends add the

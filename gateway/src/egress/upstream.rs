@@ -1,6 +1,7 @@
-//! Egress upstream connections: plaintext HTTP/1.1 to local endpoints, and
-//! mTLS to remote gateways (HTTP/2 when the gateway offers it in ALPN, else
-//! HTTP/1.1), pooled per (address, expected identity).
+//! Egress upstream connections: plaintext HTTP/1.1 to local endpoints (h2c
+//! with prior knowledge when the Service port's `appProtocol` says h2c or
+//! gRPC), and mTLS to remote gateways (HTTP/2 when the gateway offers it in
+//! ALPN, else HTTP/1.1), pooled per (address, expected identity).
 //!
 //! An HTTP/2 connection is shared by every request to that gateway; HTTP/1.1
 //! connections go back to an idle list once their response head arrived and
@@ -110,6 +111,9 @@ pub struct Target<'a> {
     pub addr: SocketAddr,
     /// For a remote gateway: the identity its certificate must carry.
     pub identity: Option<&'a Arc<str>>,
+    /// A local endpoint that speaks h2c (prior knowledge); remote gateways
+    /// choose by ALPN instead.
+    pub h2c: bool,
     /// TCP + TLS connect timeout.
     pub connect_timeout: Duration,
     /// Time to the response head.
@@ -126,7 +130,7 @@ impl Upstreams {
     }
 
     /// Sends `req` (origin-form URI and Host already set; for HTTP/2 the
-    /// authority comes from `authority`).
+    /// scheme and authority come from the target and `authority`).
     pub async fn send(
         &self,
         target: &Target<'_>,
@@ -150,6 +154,7 @@ impl Upstreams {
         let fut = async {
             match sender {
                 Sender::H1(mut s) => {
+                    *req.version_mut() = http::Version::HTTP_11;
                     let r = s.send_request(req).await.map_err(broken);
                     if r.is_ok() {
                         self.put_h1(&key, s);
@@ -158,12 +163,17 @@ impl Upstreams {
                 }
                 Sender::H2(mut s) => {
                     let mut parts = req.uri().clone().into_parts();
-                    parts.scheme = Some(http::uri::Scheme::HTTPS);
+                    parts.scheme = Some(if target.identity.is_some() {
+                        http::uri::Scheme::HTTPS
+                    } else {
+                        http::uri::Scheme::HTTP
+                    });
                     parts.authority = Some(authority.clone());
                     if let Ok(uri) = http::Uri::from_parts(parts) {
                         *req.uri_mut() = uri;
                     }
                     req.headers_mut().remove(http::header::HOST);
+                    *req.version_mut() = http::Version::HTTP_2;
                     s.send_request(req).await.map_err(broken)
                 }
             }
@@ -223,7 +233,11 @@ impl Upstreams {
             })?;
         let _ = tcp.set_nodelay(true);
         let Some(identity) = target.identity else {
-            return h1(tcp, addr).await;
+            return if target.h2c {
+                self.h2(tcp, addr, key).await
+            } else {
+                h1(tcp, addr).await
+            };
         };
         let connector = tokio_rustls::TlsConnector::from(self.tls.client_config(identity));
         let handshake = connector.connect(server_name(identity, addr.ip()), tcp);
@@ -254,25 +268,33 @@ impl Upstreams {
                     identity,
                 }
             })?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        if h2 {
-            let (s, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(|e| SendError::Broken {
-                    addr,
-                    error: e.to_string(),
-                    unsent: true,
-                })?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            if let Ok(mut pools) = self.pools.lock() {
-                pools.entry(key.clone()).or_default().h2 = Some(s.clone());
-            }
-            Ok(Sender::H2(s))
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.h2(tls, addr, key).await
         } else {
             h1(tls, addr).await
         }
+    }
+
+    /// An HTTP/2 client connection over `io`, shared from now on by every
+    /// request to `key`.
+    async fn h2<T>(&self, io: T, addr: SocketAddr, key: &Key) -> Result<Sender, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (s, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Broken {
+                addr,
+                error: e.to_string(),
+                unsent: true,
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Ok(mut pools) = self.pools.lock() {
+            pools.entry(key.clone()).or_default().h2 = Some(s.clone());
+        }
+        Ok(Sender::H2(s))
     }
 }
 

@@ -278,26 +278,7 @@ pub fn rewrite_upstream(
     prefix: &str,
     settings: &BackendSettings,
 ) -> pingora_error::Result<()> {
-    let path = upstream.uri.path();
-    let new_path = match &settings.rewrite {
-        Some(rewrite) if settings.rewrite_mode != RewriteMode::Prefix => {
-            Some(replace_path(path, prefix, settings.rewrite_mode, rewrite))
-        }
-        Some(rewrite) if path.starts_with(prefix) => {
-            let rest = &path[prefix.len()..];
-            let joined = if rewrite.ends_with('/') && rest.starts_with('/') {
-                format!("{}{}", rewrite, &rest[1..])
-            } else {
-                format!("{rewrite}{rest}")
-            };
-            // `/pub` on `/pub../x` leaves `../x`: never send `/../x`.
-            Some(match crate::routes::normalize_path(&joined) {
-                Ok(p) => p.into_owned(),
-                Err(_) => joined,
-            })
-        }
-        _ => None,
-    };
+    let new_path = rewritten_path(upstream.uri.path(), prefix, settings);
     if new_path.is_some() || upstream.uri.authority().is_some() {
         // An HTTP/2 request's authority lives in the URI; keep it as Host
         // (pingora's h2 upstream rebuilds `:authority` from Host).
@@ -329,6 +310,30 @@ pub fn rewrite_upstream(
         upstream.insert_header(HOST, host.clone())?;
     }
     Ok(())
+}
+
+/// The path sent upstream when `settings` rewrite the matched `prefix` of
+/// `path`; `None` when the path goes as it came.
+pub fn rewritten_path(path: &str, prefix: &str, settings: &BackendSettings) -> Option<String> {
+    match &settings.rewrite {
+        Some(rewrite) if settings.rewrite_mode != RewriteMode::Prefix => {
+            Some(replace_path(path, prefix, settings.rewrite_mode, rewrite))
+        }
+        Some(rewrite) if path.starts_with(prefix) => {
+            let rest = &path[prefix.len()..];
+            let joined = if rewrite.ends_with('/') && rest.starts_with('/') {
+                format!("{}{}", rewrite, &rest[1..])
+            } else {
+                format!("{rewrite}{rest}")
+            };
+            // `/pub` on `/pub../x` leaves `../x`: never send `/../x`.
+            Some(match crate::routes::normalize_path(&joined) {
+                Ok(p) => p.into_owned(),
+                Err(_) => joined,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// A Gateway API path replacement: the whole path, or the matched prefix by

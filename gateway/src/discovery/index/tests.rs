@@ -1702,3 +1702,105 @@ fn egress_rebuilds_only_changed_services_and_the_roots_that_split_to_them() {
     assert!(e4.host_entry(&name("c")).is_none());
     assert_eq!(e4.route_count(), 2, "a and b, one port each");
 }
+
+#[test]
+fn mappings_with_weights_split_egress_incrementally_and_a_trafficsplit_keeps_its_root() {
+    let port = || [("", 80, IntOrString::Int(80))];
+    let weighted = |name: &str, service: &str, weight: u32| {
+        mk_mapping(
+            "test",
+            name,
+            MappingSpec {
+                weight: Some(weight),
+                ..spec("a.test.svc.cluster.local", "/", service)
+            },
+        )
+    };
+    let mut index = index_with(&[
+        mk_service("test", "a", false, &port()),
+        mk_service("test", "b", false, &port()),
+        mk_slice("test", "a-1", "a", &[("", 80)], &[("10.0.0.1", true)]),
+        mk_slice("test", "b-1", "b", &[("", 80)], &[("10.0.0.2", true)]),
+        weighted("to-a", "a", 70),
+        weighted("to-b", "b", 30),
+    ]);
+    index.build();
+    let e1 = index.take_egress().expect("egress");
+    let a = "a.test:80";
+    let r = e1
+        .lookup(
+            &Authority::parse(a.as_bytes()).unwrap(),
+            "/",
+            &Method::GET,
+            &HeaderMap::new(),
+        )
+        .expect("route");
+    assert_eq!(
+        &*r.name, "mapping/test/to-a:80",
+        "the Mapping on / replaces a's own route"
+    );
+    let weights: Vec<(String, u32)> = r
+        .target
+        .backends
+        .iter()
+        .map(|b| (b.service.to_string(), b.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        vec![("test/a:80".to_string(), 70), ("test/b:80".to_string(), 30)]
+    );
+    // A backend's endpoints change: the root is rebuilt with them.
+    index
+        .apply(&mk_slice(
+            "test",
+            "b-1",
+            "b",
+            &[("", 80)],
+            &[("10.0.0.2", true), ("10.0.0.4", true)],
+        ))
+        .expect("valid");
+    index.build();
+    let e2 = index.take_egress().expect("egress");
+    assert_eq!(
+        route_for(&e2, a, "/").map(|r| r.1),
+        Some(vec![
+            "10.0.0.1:80".to_string(),
+            "10.0.0.2:80".to_string(),
+            "10.0.0.4:80".to_string()
+        ])
+    );
+    // A TrafficSplit on the same root wins the catch-all; the Mapping is reported.
+    index
+        .apply(&Object::TrafficSplit(Box::new(
+            crate::discovery::trafficsplit::TrafficSplit {
+                api_version: "split.smi-spec.io/v1alpha2".into(),
+                metadata: meta("test", "a", &[]),
+                spec: serde_json::json!({"service": "a", "backends": [{"service": "b", "weight": 1}]}),
+            },
+        )))
+        .expect("valid");
+    index.build();
+    let e3 = index.take_egress().expect("egress");
+    assert_eq!(
+        route_for(&e3, a, "/").map(|r| r.0),
+        Some("split/test/a:80".into())
+    );
+    let problems = index.take_split_problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == "Mapping" && p.reason.contains("TrafficSplit test/a")),
+        "{problems:?}"
+    );
+    // The split and the Mappings go: a routes to itself again.
+    index.delete(ObjectKind::TrafficSplit, &ObjectKey::new("test", "a"));
+    index.delete(ObjectKind::Mapping, &ObjectKey::new("test", "to-a"));
+    index.delete(ObjectKind::Mapping, &ObjectKey::new("test", "to-b"));
+    index.build();
+    let e4 = index.take_egress().expect("egress");
+    assert_eq!(
+        route_for(&e4, a, "/"),
+        Some(("egress/test/a:80".into(), vec!["10.0.0.1:80".to_string()]))
+    );
+    assert_eq!(e4.route_count(), 2, "a and b, one port each");
+}
