@@ -303,7 +303,28 @@ struct Connection<A> {
 
 impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
     /// Handshake, limits, then HTTP until the connection ends.
-    async fn serve(self, mut stream: L4Stream, slot: HandshakeSlot) {
+    ///
+    /// The first part runs boxed: its state (the handshake's, the sniffer's)
+    /// is freed once the connection is ready, so an idle keep-alive
+    /// connection's task holds only the HTTP loop.
+    async fn serve(self, stream: L4Stream, slot: HandshakeSlot) {
+        let Some((stream, _counted)) = Box::pin(self.ready(stream, slot)).await else {
+            return;
+        };
+        let mut next = Some(stream);
+        while let Some(s) = next {
+            next = self.app.process_new(s, &self.config.shutdown).await;
+        }
+    }
+
+    /// The TLS handshake, the per-identity limit and the protocol: the
+    /// stream the HTTP loop reads, with the identity's place in its limit;
+    /// `None` when the connection ends here (refused, timed out, closed).
+    async fn ready(
+        &self,
+        mut stream: L4Stream,
+        slot: HandshakeSlot,
+    ) -> Option<(Stream, Option<IdentityGuard>)> {
         if let Err(e) = stream.set_nodelay() {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
@@ -317,7 +338,7 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
         };
         let Some(handshake) = handshake.await else {
             tracing::debug!("oldest handshake in progress abandoned for a new connection");
-            return;
+            return None;
         };
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
@@ -328,7 +349,7 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                     .with_label_values(&[reason.label()])
                     .inc();
                 tracing::debug!(reason = reason.label(), error = %e, "TLS handshake refused");
-                return;
+                return None;
             }
             Err(_) => {
                 self.config
@@ -336,7 +357,7 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                     .handshake_failures
                     .with_label_values(&[HandshakeFailure::Timeout.label()])
                     .inc();
-                return;
+                return None;
             }
         };
         // Handshake done: the connection now counts as verified only.
@@ -345,7 +366,7 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
         let identity = tls
             .get_ssl_digest()
             .and_then(|d| d.extension.get::<PeerIdentity>().map(|p| p.0.clone()));
-        let _counted = match identity {
+        let counted = match identity {
             Some(id) => match self
                 .config
                 .per_identity
@@ -359,7 +380,7 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                         .with_label_values(&["max_connections_per_identity"])
                         .inc();
                     tracing::debug!(identity = %id, "max_connections_per_identity reached; closing");
-                    return;
+                    return None;
                 }
             },
             None => None,
@@ -377,7 +398,7 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                     Ok(Ok(s)) => (s.is_h2(), Box::new(s)),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "read error before the first request");
-                        return;
+                        return None;
                     }
                     Err(_) => {
                         self.config
@@ -385,22 +406,20 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
                             .limits_exceeded
                             .with_label_values(&["idle_timeout"])
                             .inc();
-                        return;
+                        return None;
                     }
                 }
             }
         };
-        let mut next: Option<Stream> = if h2 {
-            Some(tls)
+        let stream: Stream = if h2 {
+            tls
         } else {
-            Some(Box::new(WithDeadlines::new(
+            Box::new(WithDeadlines::new(
                 tls,
                 self.config.limits.deadlines,
                 self.config.metrics.clone(),
-            )))
+            ))
         };
-        while let Some(s) = next {
-            next = self.app.process_new(s, &self.config.shutdown).await;
-        }
+        Some((stream, counted))
     }
 }
