@@ -121,13 +121,19 @@ impl Egress {
         let Some(authority) = raw.and_then(|a| Authority::parse(a.as_bytes()).ok()) else {
             return self.error(ErrorKind::BadRequest);
         };
+        let completed = full_name(&authority, &self.cluster_domain);
         let path = match crate::routes::normalize_path(req.uri().path()) {
             Ok(p) => p.into_owned(),
             Err(_) => return self.error(ErrorKind::BadRequest),
         };
         let table = self.routes.load_full();
         let Some(route) = table
-            .lookup(&authority, &path, req.method(), req.headers())
+            .lookup(
+                completed.as_ref().unwrap_or(&authority),
+                &path,
+                req.method(),
+                req.headers(),
+            )
             .cloned()
         else {
             return if in_cluster(authority.host(), &self.cluster_domain) {
@@ -343,6 +349,26 @@ fn edit_response(h: &mut http::HeaderMap, s: &BackendSettings) {
     }
 }
 
+/// The egress table knows each Service by its full name only
+/// (`name.ns.svc.<domain>`, a third of the host entries three names would
+/// take): `name.ns` and `name.ns.svc` are completed first, the port kept.
+/// `None` when the host is already full (or not a short in-cluster name).
+pub fn full_name(authority: &Authority, domain: &str) -> Option<Authority> {
+    let host = authority.host();
+    let full = if host.ends_with(".svc") {
+        format!("{host}.{domain}")
+    } else if host.bytes().filter(|b| *b == b'.').count() == 1 {
+        format!("{host}.svc.{domain}")
+    } else {
+        return None;
+    };
+    let full = match authority.port() {
+        Some(p) => format!("{full}:{p}"),
+        None => full,
+    };
+    Authority::parse(full.as_bytes()).ok()
+}
+
 /// Whether a host names something in this cluster (`*.svc` or
 /// `*.svc.<domain>`): an unknown one gets 404; anything else is outside the
 /// cluster and gets 403 (`name.namespace` hosts route when they exist).
@@ -411,6 +437,33 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_names_are_completed_to_the_full_name() {
+        let full = |a: &str| {
+            let a = Authority::parse(a.as_bytes()).unwrap();
+            let a = full_name(&a, "cluster.local").unwrap_or(a);
+            match a.port() {
+                Some(p) => format!("{}:{p}", a.host()),
+                None => a.host().to_string(),
+            }
+        };
+        assert_eq!(full("podinfo.test"), "podinfo.test.svc.cluster.local");
+        assert_eq!(
+            full("podinfo.test:9898"),
+            "podinfo.test.svc.cluster.local:9898"
+        );
+        assert_eq!(
+            full("podinfo.test.svc:9898"),
+            "podinfo.test.svc.cluster.local:9898"
+        );
+        assert_eq!(
+            full("podinfo.test.svc.cluster.local:9898"),
+            "podinfo.test.svc.cluster.local:9898"
+        );
+        assert_eq!(full("www.example.com"), "www.example.com");
+        assert_eq!(full("localhost"), "localhost");
+    }
 
     #[test]
     fn in_cluster_names() {

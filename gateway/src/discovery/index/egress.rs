@@ -1,6 +1,6 @@
-//! The egress table: every Service by its in-cluster names
-//! (`name.ns`, `name.ns.svc`, `name.ns.svc.<cluster_domain>`, with or without
-//! port), mirror Services through their remote gateway, and split roots split
+//! The egress table: every Service by its full in-cluster name
+//! (`name.ns.svc.<cluster_domain>`, with or without port; the egress completes
+//! `name.ns` and `name.ns.svc` to it before looking up), mirror Services through their remote gateway, and split roots split
 //! by weight over their backends. Built beside the ingress table from the
 //! same objects; the proxy never sees kube types.
 //!
@@ -83,16 +83,17 @@ fn service_of_host(host: &str, domain: &str) -> Option<ObjectKey> {
     Some(ObjectKey::new(namespace, name))
 }
 
-/// A backend's settings for the egress: `base` (the defaults, or the
-/// Mapping's), the remote gateway of a mirror, or h2c for a local port whose
-/// `appProtocol` says so.
+/// A backend's settings for the egress: `plain` (the defaults, or the
+/// Mapping's) shared as they are, with the remote gateway of a mirror, or
+/// h2c for a local port whose `appProtocol` says so (`h2c`: shared too).
 fn backend_settings(
-    base: &BackendSettings,
+    plain: &Arc<BackendSettings>,
+    h2c: Option<&Arc<BackendSettings>>,
     svc: Option<&ServiceInfo>,
     port: u16,
 ) -> Arc<BackendSettings> {
-    let mut s = base.clone();
     if let Some(m) = svc.and_then(|s| s.mirror.as_ref()) {
+        let mut s = (**plain).clone();
         s.remote = Some(RemoteTarget {
             identity: m.identity.clone(),
             authority: format!("{}:{port}", m.fq_name).into(),
@@ -102,10 +103,25 @@ fn backend_settings(
         s.num_retries = 1;
         // The remote gateway picks its upstream's protocol itself.
         s.upstream_h2 = false;
-    } else if svc.is_some_and(|s| s.ports.iter().any(|p| p.port == port && p.h2)) {
-        s.upstream_h2 = true;
+        return Arc::new(s);
     }
-    Arc::new(s)
+    if svc.is_some_and(|s| s.ports.iter().any(|p| p.port == port && p.h2)) {
+        return match h2c {
+            Some(h2c) => h2c.clone(),
+            None => Arc::new(BackendSettings {
+                upstream_h2: true,
+                ..(**plain).clone()
+            }),
+        };
+    }
+    plain.clone()
+}
+
+/// The default settings of egress backends, allocated once per build and
+/// shared by every Service that needs nothing of its own.
+struct Defaults {
+    plain: Arc<BackendSettings>,
+    h2c: Arc<BackendSettings>,
 }
 
 /// The egress routes of each Service, by host, with the counts of their table.
@@ -198,7 +214,13 @@ impl Index {
             slices_of: &self.slices_of,
             endpoints: &mut self.endpoints,
         };
-        let defaults = &self.cfg.defaults;
+        let defaults = Defaults {
+            plain: Arc::new(self.cfg.defaults.clone()),
+            h2c: Arc::new(BackendSettings {
+                upstream_h2: true,
+                ..self.cfg.defaults.clone()
+            }),
+        };
         // Roots by Service; of two splits on one root, the first by name wins.
         let mut roots: BTreeMap<ObjectKey, (&ObjectKey, &Split)> = BTreeMap::new();
         let mut all_problems: BTreeMap<ProblemKey, String> = BTreeMap::new();
@@ -266,14 +288,12 @@ impl Index {
             let mut root = RootBuild {
                 key: &key,
                 svc,
-                names: [
-                    format!("{}.{}", key.name, key.namespace),
-                    format!("{}.{}.svc", key.name, key.namespace),
-                    format!(
-                        "{}.{}.svc.{}",
-                        key.name, key.namespace, self.cfg.cluster_domain
-                    ),
-                ],
+                // The egress completes `name.ns` and `name.ns.svc` to this
+                // before it looks a host up (`egress::full_name`).
+                name: format!(
+                    "{}.{}.svc.{}",
+                    key.name, key.namespace, self.cfg.cluster_domain
+                ),
                 routes: Vec::new(),
                 services: 0,
                 problems: BTreeMap::new(),
@@ -315,9 +335,9 @@ impl Index {
                 }
                 if !catch_all {
                     match split {
-                        None => root.service_route(p, defaults, &mut resolver),
+                        None => root.service_route(p, &defaults, &mut resolver),
                         Some((split_key, split)) => {
-                            root.split_route(split_key, split, p, defaults, &mut resolver)
+                            root.split_route(split_key, split, p, &defaults, &mut resolver)
                         }
                     }
                 }
@@ -427,26 +447,18 @@ fn mapping_groups_of<'a>(
 struct RootBuild<'a> {
     key: &'a ObjectKey,
     svc: &'a ServiceInfo,
-    names: [String; 3],
+    name: String,
     routes: Vec<Arc<Route>>,
     services: usize,
     problems: BTreeMap<ProblemKey, String>,
 }
 
 impl RootBuild<'_> {
-    /// The root's names on `port` (and without a port when it has one port).
+    /// The root's name on `port` (and without a port when it has one port).
     fn hosts(&self, port: u16) -> Vec<HostMatch> {
-        let mut hosts: Vec<HostMatch> = self
-            .names
-            .iter()
-            .map(|n| HostMatch::Exact(n.clone(), PortMatch::Port(port)))
-            .collect();
+        let mut hosts = vec![HostMatch::Exact(self.name.clone(), PortMatch::Port(port))];
         if self.svc.ports.len() == 1 {
-            hosts.extend(
-                self.names
-                    .iter()
-                    .map(|n| HostMatch::Exact(n.clone(), PortMatch::Absent)),
-            );
+            hosts.push(HostMatch::Exact(self.name.clone(), PortMatch::Absent));
         }
         hosts
     }
@@ -462,12 +474,7 @@ impl RootBuild<'_> {
     }
 
     /// The root itself on `port`.
-    fn service_route(
-        &mut self,
-        port: u16,
-        defaults: &BackendSettings,
-        resolver: &mut Resolver<'_>,
-    ) {
+    fn service_route(&mut self, port: u16, defaults: &Defaults, resolver: &mut Resolver<'_>) {
         let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
             key: self.key.clone(),
             port: Some(port),
@@ -477,7 +484,7 @@ impl RootBuild<'_> {
             label,
             1,
             eps,
-            backend_settings(defaults, Some(self.svc), port),
+            backend_settings(&defaults.plain, Some(&defaults.h2c), Some(self.svc), port),
         )
         .with_not_ready(not_ready);
         let name = format!("egress/{}/{}:{port}", self.key.namespace, self.key.name);
@@ -495,7 +502,7 @@ impl RootBuild<'_> {
         split_key: &ObjectKey,
         split: &Split,
         port: u16,
-        defaults: &BackendSettings,
+        defaults: &Defaults,
         resolver: &mut Resolver<'_>,
     ) {
         let mut backends = Vec::new();
@@ -536,7 +543,7 @@ impl RootBuild<'_> {
                     label,
                     *weight,
                     eps,
-                    backend_settings(defaults, Some(bsvc), port),
+                    backend_settings(&defaults.plain, Some(&defaults.h2c), Some(bsvc), port),
                 )
                 .with_not_ready(not_ready),
             );
@@ -596,7 +603,7 @@ impl RootBuild<'_> {
                     label,
                     *weight,
                     eps,
-                    backend_settings(&m.settings, Some(bsvc), bport),
+                    backend_settings(&m.settings, None, Some(bsvc), bport),
                 )
                 .with_not_ready(not_ready),
             );
