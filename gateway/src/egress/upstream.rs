@@ -283,11 +283,7 @@ impl Upstreams {
     {
         let (s, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
-            .map_err(|e| SendError::Broken {
-                addr,
-                error: e.to_string(),
-                unsent: true,
-            })?;
+            .map_err(handshake_failed(addr))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -305,13 +301,18 @@ where
 {
     let (s, conn) = http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| SendError::Broken {
-            addr,
-            error: e.to_string(),
-            unsent: true,
-        })?;
+        .map_err(handshake_failed(addr))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(Sender::H1(s))
+}
+
+/// An HTTP handshake that failed on a new connection: nothing was sent.
+fn handshake_failed(addr: SocketAddr) -> impl FnOnce(hyper::Error) -> SendError {
+    move |e| SendError::Broken {
+        addr,
+        error: e.to_string(),
+        unsent: true,
+    }
 }
