@@ -21,7 +21,8 @@
 //! `convergence-<size>-no-egress.json`.
 //!
 //! `CONVERGENCE_SMAPS=1` prints the gateway's memory split after sync;
-//! `CONVERGENCE_WRAP="heaptrack -o /tmp/gw"` runs it under a profiler and
+//! `CONVERGENCE_WRAP="heaptrack -o /tmp/gw"` runs it under a profiler
+//! (`CONVERGENCE_READY_SECS` waits longer than 120 s for its sync) and
 //! `CONVERGENCE_GATEWAY` picks another binary (heap profiles need one built
 //! with `--no-default-features`, i.e. without mimalloc).
 
@@ -203,7 +204,14 @@ async fn run(services: usize, probes: usize, work: &std::path::Path) -> serde_js
     let gateway = GatewayProcess(child);
     let pid = gateway.pid();
     let admin: std::net::SocketAddr = "127.0.0.1:15191".parse().expect("addr");
-    gateway.wait_ready(admin, Duration::from_secs(120)).await;
+    // Under a profiler the sync takes longer: CONVERGENCE_READY_SECS waits more.
+    let ready_within = std::env::var("CONVERGENCE_READY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    gateway
+        .wait_ready(admin, Duration::from_secs(ready_within))
+        .await;
     let sync = sync_start.elapsed();
     let rss_synced = gateway.status_kib("VmRSS:");
     if std::env::var_os("CONVERGENCE_SMAPS").is_some() {

@@ -951,7 +951,9 @@ impl Index {
                 self.claim(k, m).err().map(|r| (k.clone(), r))
             })
             .collect();
-        let stale: Vec<ObjectKey> = self.stale.drain().collect();
+        // Taken, not drained: after the initial sync the set held every
+        // Service, and its capacity would stay.
+        let stale: Vec<ObjectKey> = std::mem::take(&mut self.stale).into_iter().collect();
         let changed = if self.cfg.egress {
             stale.clone()
         } else {
@@ -1330,6 +1332,9 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
     } else {
         None
     };
+    // Held for the Service's lifetime: no spare capacity (at 100,000
+    // Services a push-grown `Vec` wastes megabytes).
+    ports.shrink_to_fit();
     Ok(ServiceInfo {
         exported,
         ports,
@@ -1389,6 +1394,9 @@ fn convert_slice(
             }
         }
     }
+    ports.shrink_to_fit();
+    ready.shrink_to_fit();
+    not_ready.shrink_to_fit();
     Ok((
         SliceInfo {
             service: ObjectKey::new(&key.namespace, service),
