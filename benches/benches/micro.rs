@@ -27,7 +27,7 @@ fn table(n: usize) -> RouteTable {
             Route {
                 name: format!("service/bench/svc-{i}:80").into(),
                 hosts: vec![HostMatch::Exact(
-                    format!("svc-{i}.bench.svc.cluster.local"),
+                    format!("svc-{i}.bench.svc.cluster.local").into(),
                     PortMatch::Port(80),
                 )],
                 matcher: RouteMatch::any(),

@@ -83,7 +83,7 @@ pub fn match_kind(route: &Route, authority: &Authority) -> &'static str {
         route
             .hosts
             .iter()
-            .any(|h| matches!(h, HostMatch::Exact(n, p) if n == host && want(p)))
+            .any(|h| matches!(h, HostMatch::Exact(n, p) if **n == *host && want(p)))
     };
     if exact(&|p| match port {
         Some(n) => *p == PortMatch::Port(n),

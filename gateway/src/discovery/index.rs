@@ -201,6 +201,9 @@ fn is_h2_app_protocol(p: &str) -> bool {
 
 #[derive(Clone, Debug, PartialEq)]
 struct ServiceInfo {
+    /// `<name>.<ns>.svc.<cluster domain>`: one allocation shared by the
+    /// Service's ingress and egress routes and both host indexes.
+    fqdn: Arc<str>,
     exported: bool,
     ports: Vec<ServicePort>,
     /// `mirror.linkerd.io/cluster-name` of a mirror Service.
@@ -567,7 +570,8 @@ impl Index {
         } else {
             Some(match obj {
                 Object::Service(svc) => {
-                    Item::Service(convert_service(svc, &self.cfg).map_err(|r| err("Service", r))?)
+                    let info = convert_service(svc, &key, &self.cfg);
+                    Item::Service(info.map_err(|r| err("Service", r))?)
                 }
                 Object::EndpointSlice(slice) => {
                     let (info, left_out) =
@@ -1108,7 +1112,7 @@ fn service_routes(
     [defaults, defaults_h2]: &[Arc<BackendSettings>; 2],
     resolver: &mut Resolver<'_>,
 ) -> Vec<Arc<Route>> {
-    let fqdn = format!("{}.{}.svc.{}", key.name, key.namespace, cfg.cluster_domain);
+    let fqdn = &svc.fqdn;
     svc.ports
         .iter()
         .map(|port| {
@@ -1267,7 +1271,11 @@ impl Resolver<'_> {
     }
 }
 
-fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, String> {
+fn convert_service(
+    svc: &Service,
+    key: &ObjectKey,
+    cfg: &IndexConfig,
+) -> Result<ServiceInfo, String> {
     let exported = svc
         .metadata
         .labels
@@ -1336,6 +1344,7 @@ fn convert_service(svc: &Service, cfg: &IndexConfig) -> Result<ServiceInfo, Stri
     // Services a push-grown `Vec` wastes megabytes).
     ports.shrink_to_fit();
     Ok(ServiceInfo {
+        fqdn: format!("{}.{}.svc.{}", key.name, key.namespace, cfg.cluster_domain).into(),
         exported,
         ports,
         mirror_cluster,
@@ -1601,7 +1610,7 @@ fn parse_hostname(raw: &str) -> Result<HostMatch, String> {
     }
     let a = Authority::parse(raw.as_bytes()).map_err(|e| format!("hostname {raw:?}: {e}"))?;
     Ok(HostMatch::Exact(
-        a.host().to_string(),
+        a.host().into(),
         a.port().map_or(PortMatch::Any, PortMatch::Port),
     ))
 }

@@ -125,7 +125,7 @@ impl HostIndex {
                         continue;
                     }
                     let shard = Arc::make_mut(&mut Arc::make_mut(&mut self.exact)[shard_of(name)]);
-                    let Some(entry) = shard.get_mut(name.as_str()) else {
+                    let Some(entry) = shard.get_mut(&**name) else {
                         continue;
                     };
                     let entry = Arc::make_mut(entry);
@@ -136,7 +136,7 @@ impl HostIndex {
                         }
                     }
                     if entry.ports.is_empty() {
-                        shard.remove(name.as_str());
+                        shard.remove(&**name);
                     }
                 }
                 HostMatch::Wildcard(suffix) => {
@@ -157,17 +157,14 @@ impl HostIndex {
     }
 
     /// The entry of `host`, created (and made unique to this index) if needed.
-    fn entry_mut(&mut self, host: &str) -> &mut HostEntry {
+    fn entry_mut(&mut self, host: &Arc<str>) -> &mut HostEntry {
         if self.exact.is_empty() {
             let empty = Arc::new(Shard::new());
             self.exact = Arc::new(vec![empty; SHARDS]);
         }
         let shard = Arc::make_mut(&mut Arc::make_mut(&mut self.exact)[shard_of(host)]);
-        if !shard.contains_key(host) {
-            shard.insert(host.into(), Arc::default());
-        }
-        let entry = shard.get_mut(host).expect("inserted above");
-        Arc::make_mut(entry)
+        // The key shares the route's host string.
+        Arc::make_mut(shard.entry(host.clone()).or_default())
     }
 
     /// The routes of an exact host.

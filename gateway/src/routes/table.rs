@@ -26,8 +26,9 @@ pub enum PortMatch {
 /// How a route names hosts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostMatch {
-    /// An exact host and which ports it accepts.
-    Exact(String, PortMatch),
+    /// An exact host and which ports it accepts (shared: a Service's name is
+    /// one allocation for its routes and both host indexes).
+    Exact(Arc<str>, PortMatch),
     /// `*.suffix`: any host ending in `.suffix` (stored with the leading dot).
     Wildcard(String),
     /// `*`: any host.
@@ -903,7 +904,7 @@ impl RouteTable {
 pub fn host_label(h: &HostMatch) -> String {
     match h {
         HostMatch::Exact(h, PortMatch::Port(p)) => format!("{h}:{p}"),
-        HostMatch::Exact(h, PortMatch::Any) => h.clone(),
+        HostMatch::Exact(h, PortMatch::Any) => h.to_string(),
         HostMatch::Exact(h, PortMatch::Absent) => format!("{h} (no port)"),
         HostMatch::Wildcard(s) => format!("*{s}"),
         HostMatch::Any => "*".into(),

@@ -15,7 +15,7 @@ use crate::routes::{
 use crate::tls::dev::{CertAuthority, LeafSpec};
 
 fn route(i: usize) -> Route {
-    let host = format!("svc-{i:05}.ns-{:02}.svc.cluster.local", i % 50);
+    let host: Arc<str> = format!("svc-{i:05}.ns-{:02}.svc.cluster.local", i % 50).into();
     Route {
         name: format!("service/ns-{:02}/svc-{i:05}:8080", i % 50).into(),
         hosts: vec![

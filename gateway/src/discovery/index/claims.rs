@@ -101,7 +101,7 @@ pub(super) fn check_mapping(
     grants: &BTreeMap<ObjectKey, ReferenceGrantSpec>,
 ) -> Result<(), Refusal> {
     let (name, owner) = match host {
-        HostMatch::Exact(h, _) => (h.clone(), owner_of(h, cluster_domain)),
+        HostMatch::Exact(h, _) => (h.to_string(), owner_of(h, cluster_domain)),
         // `.suffix`: its names lie within the suffix's owner (`*.ns.svc.<domain>`).
         HostMatch::Wildcard(s) => (
             format!("*{s}"),

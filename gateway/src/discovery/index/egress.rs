@@ -290,10 +290,7 @@ impl Index {
                 svc,
                 // The egress completes `name.ns` and `name.ns.svc` to this
                 // before it looks a host up (`egress::full_name`).
-                name: format!(
-                    "{}.{}.svc.{}",
-                    key.name, key.namespace, self.cfg.cluster_domain
-                ),
+                name: svc.fqdn.clone(),
                 routes: Vec::new(),
                 services: 0,
                 problems: BTreeMap::new(),
@@ -447,7 +444,7 @@ fn mapping_groups_of<'a>(
 struct RootBuild<'a> {
     key: &'a ObjectKey,
     svc: &'a ServiceInfo,
-    name: String,
+    name: Arc<str>,
     routes: Vec<Arc<Route>>,
     services: usize,
     problems: BTreeMap<ProblemKey, String>,

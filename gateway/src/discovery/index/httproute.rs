@@ -81,7 +81,7 @@ fn cond(status: bool, reason: &'static str, message: impl Into<String>) -> Route
 fn host_match(name: &str) -> HostMatch {
     match name.strip_prefix("*.") {
         Some(suffix) => HostMatch::Wildcard(format!(".{suffix}")),
-        None => HostMatch::Exact(name.to_string(), PortMatch::Any),
+        None => HostMatch::Exact(name.into(), PortMatch::Any),
     }
 }
 
@@ -217,10 +217,7 @@ impl GatewayView<'_> {
                         format!("Service {svc_key} does not exist"),
                     )));
                 };
-                let fqdn = format!(
-                    "{}.{}.svc.{}",
-                    parent.name, parent.namespace, self.cfg.cluster_domain
-                );
+                let fqdn = svc.fqdn.clone();
                 let ports: Vec<u16> = svc
                     .ports
                     .iter()
