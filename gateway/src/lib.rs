@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod discovery;
 pub mod egress;
 pub mod gateway;
+pub mod hash;
 pub mod listener;
 pub mod memory;
 pub mod metrics;

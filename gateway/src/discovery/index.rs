@@ -5,7 +5,7 @@
 //! into internal form is a separate fallible step; a malformed object is
 //! reported and skipped, never stalling the others.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use kube::ResourceExt;
 use super::crd::Mapping;
 use super::httproute::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, ReferenceGrantSpec};
 use super::trafficsplit::{Split, TrafficSplit};
+use crate::hash::{HashMap, HashSet};
 use crate::metrics::ObjectKind;
 use crate::routes::{
     Authority, Authorization, Backend, BackendSettings, Endpoint, HeaderMatch, HostIndex,
@@ -428,7 +429,7 @@ pub struct Index {
     mirrors: Arc<[MirrorService]>,
     mirrors_dirty: bool,
     /// Known, not exported Services (`ns/name`), rebuilt only when a Service changed.
-    unexported: Arc<HashSet<String>>,
+    unexported: Arc<std::collections::HashSet<String>>,
     unexported_dirty: bool,
     /// HTTPRoutes, Gateways and GatewayClasses (name → Isthmus's).
     httproutes: BTreeMap<ObjectKey, HttpRouteEntry>,
@@ -449,29 +450,29 @@ impl Index {
     pub fn new(cfg: IndexConfig) -> Self {
         Index {
             cfg,
-            services: HashMap::new(),
-            slices: HashMap::new(),
+            services: HashMap::default(),
+            slices: HashMap::default(),
             mappings: BTreeMap::new(),
             splits: BTreeMap::new(),
             egress_table: None,
             egress: egress::EgressRoutes::default(),
             egress_roots: BTreeMap::new(),
             mapping_splits: egress::MappingSplits::default(),
-            root_problems: HashMap::new(),
+            root_problems: HashMap::default(),
             split_problems: BTreeMap::new(),
             reported_splits: BTreeMap::new(),
-            slices_of: HashMap::new(),
+            slices_of: HashMap::default(),
             endpoints: EndpointPool::default(),
-            service_routes: HashMap::new(),
+            service_routes: HashMap::default(),
             service_route_count: 0,
-            stale: HashSet::new(),
-            groups: HashMap::new(),
-            mappings_of: HashMap::new(),
-            group_routes: HashMap::new(),
-            stale_groups: HashSet::new(),
-            mapping_only: HashMap::new(),
+            stale: HashSet::default(),
+            groups: HashMap::default(),
+            mappings_of: HashMap::default(),
+            group_routes: HashMap::default(),
+            stale_groups: HashSet::default(),
+            mapping_only: HashMap::default(),
             httproute_routes: Vec::new(),
-            httproute_refs: HashSet::new(),
+            httproute_refs: HashSet::default(),
             httproutes_dirty: false,
             ingress: IngressRoutes::default(),
             mirrors: Arc::from(Vec::new()),
@@ -526,7 +527,7 @@ impl Index {
                     *not_ready += slice.not_ready.len();
                 }
             }
-            let mut cluster_names: HashMap<&str, Arc<str>> = HashMap::new();
+            let mut cluster_names: HashMap<&str, Arc<str>> = HashMap::default();
             self.mirrors = by_service
                 .into_iter()
                 .map(|((cluster, key), (mut ready, not_ready))| {

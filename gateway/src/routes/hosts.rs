@@ -7,10 +7,10 @@
 //! it names (a few hundred `Arc`s at 100,000 hosts), never the whole index.
 
 use std::cmp::Ordering;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use crate::hash::HashMap;
 
 use super::table::{precedence, HostMatch, PortMatch, Route};
 
@@ -58,7 +58,7 @@ pub struct HostIndex {
 
 /// The shard of a host (a fixed hash: the same host, the same shard).
 fn shard_of(host: &str) -> usize {
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(host);
+    let h = foldhash::fast::FixedState::with_seed(0).hash_one(host);
     (h % SHARDS as u64) as usize
 }
 
@@ -159,7 +159,7 @@ impl HostIndex {
     /// The entry of `host`, created (and made unique to this index) if needed.
     fn entry_mut(&mut self, host: &Arc<str>) -> &mut HostEntry {
         if self.exact.is_empty() {
-            let empty = Arc::new(Shard::new());
+            let empty = Arc::new(Shard::default());
             self.exact = Arc::new(vec![empty; SHARDS]);
         }
         let shard = Arc::make_mut(&mut Arc::make_mut(&mut self.exact)[shard_of(host)]);

@@ -16,7 +16,9 @@
 //! A split applies to egress callers only: the ingress table keeps serving
 //! an exported root Service itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::claims::Refusal;

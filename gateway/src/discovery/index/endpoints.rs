@@ -4,10 +4,10 @@
 //! Counting per route keeps a build's cost to the routes it changed: no
 //! per-build walk over every endpoint of 100,000 Services.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::hash::HashMap;
 use crate::routes::{Endpoint, Route};
 
 /// Which table a route is in (the ingress table's endpoints are the ones counted).

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use http::HeaderValue;
 use serde_json::Value;
 
-use std::collections::HashMap;
-
 use super::{Index, IndexConfig, ObjectKey, Resolver, ServiceInfo, ServiceRef};
 use crate::discovery::httproute::{
     BackendRef, Filters, Listener, ParentKind, ParentRef, PathMatch, PathModifier,
     ReferenceGrantSpec, RouteSpec, Rule, GROUP,
 };
+use crate::hash::HashMap;
 use crate::routes::{
     Authorization, Backend, BackendSettings, DirectAnswer, HostMatch, PortMatch, Redirect,
     RewriteMode, Route, RouteMatch, RouteTarget,
