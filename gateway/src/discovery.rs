@@ -11,6 +11,7 @@ pub mod files;
 pub mod httproute;
 pub mod index;
 pub mod kube;
+mod lenient;
 pub mod status;
 pub mod trafficsplit;
 

@@ -214,6 +214,7 @@ async fn run(services: usize, probes: usize, work: &std::path::Path) -> serde_js
         .await;
     let sync = sync_start.elapsed();
     let rss_synced = gateway.status_kib("VmRSS:");
+    let sync_cpu_ms = gateway.cpu_ms();
     if std::env::var_os("CONVERGENCE_SMAPS").is_some() {
         let rollup =
             std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -280,6 +281,7 @@ async fn run(services: usize, probes: usize, work: &std::path::Path) -> serde_js
         "probes": probes,
         "egress": egress_on,
         "initial_sync_ms": sync.as_secs_f64() * 1000.0,
+        "initial_sync_gateway_cpu_ms": sync_cpu_ms,
         "event_to_served_ms": {
             "p50": percentile(&samples, 0.5),
             "p99": percentile(&samples, 0.99),

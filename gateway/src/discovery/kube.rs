@@ -36,6 +36,7 @@ use super::crd::{Mapping, MappingCondition, MappingStatus};
 use super::httproute::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, CONTROLLER_NAME};
 use super::index::Converted;
 use super::index::RouteStatus;
+use super::lenient::Lenient;
 use super::trafficsplit::TrafficSplit;
 use super::{Index, Object, ObjectKey, Publisher};
 use crate::admin::Readiness;
@@ -103,23 +104,26 @@ struct Undecodable {
     reason: String,
 }
 
-/// Decodes one watched object into `K`.
-fn decode<K: DeserializeOwned>(obj: DynamicObject, wrap: fn(K) -> Object) -> Watched {
-    let reason = match serde_json::to_value(&obj).and_then(serde_json::from_value::<K>) {
+/// One watched object as the index takes it.
+fn decode<K>(obj: Lenient<K>, wrap: fn(K) -> Object) -> Watched {
+    let Lenient {
+        metadata: meta,
+        decoded,
+    } = obj;
+    let rejected = match decoded {
         Ok(k) => return Watched::Decoded(wrap(k)),
-        Err(e) => format!("cannot be decoded: {e}"),
+        Err(r) => r,
     };
     Watched::Undecodable(Undecodable {
         key: ObjectKey::new(
-            obj.metadata.namespace.as_deref().unwrap_or_default(),
-            obj.metadata.name.as_deref().unwrap_or_default(),
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
         ),
-        generation: obj.metadata.generation,
-        status: obj
-            .data
-            .get("status")
-            .and_then(|s| serde_json::from_value::<MappingStatus>(s.clone()).ok()),
-        reason,
+        generation: meta.generation,
+        status: rejected
+            .status
+            .and_then(|s| serde_json::from_value::<MappingStatus>(s).ok()),
+        reason: rejected.reason,
     })
 }
 
@@ -150,8 +154,8 @@ where
     )
 }
 
-/// A watch of `resource` as raw objects, each decoded into `K` on its own.
-fn watch_dynamic<K: DeserializeOwned + 'static>(
+/// A watch of `resource`, each object decoded into `K` on its own.
+fn watch_dynamic<K: DeserializeOwned + Clone + std::fmt::Debug + Send + 'static>(
     client: &Client,
     namespace: Option<&str>,
     resource: ApiResource,
@@ -160,7 +164,7 @@ fn watch_dynamic<K: DeserializeOwned + 'static>(
     kind: ObjectKind,
     wrap: fn(K) -> Object,
 ) -> BoxStream<'static, Tagged> {
-    let api: Api<DynamicObject> = match namespace {
+    let api: Api<Lenient<K>> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
     };
