@@ -1117,7 +1117,8 @@ fn service_routes(
     svc.ports
         .iter()
         .map(|port| {
-            let mut hosts = vec![HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port))];
+            let mut hosts = Vec::with_capacity(if svc.ports.len() == 1 { 2 } else { 1 });
+            hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port)));
             if svc.ports.len() == 1 {
                 hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
             }

@@ -100,7 +100,12 @@ impl HostIndex {
                     let entry = self.entry_mut(name);
                     match entry.ports.iter_mut().find(|(p, _)| p == port) {
                         Some((_, rs)) => insert_sorted(rs, route),
-                        None => entry.ports.push((*port, vec![route.clone()])),
+                        None => {
+                            // Most hosts have one or two port matches: no
+                            // spare capacity for each of 100,000 hosts.
+                            entry.ports.reserve_exact(1);
+                            entry.ports.push((*port, vec![route.clone()]));
+                        }
                     }
                 }
                 HostMatch::Wildcard(suffix) => {

@@ -455,8 +455,10 @@ struct RootBuild<'a> {
 impl RootBuild<'_> {
     /// The root's name on `port` (and without a port when it has one port).
     fn hosts(&self, port: u16) -> Vec<HostMatch> {
-        let mut hosts = vec![HostMatch::Exact(self.name.clone(), PortMatch::Port(port))];
-        if self.svc.ports.len() == 1 {
+        let single = self.svc.ports.len() == 1;
+        let mut hosts = Vec::with_capacity(if single { 2 } else { 1 });
+        hosts.push(HostMatch::Exact(self.name.clone(), PortMatch::Port(port)));
+        if single {
             hosts.push(HostMatch::Exact(self.name.clone(), PortMatch::Absent));
         }
         hosts
