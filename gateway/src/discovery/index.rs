@@ -57,20 +57,24 @@ pub struct IndexConfig {
 }
 
 /// `namespace/name` of an object.
+///
+/// The parts are shared strings: the index keeps each key in several maps
+/// (a Service under its key, its routes, its slices' owner, the egress
+/// routes), and a clone is two reference counts, not two allocations.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
     /// Builds a key.
     pub fn new(namespace: &str, name: &str) -> Self {
         ObjectKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -146,8 +150,8 @@ impl Object {
             ),
         };
         ObjectKey {
-            namespace: ns.unwrap_or_else(|| "default".into()),
-            name,
+            namespace: ns.as_deref().unwrap_or("default").into(),
+            name: name.into(),
         }
     }
 }
@@ -443,6 +447,10 @@ pub struct Index {
     /// which of those were reported.
     refusals: BTreeMap<ObjectKey, Refusal>,
     reported_refusals: BTreeMap<ObjectKey, Refusal>,
+    /// Namespace names, one allocation each for the keys of every Service
+    /// and EndpointSlice in them; pruned of unused ones as it doubles.
+    namespaces: HashSet<Arc<str>>,
+    namespaces_pruned_at: usize,
 }
 
 impl Index {
@@ -486,6 +494,8 @@ impl Index {
             grants: BTreeMap::new(),
             refusals: BTreeMap::new(),
             reported_refusals: BTreeMap::new(),
+            namespaces: HashSet::default(),
+            namespaces_pruned_at: 0,
         }
     }
 
@@ -632,7 +642,28 @@ impl Index {
         self.insert(c);
     }
 
-    fn insert(&mut self, c: Converted) {
+    /// The shared allocation of namespace `ns`.
+    fn namespace(&mut self, ns: &Arc<str>) -> Arc<str> {
+        if let Some(n) = self.namespaces.get(ns) {
+            return n.clone();
+        }
+        if self.namespaces.len() >= 2 * self.namespaces_pruned_at.max(64) {
+            self.namespaces.retain(|n| Arc::strong_count(n) > 1);
+            self.namespaces_pruned_at = self.namespaces.len();
+        }
+        self.namespaces.insert(ns.clone());
+        ns.clone()
+    }
+
+    fn insert(&mut self, mut c: Converted) {
+        match &mut c.item {
+            Some(Item::Service(_)) => c.key.namespace = self.namespace(&c.key.namespace),
+            Some(Item::Slice(info)) => {
+                c.key.namespace = self.namespace(&c.key.namespace);
+                info.service.namespace = c.key.namespace.clone();
+            }
+            _ => {}
+        }
         match c.item {
             None => {}
             Some(Item::Service(info)) if self.services.get(&c.key) != Some(&info) => {
@@ -657,10 +688,11 @@ impl Index {
                     }
                     self.touch_slice_of(&info.service);
                     self.stale.insert(info.service.clone());
-                    self.slices_of
-                        .entry(info.service.clone())
-                        .or_default()
-                        .push(c.key.clone());
+                    // Most Services have one slice: exact growth (a pushed
+                    // `Vec` would keep room for four keys each).
+                    let keys = self.slices_of.entry(info.service.clone()).or_default();
+                    keys.reserve_exact(1);
+                    keys.push(c.key.clone());
                     self.slices.insert(c.key, info);
                 }
             }
@@ -692,7 +724,7 @@ impl Index {
             }
             Some(Item::GatewayClass(ours)) => {
                 self.httproutes_dirty = true;
-                self.gateway_classes.insert(c.key.name, ours);
+                self.gateway_classes.insert(c.key.name.to_string(), ours);
             }
             Some(Item::Grant(spec)) if self.grants.get(&c.key) != Some(&spec) => {
                 self.grants.insert(c.key, spec);
@@ -732,7 +764,7 @@ impl Index {
                 self.httproutes_dirty |= self.gateways.remove(key).is_some();
             }
             ObjectKind::GatewayClass => {
-                self.httproutes_dirty |= self.gateway_classes.remove(&key.name).is_some();
+                self.httproutes_dirty |= self.gateway_classes.remove(&*key.name).is_some();
             }
             ObjectKind::ReferenceGrant => {
                 if self.grants.remove(key).is_some() {
@@ -831,7 +863,7 @@ impl Index {
         // are, so their cached routes survive the relist.
         let listed: HashSet<&ObjectKey> = objects.iter().map(|c| &c.key).collect();
         let gone =
-            |k: &&ObjectKey| namespace.is_none_or(|ns| k.namespace == ns) && !listed.contains(*k);
+            |k: &&ObjectKey| namespace.is_none_or(|ns| *k.namespace == *ns) && !listed.contains(*k);
         let gone: Vec<ObjectKey> = match kind {
             ObjectKind::Service => self.services.keys().filter(gone).cloned().collect(),
             ObjectKind::EndpointSlice => self.slices.keys().filter(gone).cloned().collect(),
@@ -1410,7 +1442,10 @@ fn convert_slice(
     not_ready.shrink_to_fit();
     Ok((
         SliceInfo {
-            service: ObjectKey::new(&key.namespace, service),
+            service: ObjectKey {
+                namespace: key.namespace.clone(),
+                name: service.as_str().into(),
+            },
             ports,
             ready,
             not_ready,
@@ -1446,7 +1481,7 @@ fn convert_mapping(
     }
     let host = parse_hostname(spec.hostname.as_deref().unwrap_or("*"))?;
     let service = parse_service_ref(&spec.service, &key.namespace, &cfg.cluster_domain)?;
-    if !cfg.namespaces.is_empty() && !cfg.namespaces.contains(&service.key.namespace) {
+    if !cfg.namespaces.is_empty() && !cfg.namespaces.iter().any(|n| **n == *service.key.namespace) {
         return Err(format!(
             "service {:?} is in namespace {}, which this gateway does not serve",
             spec.service, service.key.namespace

@@ -120,7 +120,7 @@ pub(super) fn check_mapping(
             });
         }
     }
-    if service.namespace != namespace
+    if *service.namespace != *namespace
         && !permitted(grants, MAPPING_GROUP, "Mapping", namespace, service)
     {
         return Err(Refusal::RefNotPermitted {
@@ -151,7 +151,7 @@ pub(crate) fn permitted(
                 && g.to.iter().any(|t| {
                     t.group.is_empty()
                         && t.kind == "Service"
-                        && t.name.as_deref().is_none_or(|n| n == service.name)
+                        && t.name.as_deref().is_none_or(|n| *n == *service.name)
                 })
         })
 }

@@ -163,7 +163,7 @@ impl GatewayView<'_> {
                     .iter()
                     .filter(|l| match l.allowed_from() {
                         "All" => true,
-                        "Same" => parent.namespace == key.namespace,
+                        "Same" => *parent.namespace == *key.namespace,
                         _ => false,
                     })
                     .collect();
@@ -201,7 +201,7 @@ impl GatewayView<'_> {
                 Some(Ok(hosts))
             }
             ParentKind::Service => {
-                if parent.namespace != key.namespace {
+                if *parent.namespace != *key.namespace {
                     return Some(Err(cond(
                         false,
                         "NotAllowedByListeners",

@@ -498,7 +498,7 @@ fn invalid_mappings_are_refused_with_actionable_reasons_and_others_stay() {
     assert_eq!(states.len(), 10);
     let bad0 = states
         .iter()
-        .find(|(k, _)| k.name == "bad0")
+        .find(|(k, _)| &*k.name == "bad0")
         .expect("state");
     assert_eq!(bad0.1.generation, Some(7));
     assert!(bad0
@@ -1280,7 +1280,7 @@ fn mk_grant(ns: &str, name: &str, from_kind: &str, from_ns: &str, to_name: Optio
 fn state_of(index: &Index, ns: &str, name: &str) -> MappingState {
     index
         .mapping_states()
-        .find(|(k, _)| k.namespace == ns && k.name == name)
+        .find(|(k, _)| *k.namespace == *ns && *k.name == *name)
         .map(|(_, s)| s)
         .expect("mapping state")
 }
