@@ -30,7 +30,7 @@ fn table(n: usize) -> RouteTable {
                     format!("svc-{i}.bench.svc.cluster.local").into(),
                     PortMatch::Port(80),
                 )],
-                matcher: RouteMatch::any(),
+                matcher: RouteMatch::any().into(),
                 authz: Authorization::new(Arc::from(vec![IdentityPattern::Any])),
                 target: RouteTarget::new(vec![Backend::new(
                     format!("bench/svc-{i}:80").into(),

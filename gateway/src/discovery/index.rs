@@ -1162,7 +1162,7 @@ fn service_routes(
             Arc::new(Route {
                 name: format!("service/{}/{}:{}", key.namespace, key.name, port.port).into(),
                 hosts,
-                matcher: RouteMatch::any(),
+                matcher: RouteMatch::shared_any(),
                 authz: Authorization::new(cfg.allowed.clone()),
                 target: RouteTarget::new(vec![
                     Backend::new(label, 1, eps, settings.clone()).with_not_ready(not_ready)
@@ -1220,7 +1220,7 @@ fn mapping_route(
         route: Arc::new(Route {
             name: format!("mapping/{}/{}", first.namespace, first.name).into(),
             hosts: vec![head.host.clone()],
-            matcher: head.matcher.clone(),
+            matcher: head.matcher.clone().into(),
             authz,
             target: RouteTarget::new(backends),
         }),
@@ -1594,7 +1594,8 @@ fn convert_mapping(
             method,
             headers,
             ..RouteMatch::any()
-        },
+        }
+        .into(),
         service,
         weight: spec.weight,
         settings: Arc::new(settings),

@@ -79,6 +79,13 @@ impl RouteMatch {
         }
     }
 
+    /// [`RouteMatch::any`], one allocation for every route that uses it.
+    pub fn shared_any() -> Arc<RouteMatch> {
+        static ANY: std::sync::LazyLock<Arc<RouteMatch>> =
+            std::sync::LazyLock::new(|| Arc::new(RouteMatch::any()));
+        ANY.clone()
+    }
+
     fn matches(
         &self,
         path: &str,
@@ -659,8 +666,9 @@ pub struct Route {
     pub name: Arc<str>,
     /// The hosts this route answers for (a single-port Service: with and without port).
     pub hosts: Vec<HostMatch>,
-    /// Path, method and header conditions.
-    pub matcher: RouteMatch,
+    /// Path, method and header conditions (shared: every Service route
+    /// matches everything, through one [`RouteMatch::shared_any`]).
+    pub matcher: Arc<RouteMatch>,
     /// The identities admitted.
     pub authz: Authorization,
     /// The backends.

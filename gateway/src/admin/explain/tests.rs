@@ -52,7 +52,7 @@ fn table() -> RouteTable {
             HostMatch::Exact(HOST.into(), PortMatch::Port(9898)),
             HostMatch::Exact(HOST.into(), PortMatch::Absent),
         ],
-        matcher: RouteMatch::any(),
+        matcher: RouteMatch::any().into(),
         authz: allow(&["spiffe://west.example/*"]),
         target: RouteTarget::new(vec![backend(
             "test/podinfo:9898",
@@ -67,7 +67,8 @@ fn table() -> RouteTable {
         matcher: RouteMatch {
             prefix: "/api".into(),
             ..RouteMatch::any()
-        },
+        }
+        .into(),
         authz: allow(&["*"]),
         target: RouteTarget::new(vec![
             backend(
@@ -82,7 +83,7 @@ fn table() -> RouteTable {
     let dead = Route {
         name: "mapping/test/dead".into(),
         hosts: vec![HostMatch::Exact("dead.example".into(), PortMatch::Any)],
-        matcher: RouteMatch::any(),
+        matcher: RouteMatch::any().into(),
         authz: allow(&["*"]),
         target: RouteTarget::new(vec![
             backend("test/dead:80", 1, &[], LbPolicy::RoundRobin).with_not_ready(2)

@@ -22,7 +22,7 @@ fn route(i: usize) -> Route {
             HostMatch::Exact(host.clone(), PortMatch::Port(8080)),
             HostMatch::Exact(host, PortMatch::Absent),
         ],
-        matcher: RouteMatch::any(),
+        matcher: RouteMatch::any().into(),
         authz: Authorization::new(Arc::from(vec![IdentityPattern::Any])),
         target: RouteTarget::new(vec![Backend::new(
             format!("ns-{:02}/svc-{i:05}:8080", i % 50).into(),

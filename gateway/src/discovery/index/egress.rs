@@ -464,7 +464,7 @@ impl RootBuild<'_> {
         hosts
     }
 
-    fn push(&mut self, name: String, port: u16, matcher: RouteMatch, target: RouteTarget) {
+    fn push(&mut self, name: String, port: u16, matcher: Arc<RouteMatch>, target: RouteTarget) {
         self.routes.push(Arc::new(Route {
             name: name.into(),
             hosts: self.hosts(port),
@@ -492,7 +492,7 @@ impl RootBuild<'_> {
         self.push(
             name,
             port,
-            RouteMatch::any(),
+            RouteMatch::shared_any(),
             RouteTarget::new(vec![backend]),
         );
     }
@@ -551,7 +551,7 @@ impl RootBuild<'_> {
         }
         let name = format!("split/{}/{}:{port}", split_key.namespace, split_key.name);
         let target = RouteTarget::new(backends).with_primary(primary);
-        self.push(name, port, RouteMatch::any(), target);
+        self.push(name, port, RouteMatch::shared_any(), target);
     }
 
     /// One group of Mappings on the root's `port`: their match, their
@@ -613,7 +613,12 @@ impl RootBuild<'_> {
             return;
         };
         let name = format!("mapping/{}/{}:{port}", first.namespace, first.name);
-        self.push(name, port, matcher.clone(), RouteTarget::new(backends));
+        self.push(
+            name,
+            port,
+            matcher.clone().into(),
+            RouteTarget::new(backends),
+        );
     }
 }
 

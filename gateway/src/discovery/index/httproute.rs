@@ -365,7 +365,8 @@ impl GatewayView<'_> {
                             segment_prefix: !exact,
                             query: m.query.clone(),
                             gateway: Some(spec.created),
-                        },
+                        }
+                        .into(),
                         authz: Authorization::new(self.cfg.allowed.clone()),
                         target,
                     }));

@@ -219,7 +219,7 @@ fn lookup_authorize_and_backend_choice() {
     let route = |name: &str, host: &str, eps: Vec<Arc<Endpoint>>| Route {
         name: name.into(),
         hosts: vec![HostMatch::Exact(host.into(), PortMatch::Any)],
-        matcher: RouteMatch::any(),
+        matcher: RouteMatch::any().into(),
         authz: Authorization::new(Arc::from(vec![IdentityPattern::parse(
             "spiffe://west.example/*",
         )

@@ -17,7 +17,8 @@ fn route(name: &str, hosts: Vec<HostMatch>, prefix: &str) -> Arc<Route> {
         matcher: RouteMatch {
             prefix: prefix.into(),
             ..RouteMatch::any()
-        },
+        }
+        .into(),
         authz: Authorization::new(Arc::from(vec![IdentityPattern::Any])),
         target: RouteTarget::new(vec![Backend::new(name.into(), 1, Vec::new(), settings)]),
     })

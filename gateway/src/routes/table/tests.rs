@@ -21,7 +21,8 @@ fn route(name: &str, host: HostMatch, prefix: &str, eps: &[&str]) -> Route {
         matcher: RouteMatch {
             prefix: prefix.into(),
             ..RouteMatch::any()
-        },
+        }
+        .into(),
         authz: Authorization::new(Arc::from(vec![IdentityPattern::Any])),
         target: RouteTarget::new(vec![Backend::new(name.into(), 1, endpoints, settings())]),
     }
@@ -96,12 +97,12 @@ fn longest_prefix_wins_and_no_match_is_none() {
 #[test]
 fn header_and_method_conditions() {
     let mut canary = route("canary", exact("a", None), "/", &[]);
-    canary.matcher.headers = vec![HeaderMatch {
+    Arc::make_mut(&mut canary.matcher).headers = vec![HeaderMatch {
         name: "x-canary".into(),
         value: "1".into(),
     }];
     let mut post = route("post", exact("a", None), "/", &[]);
-    post.matcher.method = Some("POST".into());
+    Arc::make_mut(&mut post.matcher).method = Some("POST".into());
     let t = RouteTable::new(
         vec![route("plain", exact("a", None), "/", &[]), canary, post],
         0,
