@@ -1594,8 +1594,7 @@ fn convert_mapping(
             method,
             headers,
             ..RouteMatch::any()
-        }
-        .into(),
+        },
         service,
         weight: spec.weight,
         settings: Arc::new(settings),
