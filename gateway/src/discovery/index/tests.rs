@@ -1812,3 +1812,43 @@ fn mappings_with_weights_split_egress_incrementally_and_a_trafficsplit_keeps_its
     );
     assert_eq!(e4.route_count(), 2, "a and b, one port each");
 }
+
+/// Keys of one namespace share its name's allocation, and the names of
+/// namespaces whose objects are all gone are forgotten as new ones come.
+#[test]
+fn namespace_names_are_shared_and_forgotten_when_unused() {
+    let mut index = Index::new(cfg());
+    let port = [http_port("http", 80, "http")];
+    for i in 0..3 {
+        index
+            .apply(&mk_service("shared", &format!("s{i}"), true, &port))
+            .expect("service");
+    }
+    index.build();
+    let keys: Vec<&ObjectKey> = index.services.keys().collect();
+    assert!(Arc::ptr_eq(&keys[0].namespace, &keys[1].namespace));
+    assert!(Arc::ptr_eq(&keys[1].namespace, &keys[2].namespace));
+
+    // Namespaces come and go (a CI cluster's test runs): the set stays
+    // within twice the namespaces in use.
+    for round in 0..4 {
+        for i in 0..100 {
+            let ns = format!("run-{round}-{i}");
+            index
+                .apply(&mk_service(&ns, "s", true, &port))
+                .expect("service");
+        }
+        index.build();
+        for i in 0..100 {
+            let ns = format!("run-{round}-{i}");
+            index.delete(ObjectKind::Service, &ObjectKey::new(&ns, "s"));
+        }
+        index.build();
+    }
+    assert!(
+        index.namespaces.len() <= 2 * 101,
+        "{} namespace names kept for 1 in use",
+        index.namespaces.len()
+    );
+    assert!(index.namespaces.contains("shared"));
+}
