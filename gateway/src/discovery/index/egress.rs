@@ -290,6 +290,7 @@ impl Index {
             let mut root = RootBuild {
                 key: &key,
                 svc,
+                ingress: self.service_routes.get(&key).map(Vec::as_slice),
                 // The egress completes `name.ns` and `name.ns.svc` to this
                 // before it looks a host up (`egress::full_name`).
                 name: svc.fqdn.clone(),
@@ -446,6 +447,10 @@ fn mapping_groups_of<'a>(
 struct RootBuild<'a> {
     key: &'a ObjectKey,
     svc: &'a ServiceInfo,
+    /// The root's ingress routes (an exported Service's), one per port in
+    /// `svc.ports` order, built just before: their backends are this
+    /// build's resolution of the same Service ports.
+    ingress: Option<&'a [Arc<Route>]>,
     name: Arc<str>,
     routes: Vec<Arc<Route>>,
     services: usize,
@@ -476,9 +481,20 @@ impl RootBuild<'_> {
 
     /// The root itself on `port`.
     fn service_route(&mut self, port: u16, defaults: &Defaults, resolver: &mut Resolver<'_>) {
-        let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
-            key: self.key.clone(),
-            port: Some(port),
+        // An exported Service's port was resolved for its ingress route a
+        // moment ago: its label and endpoints are taken from there.
+        let resolved = self
+            .svc
+            .ports
+            .iter()
+            .position(|p| p.port == port)
+            .and_then(|i| self.ingress?.get(i)?.target.backends.first())
+            .map(|b| (b.service.clone(), b.endpoints.clone(), b.not_ready()));
+        let (label, eps, not_ready) = resolved.unwrap_or_else(|| {
+            resolver.resolve(&ServiceRef {
+                key: self.key.clone(),
+                port: Some(port),
+            })
         });
         self.services += 1;
         let backend = Backend::new(
