@@ -13,7 +13,9 @@
 //! `sizes` is a comma-separated list of Service counts (default
 //! `10000,100000`); each writes `convergence-<size>.json` (`10k`, `100k`),
 //! into `benches/results/` when it is a recorded size run with 200 probes.
-//! After the probes, a burst of 100 EndpointSlice changes is applied back to
+//! The initial sync is reported as wall time and as the gateway's own CPU
+//! time until `/ready` (`initial_sync_gateway_cpu_ms`, steadier on a shared
+//! machine). After the probes, a burst of 100 EndpointSlice changes is applied back to
 //! back and timed until its last Service answers (coalesced publishes).
 //!
 //! `CONVERGENCE_EGRESS=off` runs the gateway without its egress listener
