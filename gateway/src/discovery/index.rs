@@ -1149,11 +1149,7 @@ fn service_routes(
     svc.ports
         .iter()
         .map(|port| {
-            let mut hosts = Vec::with_capacity(if svc.ports.len() == 1 { 2 } else { 1 });
-            hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Port(port.port)));
-            if svc.ports.len() == 1 {
-                hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
-            }
+            let hosts = port_hosts(fqdn, port.port, svc.ports.len() == 1);
             let (label, eps, not_ready) = resolver.resolve(&ServiceRef {
                 key: key.clone(),
                 port: Some(port.port),
@@ -1170,6 +1166,18 @@ fn service_routes(
             })
         })
         .collect()
+}
+
+/// The hosts of a Service's route on `port`: `fqdn:port`, and `fqdn`
+/// without a port when it is the Service's only port (sized exactly: held
+/// by every Service route).
+fn port_hosts(fqdn: &Arc<str>, port: u16, single_port: bool) -> Vec<HostMatch> {
+    let mut hosts = Vec::with_capacity(if single_port { 2 } else { 1 });
+    hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Port(port)));
+    if single_port {
+        hosts.push(HostMatch::Exact(fqdn.clone(), PortMatch::Absent));
+    }
+    hosts
 }
 
 /// Where Mappings become a route: the accepted Mappings of one group (same

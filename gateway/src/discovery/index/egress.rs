@@ -17,17 +17,16 @@
 //! an exported root Service itself.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::hash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::claims::Refusal;
 use super::endpoints::{EndpointPool, Table};
 use super::{
-    split_weights, GroupKey, Index, MappingEntry, MappingRoute, ObjectError, ObjectKey, Resolver,
-    ServiceInfo, ServiceRef,
+    port_hosts, split_weights, GroupKey, Index, MappingEntry, MappingRoute, ObjectError, ObjectKey,
+    Resolver, ServiceInfo, ServiceRef,
 };
 use crate::discovery::trafficsplit::Split;
+use crate::hash::{HashMap, HashSet};
 use crate::routes::HostIndex;
 use crate::routes::{
     Authorization, Backend, BackendSettings, HostMatch, PortMatch, RemoteTarget, Route, RouteMatch,
@@ -460,13 +459,7 @@ struct RootBuild<'a> {
 impl RootBuild<'_> {
     /// The root's name on `port` (and without a port when it has one port).
     fn hosts(&self, port: u16) -> Vec<HostMatch> {
-        let single = self.svc.ports.len() == 1;
-        let mut hosts = Vec::with_capacity(if single { 2 } else { 1 });
-        hosts.push(HostMatch::Exact(self.name.clone(), PortMatch::Port(port)));
-        if single {
-            hosts.push(HostMatch::Exact(self.name.clone(), PortMatch::Absent));
-        }
-        hosts
+        port_hosts(&self.name, port, self.svc.ports.len() == 1)
     }
 
     fn push(&mut self, name: String, port: u16, matcher: Arc<RouteMatch>, target: RouteTarget) {
